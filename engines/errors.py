@@ -1,0 +1,100 @@
+"""DanceCam's typed errors: the one place they are defined, for `engines` and `realtime` alike.
+
+Every message is written for the person at the keyboard: what went wrong, and the command or step that fixes it.
+Library code raises these and never exits; the CLI prints the message and returns `exit_code`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DanceCamError(Exception):
+    """Base of every error DanceCam raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(DanceCamError):
+    """A setting, flag or environment variable has a value we cannot use."""
+
+    exit_code = 2
+
+
+# --- model files ------------------------------------------------------------------------------------------
+
+
+class ModelError(DanceCamError):
+    """Something about a model file: unknown, missing, or failed verification."""
+
+
+class UnknownModelError(ModelError):
+    """A name that is neither a registry name nor a registered file name."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"unknown model {name!r}; known models: {', '.join(known)} (see `dancecam models list`)")
+        self.name = name
+
+
+class ModelMissingError(ModelError):
+    """A model file is not where DanceCam looks for it."""
+
+
+# --- downloads --------------------------------------------------------------------------------------------
+
+
+class DownloadError(ModelError):
+    """A download failed. `url` is the address that failed; `also_tried` lists the other sources' failures."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.also_tried: list[DownloadError] = []
+
+    def with_alternatives(self, others: Sequence[DownloadError]) -> DownloadError:
+        """The same error, its message extended by what every other source answered."""
+        self.also_tried = list(others)
+        if others:
+            lines = "\n".join(f"  - {e.url}: {e.args[0].splitlines()[0]}" for e in others)
+            self.args = (f"{self.args[0]}\nOther sources tried:\n{lines}",)
+        return self
+
+
+class ChecksumMismatchError(DownloadError):
+    """A fetched file's sha256 differs from the published or recorded one; what was fetched is deleted."""
+
+    def __init__(self, file_name: str, expected: str, actual: str, action: str, url: str | None = None) -> None:
+        super().__init__(f"{file_name}: sha256 mismatch: expected {expected}, got {actual}. {action}".rstrip(), url)
+        self.file_name = file_name
+        self.expected = expected
+        self.actual = actual
+
+
+class NetworkError(DownloadError):
+    """The server could not be reached at all (no network, DNS failure, refused, timed out)."""
+
+
+class AccessDeniedError(DownloadError):
+    """HTTP 401 or 403 from a server that is not known to gate the file."""
+
+
+class GatedModelError(AccessDeniedError):
+    """HTTP 401 or 403 from a gated source: the user must request access and set HF_TOKEN."""
+
+
+class RemoteFileNotFoundError(DownloadError):
+    """HTTP 404: the file is not (or no longer) at that address."""
+
+
+class HTTPStatusError(DownloadError):
+    """Any other HTTP error status after retries."""
+
+
+class TruncatedDownloadError(DownloadError):
+    """The transfer ended before the announced length, again and again; the partial file is kept for resume."""
+
+
+class DiskFullError(DownloadError):
+    """No room left for the file (or the process's file size limit was reached)."""

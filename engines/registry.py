@@ -1,0 +1,161 @@
+"""The model registry: one entry per file DanceCam can use, the single source of truth for where files come from,
+how big they are, how they are verified, and under which licence they may be used.
+
+Hashes: an entry's `sha256` is set only where a public source states it. Where none does, the first download
+that completes (or the first `verify` of a file placed by hand) records its hash in the model directory and
+every later check compares against that record (trust on first use, see `engines.store`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from engines.errors import UnknownModelError
+
+AuthScheme = Literal["none", "huggingface"]
+Access = Literal["open", "gated", "bundled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One address a file can be fetched from.
+
+    `member` names the file inside a zip archive served at `url` (the official insightface packs are zips);
+    `archive_sha256`/`archive_size` describe that archive where a public source states them.
+    `auth` says which token, if any, the source accepts (Hugging Face: `HF_TOKEN`).
+    """
+
+    url: str
+    member: str | None = None
+    archive_sha256: str | None = None
+    archive_size: int | None = None
+    auth: AuthScheme = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class BundledFile:
+    """A file shipped inside an installed Python package: found there, never downloaded."""
+
+    package: str
+    path: str  # relative to the package's directory
+    install_hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    file_name: str
+    description: str
+    used_by: str
+    licence: str
+    size: int  # bytes; exact when `size_exact`, else as published (rounded)
+    size_exact: bool
+    sha256: str | None  # None: trust on first use
+    sources: tuple[Source, ...] = ()  # official first, then public mirrors
+    gated: bool = False
+    access_url: str | None = None  # where a gated file's access is requested
+    bundled: BundledFile | None = None
+
+    @property
+    def access(self) -> Access:
+        if self.bundled is not None:
+            return "bundled"
+        return "gated" if self.gated else "open"
+
+    @property
+    def downloadable(self) -> bool:
+        return bool(self.sources)
+
+
+_HF = "https://huggingface.co"
+_FACENET_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (or re-run scripts/setup.sh)"
+
+MODELS: tuple[ModelEntry, ...] = (
+    ModelEntry(
+        name="facedancer_c_hq",
+        file_name="FaceDancer_config_c_HQ.h5",
+        description="FaceDancer generator, config C, high quality (official Keras weights)",
+        used_by="swap (engines.facedancer)",
+        licence="CC BY-NC-SA 4.0 (non-commercial)",
+        size=90_200_000,
+        size_exact=False,
+        sha256=None,
+        sources=(Source(f"{_HF}/felixrosberg/FaceDancer/resolve/main/FaceDancer_config_c_HQ.h5", auth="huggingface"),),
+        gated=True,
+        access_url=f"{_HF}/felixrosberg/FaceDancer",
+    ),
+    ModelEntry(
+        name="arcface_r50",
+        file_name="ArcFace-Res50.h5",
+        description="ArcFace ResNet50 identity encoder FaceDancer was trained with (official Keras weights)",
+        used_by="source identity (engines.arcface)",
+        licence="MIT",
+        size=162_000_000,
+        size_exact=False,
+        sha256=None,
+        sources=(Source(f"{_HF}/felixrosberg/ArcFace/resolve/main/ArcFace-Res50.h5", auth="huggingface"),),
+        access_url=f"{_HF}/felixrosberg/ArcFace",
+    ),
+    ModelEntry(
+        name="scrfd_10g",
+        file_name="det_10g.onnx",
+        description="SCRFD-10GF face detector with 5 landmarks (insightface buffalo_l pack)",
+        used_by="detection on the GPU path (engines.detect)",
+        licence="insightface model zoo: non-commercial research use only",
+        size=16_923_827,
+        size_exact=True,
+        sha256="5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+        sources=(
+            Source(
+                "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+                member="det_10g.onnx",
+                archive_sha256="80ffe37d8a5940d59a7384c201a2a38d4741f2f3c51eef46ebb28218a7b0ca2f",
+                archive_size=288_621_354,
+            ),
+            Source(f"{_HF}/public-data/insightface/resolve/main/models/buffalo_l/det_10g.onnx"),
+        ),
+    ),
+    ModelEntry(
+        name="mtcnn_pnet",
+        file_name="pnet.pt",
+        description="MTCNN proposal network (shipped in the facenet-pytorch wheel)",
+        used_by="detection, embedded default (engines.mtcnn)",
+        licence="MIT",
+        size=28_570,
+        size_exact=True,
+        sha256="a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+        bundled=BundledFile("facenet_pytorch", "data/pnet.pt", _FACENET_HINT),
+    ),
+    ModelEntry(
+        name="mtcnn_rnet",
+        file_name="rnet.pt",
+        description="MTCNN refinement network (shipped in the facenet-pytorch wheel)",
+        used_by="detection, embedded default (engines.mtcnn)",
+        licence="MIT",
+        size=403_147,
+        size_exact=True,
+        sha256="bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+        bundled=BundledFile("facenet_pytorch", "data/rnet.pt", _FACENET_HINT),
+    ),
+    ModelEntry(
+        name="mtcnn_onet",
+        file_name="onet.pt",
+        description="MTCNN output network (shipped in the facenet-pytorch wheel)",
+        used_by="detection, embedded default (engines.mtcnn)",
+        licence="MIT",
+        size=1_559_269,
+        size_exact=True,
+        sha256="165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+        bundled=BundledFile("facenet_pytorch", "data/onet.pt", _FACENET_HINT),
+    ),
+)
+
+
+def find(name: str) -> ModelEntry:
+    """An entry by registry name or by file name, case-insensitively."""
+    key = name.strip().lower()
+    for m in MODELS:
+        if key in (m.name.lower(), m.file_name.lower()):
+            return m
+    raise UnknownModelError(name, [m.name for m in MODELS])

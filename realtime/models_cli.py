@@ -1,0 +1,224 @@
+"""`dancecam models list | download | verify | path`: the model manager's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engines import download as dl
+from engines import registry, store
+from engines.errors import DanceCamError
+from engines.registry import ModelEntry
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser(
+        "models",
+        help="list, download, verify and locate model files",
+        description="Manage the model files DanceCam uses. Files go to --model-dir, else $DANCECAM_HOME, "
+        "else ~/.cache/dancecam. Gated Hugging Face files need HF_TOKEN.",
+    )
+    models.add_argument(
+        "--model-dir", default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
+    )
+    sub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    sub.required = True
+
+    def leaf(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # accepted after the action too; SUPPRESS keeps a value given before it
+        p.add_argument("--model-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return p
+
+    p = leaf("list", "show every model file: source, size, licence, access, hash and whether it is here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_list)
+
+    p = leaf("download", "download model files (all downloadable ones when no NAME is given)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="registry name or file name")
+    p.add_argument("--force", action="store_true", help="download again even when a verified copy is present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--retries", type=_non_negative_int, default=4, help="retries per source after a cut (default 4)")
+    p.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds per connect/read (default 30)")
+    p.set_defaults(handler=cmd_download)
+
+    p = leaf("verify", "check files on disk against their sha256 (records it on first use where none is published)")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_verify)
+
+    p = leaf("path", "print the model directory, or where each NAME's file goes (to place files fetched elsewhere)")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.set_defaults(handler=cmd_path)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _out() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped: do not squeeze tables into 80 columns
+        console = Console(highlight=False, width=200)
+    return console
+
+
+def _entries(names: list[str]) -> list[ModelEntry]:
+    return [registry.find(n) for n in names] if names else list(registry.MODELS)
+
+
+def _hash_text(entry: ModelEntry, trust: store.TrustStore) -> str:
+    if entry.sha256:
+        return f"{entry.sha256[:16]}… published"
+    rec = trust.get(entry.file_name)
+    if rec:
+        return f"{rec.sha256[:16]}… trust on first use, recorded {rec.recorded_at[:10]}"
+    return "trust on first use: not recorded yet"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    model_dir = store.resolve_model_dir(args.model_dir)
+    trust = store.TrustStore(model_dir)
+    rows = [(e, store.check(e, model_dir, hash_file=False)) for e in registry.MODELS]
+    if args.json:
+        print(
+            json.dumps({"model_dir": str(model_dir), "models": [_entry_json(e, s, trust) for e, s in rows]}, indent=2)
+        )
+        return 0
+    table = Table(title="DanceCam model files", title_justify="left")
+    for col in ("Name", "File", "Size", "Access", "Licence", "Used by", "SHA-256", "Here"):
+        table.add_column(col, overflow="fold")
+    for e, s in rows:
+        here = {"present": "[green]yes[/]", "missing": "[dim]no[/]", "wrong-size": "[red]wrong size[/]"}.get(
+            s.state, s.state
+        )
+        access = {"gated": "[yellow]gated (HF_TOKEN)[/]", "bundled": "in facenet-pytorch"}.get(e.access, "open")
+        table.add_row(
+            e.name,
+            e.file_name,
+            store.human_size(e.size, e.size_exact),
+            access,
+            escape(e.licence),
+            escape(e.used_by),
+            _hash_text(e, trust),
+            here,
+        )
+    out = _out()
+    out.print(table)
+    out.print(f"Model directory: {model_dir}  (set with --model-dir or DANCECAM_HOME)")
+    return 0
+
+
+def _entry_json(e: ModelEntry, s: store.FileStatus, trust: store.TrustStore) -> dict[str, Any]:
+    rec = trust.get(e.file_name)
+    return {
+        "name": e.name,
+        "file_name": e.file_name,
+        "description": e.description,
+        "used_by": e.used_by,
+        "licence": e.licence,
+        "size": e.size,
+        "size_exact": e.size_exact,
+        "access": e.access,
+        "access_url": e.access_url,
+        "urls": [src.url for src in e.sources],
+        "sha256": e.sha256 or (rec.sha256 if rec else None),
+        "sha256_origin": "published" if e.sha256 else ("trust-on-first-use" if rec else "not-recorded"),
+        "path": str(s.path) if s.path else None,
+        "state": s.state,
+    }
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    model_dir = store.resolve_model_dir(args.model_dir)
+    entries = _entries(args.names)
+    opts = dl.DownloadOptions(
+        retries=args.retries, timeout=args.timeout, progress=not args.no_progress, force=args.force
+    )
+    out, err = _out(), Console(stderr=True, highlight=False)
+    failures: list[DanceCamError] = []
+    for entry in entries:
+        try:
+            result = dl.download(entry, model_dir, opts, console=err)
+        except DanceCamError as e:
+            failures.append(e)
+            err.print(f"[red]✗ {entry.name}:[/] {escape(str(e))}", soft_wrap=True)
+            continue
+        if result.url is None:
+            what = "found in facenet-pytorch" if entry.bundled else "already present"
+            out.print(f"[green]✓[/] {entry.name}: {what}, sha256 ok ({result.trust}) at {result.path}")
+        else:
+            note = "sha256 recorded (trust on first use)" if result.trust == "recorded" else "sha256 ok"
+            out.print(f"[green]✓[/] {entry.name}: downloaded {store.human_size(result.size)}, {note} → {result.path}")
+    if failures:
+        err.print(f"[bold red]{len(failures)} of {len(entries)} model files failed[/]; see above")
+        return max(f.exit_code for f in failures)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    model_dir = store.resolve_model_dir(args.model_dir)
+    results = [store.check(e, model_dir) for e in _entries(args.names)]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model_dir": str(model_dir),
+                    "ok": all(r.usable for r in results),
+                    "files": [
+                        {
+                            "name": r.entry.name,
+                            "path": str(r.path) if r.path else None,
+                            "state": r.state,
+                            "expected_sha256": r.expected,
+                            "actual_sha256": r.actual,
+                            "message": r.describe(),
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        out = _out()
+        for r in results:
+            mark = "[green]✓[/]" if r.usable else "[red]✗[/]"
+            out.print(f"{mark} {r.entry.name} ({r.entry.file_name}): {escape(r.describe())}", soft_wrap=True)
+        bad = sum(not r.usable for r in results)
+        if bad:
+            out.print(f"{bad} of {len(results)} not usable. Model directory: {model_dir}")
+    return 0 if all(r.usable for r in results) else 1
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    model_dir = store.resolve_model_dir(args.model_dir)
+    if not args.names:
+        print(model_dir)
+        return 0
+    for entry in _entries(args.names):
+        path = store.file_path(entry, model_dir)
+        if path is None:
+            assert entry.bundled is not None
+            raise DanceCamError(
+                f"{entry.file_name} ships inside {entry.bundled.package}, which is not installed: "
+                f"{entry.bundled.install_hint}"
+            )
+        print(Path(path))
+    return 0

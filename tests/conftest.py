@@ -1,0 +1,50 @@
+"""Shared fixtures: real face images (see tests/faces.py), and the marker rules for GPU tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from tests import faces
+
+RESOLUTIONS = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
+
+
+def _cuda_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return "no CUDA device on this machine (gpu tests run in benchmarks.gpu_suite on a GPU machine)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = None
+    for item in items:
+        if "gpu" in item.keywords:
+            reason = reason or _cuda_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """512x512 RGB uint8 photo with one real face (box and landmarks in tests.faces)."""
+    return faces.astronaut()
+
+
+@pytest.fixture(scope="session")
+def compose_faces() -> Callable[..., tuple[np.ndarray, list[faces.PlacedFace]]]:
+    """compose_faces(width, height, placements=DEFAULT_PLACEMENTS) -> (frame, placed faces with ground truth)."""
+    return faces.compose_faces
+
+
+@pytest.fixture(scope="session", params=list(RESOLUTIONS), ids=list(RESOLUTIONS))
+def multi_face_frame(request: pytest.FixtureRequest) -> tuple[np.ndarray, list[faces.PlacedFace]]:
+    """A frame at 640x480, 1280x720 and 1920x1080 with four faces: large, small, near a corner, across a border."""
+    width, height = RESOLUTIONS[request.param]
+    return faces.compose_faces(width, height)
