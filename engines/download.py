@@ -369,6 +369,9 @@ def _network_error(url: str, e: BaseException) -> Exception:
         what = f"TLS with {host} failed ({reason})"
     else:
         what = f"cannot reach {host} ({reason})"
+    proxy = urllib.request.getproxies().get(urlsplit(url).scheme)
+    if proxy:
+        what += f" through the proxy {proxy}"
     return NetworkError(
         f"{what}. Check the connection (or proxy settings), or on a machine without internet fetch the file "
         "elsewhere and place it in the directory `dancecam models path` prints.",

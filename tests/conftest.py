@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from tests import faces
+from tests.fileserver import FileServer, ServerThread
 
 RESOLUTIONS = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
 
@@ -48,3 +49,19 @@ def multi_face_frame(request: pytest.FixtureRequest) -> tuple[np.ndarray, list[f
     """A frame at 640x480, 1280x720 and 1920x1080 with four faces: large, small, near a corner, across a border."""
     width, height = RESOLUTIONS[request.param]
     return faces.compose_faces(width, height)
+
+
+@pytest.fixture
+def file_server() -> Iterator[FileServer]:
+    """A real HTTP server on 127.0.0.1 (aiohttp's TestServer) serving generated files; see tests/fileserver.py."""
+    thread = ServerThread()
+    server = thread.start()
+    yield server
+    thread.stop()
+
+
+@pytest.fixture(autouse=True)
+def _local_requests_skip_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk only to 127.0.0.1/localhost: never route that through a proxy from the environment."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

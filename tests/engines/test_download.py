@@ -30,7 +30,7 @@ from engines.errors import (
 )
 from engines.registry import ModelEntry, Source
 from engines.store import TRUST_FILE, TrustStore
-from tests.engines.fileserver import FileServer, Served, ServerThread
+from tests.fileserver import FileServer, Served, ServerThread
 
 pytestmark = pytest.mark.network
 

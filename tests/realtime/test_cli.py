@@ -1,0 +1,278 @@
+"""`dancecam` and `dancecam models ...` as a user runs them: exit codes, messages, never a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engines import download as dl
+from engines import registry, store
+from engines.registry import ModelEntry, Source
+from realtime.cli import main
+from tests.fileserver import FileServer, Served
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*args], capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **(env or {})}
+    )
+
+
+@pytest.fixture(autouse=True)
+def model_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("DANCECAM_HOME", str(home))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    return home
+
+
+# --- entry points -----------------------------------------------------------------------------------------
+
+
+def test_console_script_and_module_both_show_help() -> None:
+    for cmd in ([str(BIN / "dancecam"), "--help"], [sys.executable, "-m", "realtime", "--help"]):
+        proc = run(*cmd)
+        assert proc.returncode == 0, proc.stderr
+        assert "models" in proc.stdout
+        assert "Consent" in proc.stdout
+
+
+def test_version() -> None:
+    proc = run(str(BIN / "dancecam"), "--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("dancecam 0.")
+
+
+def test_no_command_is_a_usage_error() -> None:
+    proc = run(str(BIN / "dancecam"))
+    assert proc.returncode == 2
+    assert "required" in proc.stderr
+
+
+def test_real_registry_without_network_fails_cleanly_in_a_real_process(tmp_path: Path) -> None:
+    """The shipped registry, a proxy that refuses: one clear line per file, exit 1, no traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = f"http://127.0.0.1:{port}"
+    env = {"HTTPS_PROXY": proxy, "https_proxy": proxy, "DANCECAM_HOME": str(tmp_path / "m"), "NO_PROXY": ""}
+    proc = run(str(BIN / "dancecam"), "models", "download", "arcface_r50", "--retries", "0", "--no-progress", env=env)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "refused the connection through the proxy" in proc.stderr
+    assert "dancecam models path" in proc.stderr
+
+
+# --- list / path / verify ---------------------------------------------------------------------------------
+
+
+def test_models_list_shows_every_entry(capsys: pytest.CaptureFixture[str], model_home: Path) -> None:
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    for m in registry.MODELS:
+        assert m.file_name in out
+    assert "gated" in out
+    assert "trust on first use" in out
+    assert str(model_home) in out
+
+
+def test_models_list_json(capsys: pytest.CaptureFixture[str], model_home: Path) -> None:
+    assert main(["models", "list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model_dir"] == str(model_home)
+    by_name = {m["name"]: m for m in data["models"]}
+    assert by_name["facedancer_c_hq"]["access"] == "gated"
+    assert by_name["facedancer_c_hq"]["sha256_origin"] == "not-recorded"
+    assert by_name["scrfd_10g"]["sha256_origin"] == "published"
+    assert by_name["mtcnn_onet"]["state"] == "present"
+    assert by_name["arcface_r50"]["state"] == "missing"
+
+
+def test_models_path(capsys: pytest.CaptureFixture[str], model_home: Path, tmp_path: Path) -> None:
+    assert main(["models", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(model_home)
+    assert main(["models", "path", "ArcFace-Res50.h5", "facedancer_c_hq"]) == 0
+    assert capsys.readouterr().out.split() == [
+        str(model_home / "ArcFace-Res50.h5"),
+        str(model_home / "FaceDancer_config_c_HQ.h5"),
+    ]
+    # --model-dir before or after the action
+    assert main(["models", "--model-dir", str(tmp_path / "a"), "path"]) == 0
+    assert main(["models", "path", "--model-dir", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["models", "path", "mtcnn_pnet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("facenet_pytorch/data/pnet.pt")
+
+
+def test_models_verify(capsys: pytest.CaptureFixture[str], model_home: Path) -> None:
+    assert main(["models", "verify", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"]) == 0
+    assert capsys.readouterr().out.count("ok (pinned sha256)") == 3
+
+    assert main(["models", "verify"]) == 1  # the downloadable files are not here
+    out = capsys.readouterr().out
+    assert "dancecam models download facedancer_c_hq" in out
+    assert str(model_home / "ArcFace-Res50.h5") in out
+
+    model_home.mkdir()
+    (model_home / "det_10g.onnx").write_bytes(b"\0" * 16_923_827)  # right size, wrong bytes
+    assert main(["models", "verify", "scrfd_10g", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["files"][0]["state"] == "mismatch"
+    assert data["files"][0]["expected_sha256"] == registry.find("scrfd_10g").sha256
+
+
+def test_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "download", "nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nonexistent'" in err
+    assert "facedancer_c_hq" in err
+
+
+@pytest.mark.parametrize("argv", [["models", "download", "--retries", "-1"], ["models", "download", "--timeout", "0"]])
+def test_bad_flags(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+# --- download through the CLI against a local server ------------------------------------------------------
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _install_entries(monkeypatch: pytest.MonkeyPatch, *entries: ModelEntry) -> None:
+    monkeypatch.setattr(registry, "MODELS", tuple(entries))
+    monkeypatch.setattr(dl.time, "sleep", lambda _s: None)  # retries without the real backoff
+
+
+def _entry(name: str, url: str, data: bytes, *, gated: bool = False, sha: str | None = None) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        file_name=f"{name}.bin",
+        description="",
+        used_by="tests",
+        licence="test",
+        size=len(data),
+        size_exact=True,
+        sha256=sha or _sha(data),
+        sources=(Source(url, auth="huggingface" if gated else "none"),),
+        gated=gated,
+        access_url="https://huggingface.co/example/gated" if gated else None,
+    )
+
+
+def test_download_all_then_verify(
+    file_server: FileServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model_home: Path
+) -> None:
+    a, b = os.urandom(300_000), os.urandom(200_000)
+    file_server.files["a"] = Served(a)
+    file_server.files["b"] = Served(b)
+    _install_entries(monkeypatch, _entry("one", file_server.url("a"), a), _entry("two", file_server.url("b"), b))
+    assert main(["models", "download", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "✓ one: downloaded" in out
+    assert "✓ two: downloaded" in out
+    assert (model_home / "one.bin").read_bytes() == a
+    assert main(["models", "download", "one", "--no-progress"]) == 0
+    assert "already present" in capsys.readouterr().out
+    assert main(["models", "verify"]) == 0
+
+
+FAILURES = {
+    # name: (how the server misbehaves, text the user must see)
+    "gated": ({"token": "secret"}, "export HF_TOKEN="),
+    "not-found": ({"missing": True}, "HTTP 404"),
+    "checksum": ({"wrong_bytes": True}, "sha256 mismatch: expected"),
+    "truncated": ({"stop_at": 1000}, "run the same command again to resume"),
+    "server-error": ({"status": 500}, "HTTP 500"),
+    "no-network": ({"closed_port": True}, "refused the connection"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_download_failures_exit_1_with_a_clear_message(
+    case: str,
+    file_server: FileServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model_home: Path,
+) -> None:
+    how, expected = FAILURES[case]
+    data = os.urandom(50_000)
+    served = Served(data if not how.get("wrong_bytes") else os.urandom(50_000))
+    served.token = how.get("token")  # type: ignore[assignment]
+    served.stop_at = how.get("stop_at")  # type: ignore[assignment]
+    served.status = how.get("status")  # type: ignore[assignment]
+    if not how.get("missing"):
+        file_server.files["f"] = served
+    url = file_server.url("f")
+    if how.get("closed_port"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}/f"
+    good = os.urandom(10_000)
+    file_server.files["good"] = Served(good)
+    _install_entries(
+        monkeypatch,
+        _entry("broken", url, data, gated=bool(how.get("token"))),
+        _entry("fine", file_server.url("good"), good),
+    )
+
+    code = main(["models", "download", "--no-progress", "--retries", "1"])
+
+    captured = capsys.readouterr()
+    assert code == 1
+    assert expected in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "1 of 2 model files failed" in captured.err
+    # one broken file does not stop the others
+    assert "✓ fine: downloaded" in captured.out
+    assert (model_home / "fine.bin").read_bytes() == good
+    assert not (model_home / "broken.bin").exists()
+
+
+def test_download_disk_full_through_the_cli(
+    file_server: FileServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = os.urandom(50_000)
+    file_server.files["f"] = Served(data)
+    _install_entries(monkeypatch, _entry("big", file_server.url("f"), data))
+    real = dl.shutil.disk_usage
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
+    assert main(["models", "download", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "only 10 B is free" in err
+    assert "Traceback" not in err
+
+
+def test_trust_on_first_use_shows_in_list(
+    file_server: FileServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = os.urandom(40_000)
+    file_server.files["f"] = Served(data)
+    entry = _entry("tofu", file_server.url("f"), data)
+    _install_entries(monkeypatch, dataclasses.replace(entry, sha256=None))
+    assert main(["models", "list"]) == 0
+    assert "not recorded yet" in capsys.readouterr().out
+    assert main(["models", "download", "--no-progress"]) == 0
+    assert "sha256 recorded (trust on first use)" in capsys.readouterr().out
+    assert main(["models", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["models"][0]
+    assert listed["sha256"] == _sha(data)
+    assert listed["sha256_origin"] == "trust-on-first-use"
+    assert store.TrustStore(store.resolve_model_dir()).get("tofu.bin") is not None
