@@ -151,8 +151,6 @@ def download(
             except DownloadError as e:
                 e.url = e.url or source.url
                 failures.append(e)
-                if len(entry.sources) > 1:
-                    console.print(f"[yellow]{source.url}: {str(e).splitlines()[0]}[/]")
     raise failures[0].with_alternatives(failures[1:])
 
 
@@ -247,8 +245,12 @@ def _fetch(
                 best, failed_attempts = size, 0
             failed_attempts += 1
             if failed_attempts > opts.retries:
+                progress.remove_task(task)
                 raise t.final from t
             time.sleep(opts.backoff * 2 ** (failed_attempts - 1))
+        except BaseException:
+            progress.remove_task(task)  # a failed source leaves no empty bar behind; the error says what happened
+            raise
 
 
 def _attempt(
@@ -348,7 +350,7 @@ def _http_error(entry: ModelEntry, source: Source, code: int, opts: DownloadOpti
         return AccessDeniedError(f"access to {url} was refused (HTTP {code}).{hint}", url)
     if code == 404:
         return RemoteFileNotFoundError(
-            f"{entry.file_name} is not at {url} (HTTP 404): the source moved or removed it. "
+            f"{entry.file_name} is not at {url} (HTTP 404): the source moved or removed it.\n"
             "Update DanceCam, or fetch the file elsewhere and place it in `dancecam models path`.",
             url,
         )
@@ -373,7 +375,7 @@ def _network_error(url: str, e: BaseException) -> Exception:
     if proxy:
         what += f" through the proxy {proxy}"
     return NetworkError(
-        f"{what}. Check the connection (or proxy settings), or on a machine without internet fetch the file "
+        f"{what}.\nCheck the connection (or proxy settings), or on a machine without internet fetch the file "
         "elsewhere and place it in the directory `dancecam models path` prints.",
         url,
     )
@@ -382,7 +384,7 @@ def _network_error(url: str, e: BaseException) -> Exception:
 def _truncated(url: str, part: Path, have: int, total: int | None) -> TruncatedDownloadError:
     of = f" of {total}" if total is not None else ""
     return TruncatedDownloadError(
-        f"the transfer from {url} kept stopping early (at byte {have}{of}). The partial file is kept at "
+        f"the transfer from {url} kept stopping early (at byte {have}{of}).\nThe partial file is kept at "
         f"{part}: run the same command again to resume.",
         url,
     )

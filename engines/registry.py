@@ -69,7 +69,26 @@ class ModelEntry:
 
 
 _HF = "https://huggingface.co"
-_FACENET_HINT = "pip install --no-deps facenet-pytorch==2.6.0 (or re-run scripts/setup.sh)"
+
+
+def _mtcnn(stage: str, role: str, size: int, sha256: str) -> ModelEntry:
+    """An MTCNN stage as the facenet-pytorch 2.6.0 wheel ships it (sizes and hashes read from that wheel)."""
+    return ModelEntry(
+        name=f"mtcnn_{stage}",
+        file_name=f"{stage}.pt",
+        description=f"MTCNN {role} network (shipped in the facenet-pytorch wheel)",
+        used_by="detection, embedded default (engines.mtcnn)",
+        licence="MIT",
+        size=size,
+        size_exact=True,
+        sha256=sha256,
+        bundled=BundledFile(
+            "facenet_pytorch",
+            f"data/{stage}.pt",
+            "pip install --no-deps facenet-pytorch==2.6.0 (or re-run scripts/setup.sh)",
+        ),
+    )
+
 
 MODELS: tuple[ModelEntry, ...] = (
     ModelEntry(
@@ -116,39 +135,9 @@ MODELS: tuple[ModelEntry, ...] = (
             Source(f"{_HF}/public-data/insightface/resolve/main/models/buffalo_l/det_10g.onnx"),
         ),
     ),
-    ModelEntry(
-        name="mtcnn_pnet",
-        file_name="pnet.pt",
-        description="MTCNN proposal network (shipped in the facenet-pytorch wheel)",
-        used_by="detection, embedded default (engines.mtcnn)",
-        licence="MIT",
-        size=28_570,
-        size_exact=True,
-        sha256="a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
-        bundled=BundledFile("facenet_pytorch", "data/pnet.pt", _FACENET_HINT),
-    ),
-    ModelEntry(
-        name="mtcnn_rnet",
-        file_name="rnet.pt",
-        description="MTCNN refinement network (shipped in the facenet-pytorch wheel)",
-        used_by="detection, embedded default (engines.mtcnn)",
-        licence="MIT",
-        size=403_147,
-        size_exact=True,
-        sha256="bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
-        bundled=BundledFile("facenet_pytorch", "data/rnet.pt", _FACENET_HINT),
-    ),
-    ModelEntry(
-        name="mtcnn_onet",
-        file_name="onet.pt",
-        description="MTCNN output network (shipped in the facenet-pytorch wheel)",
-        used_by="detection, embedded default (engines.mtcnn)",
-        licence="MIT",
-        size=1_559_269,
-        size_exact=True,
-        sha256="165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
-        bundled=BundledFile("facenet_pytorch", "data/onet.pt", _FACENET_HINT),
-    ),
+    _mtcnn("pnet", "proposal", 28_570, "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+    _mtcnn("rnet", "refinement", 403_147, "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+    _mtcnn("onet", "output", 1_559_269, "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
 )
 
 
