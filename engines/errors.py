@@ -42,6 +42,21 @@ class ModelMissingError(ModelError):
     """A model file is not where DanceCam looks for it."""
 
 
+class CheckpointFormatError(ModelError):
+    """A weights file is not what the model expects: a missing, extra or misshapen tensor, or an unknown layer."""
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+
+class ImageError(DanceCamError):
+    """An image that cannot be used: unreadable, not an image, or too large."""
+
+
+class NoFaceError(DanceCamError):
+    """No face was found where one is required (a source photo)."""
+
+
 # --- downloads --------------------------------------------------------------------------------------------
 
 
