@@ -56,6 +56,7 @@ class ModelEntry:
     gated: bool = False
     access_url: str | None = None  # where a gated file's access is requested
     bundled: BundledFile | None = None
+    converter: str | None = None  # `dancecam models convert` turns the file into a cached state dict
 
     @property
     def access(self) -> Access:
@@ -103,6 +104,7 @@ MODELS: tuple[ModelEntry, ...] = (
         sources=(Source(f"{_HF}/felixrosberg/FaceDancer/resolve/main/FaceDancer_config_c_HQ.h5", auth="huggingface"),),
         gated=True,
         access_url=f"{_HF}/felixrosberg/FaceDancer",
+        converter="facedancer",
     ),
     ModelEntry(
         name="arcface_r50",

@@ -9,11 +9,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from engines import download as dl
 from engines import registry, store
-from engines.errors import DanceCamError
+from engines.errors import DanceCamError, ModelMissingError
 from engines.registry import ModelEntry
 
 
@@ -52,6 +53,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_verify)
+
+    p = leaf(
+        "convert", "convert official Keras weights to cached safetensors (all present convertible files by default)"
+    )
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_convert)
 
     p = leaf("path", "print the model directory, or where each NAME's file goes (to place files fetched elsewhere)")
     p.add_argument("names", nargs="*", metavar="NAME")
@@ -205,6 +213,59 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if bad:
             out.print(f"{bad} of {len(results)} not usable. Model directory: {model_dir}")
     return 0 if all(r.usable for r in results) else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from engines.convert import converter
+    from engines.convert.cache import convert_cached
+
+    model_dir = store.resolve_model_dir(args.model_dir)
+    if args.names:
+        entries = _entries(args.names)
+        for e in entries:
+            if e.converter is None:
+                raise DanceCamError(f"{e.name} needs no conversion; convertible: {_convertible_names()}")
+    else:
+        entries = [
+            e for e in registry.MODELS if e.converter and store.check(e, model_dir, hash_file=False).state != "missing"
+        ]
+        if not entries:
+            raise ModelMissingError(
+                f"no convertible model file is in {model_dir}; download one first, e.g. "
+                f"`dancecam models download facedancer_c_hq` ({_convertible_names()})"
+            )
+    out = _out()
+    for entry in entries:
+        status = store.check(entry, model_dir)
+        if not status.usable:
+            raise ModelMissingError(f"{entry.name}: {status.describe()}")
+        assert status.path is not None
+        assert entry.converter is not None
+        convert = converter(entry.converter)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=args.no_progress,
+        ) as progress:
+            task = progress.add_task(f"converting {entry.file_name}", total=None)
+
+            def report(done: int, total: int, task: TaskID = task, progress: Progress = progress) -> None:
+                progress.update(task, completed=done, total=total)
+
+            _config, state, path, fresh = convert_cached(
+                status.path, entry.converter, lambda p, c=convert: c(p, report)
+            )
+        params = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var")))
+        what = "converted" if fresh else "already converted"
+        out.print(f"[green]✓[/] {entry.name}: {what}, {len(state)} tensors, {params:,} parameters → {path}")
+    return 0
+
+
+def _convertible_names() -> str:
+    return ", ".join(e.name for e in registry.MODELS if e.converter)
 
 
 def cmd_path(args: argparse.Namespace) -> int:

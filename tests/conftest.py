@@ -19,7 +19,7 @@ def _cuda_reason() -> str | None:
     except ImportError:
         return "torch is not installed"
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        return "no CUDA device on this machine (gpu tests run in benchmarks.gpu_suite on a GPU machine)"
+        return "no CUDA device on this machine"
     return None
 
 

@@ -276,3 +276,36 @@ def test_trust_on_first_use_shows_in_list(
     assert listed["sha256"] == _sha(data)
     assert listed["sha256_origin"] == "trust-on-first-use"
     assert store.TrustStore(store.resolve_model_dir()).get("tofu.bin") is not None
+
+
+# --- convert ----------------------------------------------------------------------------------------------
+
+
+def test_convert_through_the_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model_home: Path
+) -> None:
+    import numpy as np
+
+    from tests.engines.keras_files import build_facedancer, write_h5
+
+    model_home.mkdir()
+    b, out = build_facedancer(np.random.default_rng(0))
+    path = write_h5(model_home / "FaceDancer_small.h5", b, out)
+    data = path.read_bytes()
+    entry = dataclasses.replace(
+        registry.find("facedancer_c_hq"), file_name=path.name, size=len(data), size_exact=True, sha256=_sha(data)
+    )
+    monkeypatch.setattr(registry, "MODELS", (entry,))
+
+    assert main(["models", "convert", "--no-progress"]) == 0
+    assert "facedancer_c_hq: converted" in capsys.readouterr().out
+    assert (model_home / "FaceDancer_small.safetensors").exists()
+    assert main(["models", "convert", "facedancer_c_hq", "--no-progress"]) == 0
+    assert "already converted" in capsys.readouterr().out
+
+
+def test_convert_without_the_file_says_how_to_get_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "convert"]) == 1
+    assert "dancecam models download facedancer_c_hq" in capsys.readouterr().err
+    assert main(["models", "convert", "mtcnn_pnet"]) == 1
+    assert "needs no conversion" in capsys.readouterr().err
