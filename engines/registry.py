@@ -117,6 +117,7 @@ MODELS: tuple[ModelEntry, ...] = (
         sha256=None,
         sources=(Source(f"{_HF}/felixrosberg/ArcFace/resolve/main/ArcFace-Res50.h5", auth="huggingface"),),
         access_url=f"{_HF}/felixrosberg/ArcFace",
+        converter="arcface",
     ),
     ModelEntry(
         name="scrfd_10g",

@@ -17,4 +17,8 @@ def converter(kind: str) -> ConvertFn:
         from engines.facedancer import convert_keras_file
 
         return convert_keras_file
+    if kind == "arcface":
+        from engines.arcface import convert_keras_file as convert_arcface
+
+        return convert_arcface
     raise KeyError(f"no converter {kind!r}")

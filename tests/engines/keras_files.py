@@ -190,6 +190,145 @@ def build_facedancer(
     return b, u
 
 
+# --- a Keras-applications ResNet (v1) with an embedding head, as ArcFace-Res50.h5 is built -------------------
+
+
+def _bn(b: KerasBuilder, x: str, c: int, name: str | None = None, eps: float = 1.001e-5) -> str:
+    layer = b.add("BatchNormalization", {"axis": [3], "epsilon": eps, "center": True, "scale": True}, [x], name)
+    rng = b.rng
+    layer.weights = [
+        (f"{layer.name}/gamma:0", (1 + 0.2 * rng.standard_normal(c)).astype(np.float32)),
+        (f"{layer.name}/beta:0", (0.2 * rng.standard_normal(c)).astype(np.float32)),
+        (f"{layer.name}/moving_mean:0", (0.2 * rng.standard_normal(c)).astype(np.float32)),
+        (f"{layer.name}/moving_variance:0", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+    ]
+    return layer.name
+
+
+def _kconv(b: KerasBuilder, x: str, cin: int, cout: int, k: int, stride: int, padding: str, name: str) -> str:
+    cfg = {"filters": cout, "kernel_size": [k, k], "strides": [stride, stride], "padding": padding, "use_bias": True}
+    layer = b.add("Conv2D", {**cfg, "activation": "linear"}, [x], name)
+    layer.weights = [(f"{name}/kernel:0", b._w(k, k, cin, cout)), (f"{name}/bias:0", b._w(cout, scale=0.1))]
+    return name
+
+
+def build_resnet(
+    b: KerasBuilder,
+    x: str,
+    blocks: tuple[int, ...] = (1, 2, 1, 1),
+    widths: tuple[int, ...] = (2, 4, 4, 8),
+    stem: int = 4,
+) -> tuple[str, int]:
+    """Keras-applications ResNet v1 layers (names as keras.applications gives them) from layer `x`."""
+    x = b.op("ZeroPadding2D", [x], padding=[[3, 3], [3, 3]])
+    x = _kconv(b, x, 3, stem, 7, 2, "valid", "conv1_conv")
+    x = b.add("Activation", {"activation": "relu"}, [_bn(b, x, stem, "conv1_bn")], "conv1_relu").name
+    x = b.add("ZeroPadding2D", {"padding": [[1, 1], [1, 1]]}, [x], "pool1_pad").name
+    x = b.add("MaxPooling2D", {"pool_size": [3, 3], "strides": [2, 2], "padding": "valid"}, [x], "pool1_pool").name
+    cin = stem
+    for s, (n, w) in enumerate(zip(blocks, widths, strict=True)):
+        for i in range(n):
+            name = f"conv{s + 2}_block{i + 1}"
+            stride = 2 if (i == 0 and s > 0) else 1
+            if i == 0:
+                short = _bn(b, _kconv(b, x, cin, 4 * w, 1, stride, "valid", name + "_0_conv"), 4 * w, name + "_0_bn")
+            else:
+                short = x
+            y = _kconv(b, x, cin, w, 1, stride, "valid", name + "_1_conv")
+            y = b.add("Activation", {"activation": "relu"}, [_bn(b, y, w, name + "_1_bn")], name + "_1_relu").name
+            y = _kconv(b, y, w, w, 3, 1, "same", name + "_2_conv")
+            y = b.add("Activation", {"activation": "relu"}, [_bn(b, y, w, name + "_2_bn")], name + "_2_relu").name
+            y = _bn(b, _kconv(b, y, w, 4 * w, 1, 1, "valid", name + "_3_conv"), 4 * w, name + "_3_bn")
+            y = b.add("Add", {}, [short, y], name + "_add").name
+            x = b.add("Activation", {"activation": "relu"}, [y], name + "_out").name
+            cin = 4 * w
+    return x, cin
+
+
+def build_arcface(
+    rng: np.random.Generator,
+    head: str = "bn_dropout_flatten_dense_bn",
+    size: int = 112,
+    embedding: int = 16,
+    **resnet: Any,
+) -> tuple[KerasBuilder, str]:
+    b = KerasBuilder(rng)
+    x = b.input((size, size, 3))
+    x, c = build_resnet(b, x, **resnet)
+    side = -(-size // 32)
+    if head == "bn_dropout_flatten_dense_bn":
+        x = b.op("Flatten", [b.op("Dropout", [_bn(b, x, c, eps=1e-3)], rate=0.4)])
+        x = _bn(b, b.dense(x, c * side * side, embedding), embedding, eps=1e-3)
+    elif head == "gap_dense":
+        x = b.dense(b.op("GlobalAveragePooling2D", [x]), c, embedding)
+    else:
+        x = b.op(head, [x])  # an unsupported layer, for error tests
+    return b, x
+
+
+def nest(b: KerasBuilder, inner_output: str, outer_input_shape: tuple[int, ...], inner_name: str = "resnet50") -> dict:
+    """Model config in which the layers up to `inner_output` form a nested model used as one layer."""
+    names = [layer.name for layer in b.layers]
+    cut = names.index(inner_output) + 1
+    inner, outer = b.layers[:cut], b.layers[cut:]
+    spec = lambda layer: {  # noqa: E731
+        "class_name": layer.class_name,
+        "config": layer.config,
+        "name": layer.name,
+        "inbound_nodes": [[[p if p != inner_output else inner_name, 0, 0, {}] for p in layer.inbound]]
+        if layer.inbound
+        else [],
+    }
+    nested = {
+        "class_name": "Functional",
+        "name": inner_name,
+        "config": {
+            "name": inner_name,
+            "layers": [spec(layer) for layer in inner],
+            "input_layers": [[b.inputs[0], 0, 0]],
+            "output_layers": [[inner_output, 0, 0]],
+        },
+        "inbound_nodes": [[["outer_input", 0, 0, {}]]],
+    }
+    outer_in = {
+        "class_name": "InputLayer",
+        "config": {"batch_input_shape": [None, *outer_input_shape], "name": "outer_input"},
+        "name": "outer_input",
+        "inbound_nodes": [],
+    }
+    return {
+        "class_name": "Functional",
+        "config": {
+            "name": "arcface",
+            "layers": [outer_in, nested] + [spec(layer) for layer in outer],
+            "input_layers": [["outer_input", 0, 0]],
+            "output_layers": [[b.layers[-1].name, 0, 0]],
+        },
+    }
+
+
+def write_nested_h5(path: Path, b: KerasBuilder, inner_output: str, config: dict, inner_name: str = "resnet50") -> Path:
+    names = [layer.name for layer in b.layers]
+    cut = names.index(inner_output) + 1
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config).encode()
+        mw = f.create_group("model_weights")
+        outer = b.layers[cut:]
+        mw.attrs["layer_names"] = np.array([b"outer_input", inner_name.encode()] + [o.name.encode() for o in outer])
+        mw.create_group("outer_input").attrs["weight_names"] = np.array([], dtype="S1")
+        g = mw.create_group(inner_name)
+        inner_weights = [(n, a) for layer in b.layers[:cut] for n, a in layer.weights]
+        g.attrs["weight_names"] = np.array([n.encode() for n, _ in inner_weights])
+        for n, a in inner_weights:
+            g.create_dataset(n, data=a)
+        for layer in outer:
+            lg = mw.create_group(layer.name)
+            lg.attrs["weight_names"] = np.array([n.encode() for n, _ in layer.weights])
+            for n, a in layer.weights:
+                lg.create_dataset(n, data=a)
+    return path
+
+
 # --- writing ----------------------------------------------------------------------------------------------
 
 
@@ -253,12 +392,17 @@ def write_h5(path: Path, b: KerasBuilder, output: str, config: dict[str, Any] | 
 # --- independent numpy forward pass (NHWC) ----------------------------------------------------------------
 
 
-def _conv_same(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def _conv(
+    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, stride: int = 1, padding: str = "same"
+) -> np.ndarray:
     k = kernel.shape[0]
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    cols = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))  # n, h, w, c, k, k
-    return np.einsum("nhwcij,ijco->nhwo", cols, kernel, optimize=True) + bias
+    if padding == "same":
+        assert stride == 1, "the reference only needs 'same' at stride 1"
+        p = k // 2
+        x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    cols = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    y = np.einsum("nhwcij,ijco->nhwo", cols, kernel, optimize=True)
+    return y if bias is None else y + bias
 
 
 def _resize_bilinear_half_pixel(x: np.ndarray, factor: int) -> np.ndarray:
@@ -279,15 +423,35 @@ def _resize_bilinear_half_pixel(x: np.ndarray, factor: int) -> np.ndarray:
 def run_numpy(b: KerasBuilder, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
     vals: dict[str, np.ndarray] = dict(feeds)
     for layer in b.layers:
-        if layer.class_name == "InputLayer":
+        if layer.class_name == "InputLayer" and layer.name in vals:
             continue
         ins = [vals[p] for p in layer.inbound]
         ws = [w for _, w in layer.weights]
         cls, cfg = layer.class_name.split(">")[-1], layer.config
-        if cls == "Conv2D":
-            y = _conv_same(ins[0], ws[0], ws[1])
+        if cls in ("InputLayer", "Identity"):
+            y = ins[0]
+        elif cls == "Conv2D":
+            y = _conv(ins[0], ws[0], ws[1] if len(ws) > 1 else None, cfg["strides"][0], cfg["padding"])
             if cfg.get("activation") == "sigmoid":
                 y = 1 / (1 + np.exp(-y))
+        elif cls == "ZeroPadding2D":
+            (t, bo), (le, ri) = cfg["padding"]
+            y = np.pad(ins[0], ((0, 0), (t, bo), (le, ri), (0, 0)))
+        elif cls == "BatchNormalization":
+            gamma, beta, mean, var = ws
+            y = (ins[0] - mean) / np.sqrt(var + cfg["epsilon"]) * gamma + beta
+        elif cls == "Activation":
+            assert cfg["activation"] == "relu"
+            y = np.maximum(ins[0], 0)
+        elif cls == "MaxPooling2D":
+            k, st = cfg["pool_size"][0], cfg["strides"][0]
+            y = np.lib.stride_tricks.sliding_window_view(ins[0], (k, k), axis=(1, 2))[:, ::st, ::st].max(axis=(-1, -2))
+        elif cls == "GlobalAveragePooling2D":
+            y = ins[0].mean(axis=(1, 2))
+        elif cls == "Dropout":
+            y = ins[0]
+        elif cls == "Flatten":
+            y = ins[0].reshape(ins[0].shape[0], -1)
         elif cls == "Dense":
             y = ins[0] @ ws[0] + ws[1]
         elif cls == "LeakyReLU":
