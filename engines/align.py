@@ -1,0 +1,95 @@
+"""Five-point face alignment: the least-squares similarity that maps detected landmarks onto the ArcFace template.
+
+Matrices are OpenCV-style (2, 3) affines in pixel coordinates (pixel centres at integers), the convention of
+`cv2.warpAffine(image, M, (size, size))`. Every function is batched, runs on the tensors' device, and never reads
+a value back to the host, so it can sit on the GPU path between detection and the warp kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# The ArcFace 112x112 template: left eye, right eye, nose, left and right mouth corner (as seen in the image).
+ARCFACE_TEMPLATE: tuple[tuple[float, float], ...] = (
+    (38.2946, 51.6963),
+    (73.5318, 51.5014),
+    (56.0252, 71.7366),
+    (41.5493, 92.3655),
+    (70.7299, 92.2041),
+)
+ARCFACE_SIZE = 112
+
+
+def template(
+    size: int = ARCFACE_SIZE, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The (5, 2) template for a `size` x `size` crop: the 112 template scaled by size/112.
+
+    Uniform scaling is what the official FaceDancer code does for its 256 crop (not insightface's 128-based
+    layout, which shifts x by 8 for sizes that are multiples of 128).
+    """
+    t = torch.tensor(ARCFACE_TEMPLATE, dtype=torch.float64, device=device) * (size / ARCFACE_SIZE)
+    return t.to(dtype)
+
+
+def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Least-squares similarity (rotation, uniform scale, translation; never a reflection) mapping src onto dst.
+
+    src, dst: (B, N, 2) or (N, 2) point sets, N >= 2. Returns (B, 2, 3) or (2, 3) in src's dtype.
+
+    In 2-D, Umeyama's solution restricted to proper rotations has a closed form: with points as complex numbers
+    z (src) and w (dst), centred, the optimum of |a z + b - w|^2 is a = sum(conj(z) w) / sum(|z|^2). That is the
+    same matrix scikit-image's SVD-based estimate gives (including its det < 0 correction), but needs no SVD,
+    so it is cheap in a batch and has no device synchronisation. Computed in float64.
+    """
+    if src.shape != dst.shape or src.shape[-1] != 2 or src.ndim not in (2, 3):
+        raise ValueError(
+            f"expected matching (B, N, 2) or (N, 2) point sets, got {tuple(src.shape)} and {tuple(dst.shape)}"
+        )
+    out_dtype = src.dtype if src.is_floating_point() else torch.float32
+    s = src.to(torch.float64)
+    d = dst.to(device=src.device, dtype=torch.float64)
+    s_mean = s.mean(dim=-2, keepdim=True)
+    d_mean = d.mean(dim=-2, keepdim=True)
+    sx, sy = (s - s_mean).unbind(-1)
+    dx, dy = (d - d_mean).unbind(-1)
+    # A degenerate src (all points equal) gives a = 0: everything maps to dst's centroid instead of NaN.
+    var = (sx * sx + sy * sy).sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    a = (sx * dx + sy * dy).sum(-1) / var  # scale * cos(angle)
+    b = (sx * dy - sy * dx).sum(-1) / var  # scale * sin(angle)
+    mx, my = s_mean.squeeze(-2).unbind(-1)
+    tx = d_mean[..., 0, 0] - (a * mx - b * my)
+    ty = d_mean[..., 0, 1] - (b * mx + a * my)
+    m = torch.stack((torch.stack((a, -b, tx), -1), torch.stack((b, a, ty), -1)), -2)
+    return m.to(out_dtype)
+
+
+def estimate_norm(landmarks: torch.Tensor, size: int = ARCFACE_SIZE) -> torch.Tensor:
+    """The (2, 3) or (B, 2, 3) matrix taking image landmarks ((5, 2) or (B, 5, 2)) to the template at `size`.
+
+    `cv2.warpAffine(image, M, (size, size))` with it gives the aligned crop.
+    """
+    if landmarks.shape[-2:] != (5, 2):
+        raise ValueError(f"expected (5, 2) or (B, 5, 2) landmarks, got {tuple(landmarks.shape)}")
+    dst = template(size, device=landmarks.device, dtype=torch.float64).expand_as(landmarks)
+    return similarity_transform(landmarks, dst)
+
+
+def invert_affine(m: torch.Tensor) -> torch.Tensor:
+    """The inverse of (..., 2, 3) affine matrices (closed form, float64 inside, no host sync)."""
+    if m.shape[-2:] != (2, 3):
+        raise ValueError(f"expected (..., 2, 3) affine matrices, got {tuple(m.shape)}")
+    x = m.to(torch.float64)
+    a, b, tx = x[..., 0, 0], x[..., 0, 1], x[..., 0, 2]
+    c, d, ty = x[..., 1, 0], x[..., 1, 1], x[..., 1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    itx = -(ia * tx + ib * ty)
+    ity = -(ic * tx + id_ * ty)
+    inv = torch.stack((torch.stack((ia, ib, itx), -1), torch.stack((ic, id_, ity), -1)), -2)
+    return inv.to(m.dtype)
+
+
+def apply_affine(m: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Points (..., N, 2) mapped through matrices (..., 2, 3): x' = A x + t."""
+    return points @ m[..., :2].transpose(-1, -2) + m[..., 2].unsqueeze(-2)
