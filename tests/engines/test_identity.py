@@ -49,7 +49,7 @@ def test_aligned_crop_puts_the_landmarks_on_the_template(astronaut: np.ndarray, 
     mapped = apply_affine(m, torch.as_tensor(lm, dtype=torch.float64))
     target = template(112).double()
     # least squares maps the centroid exactly; a real face's own proportions leave a few pixels per point
-    torch.testing.assert_close(mapped.mean(0), target.mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(mapped.mean(0), target.mean(0), rtol=0, atol=1e-5)  # float32 template
     assert (mapped - target).norm(dim=1).max() < 8
     crop = align_crop(astronaut, lm)
     assert crop.shape == (112, 112, 3)
