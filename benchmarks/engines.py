@@ -68,12 +68,21 @@ def summary(times: list[float]) -> dict[str, float]:
     }
 
 
+def measure(name: str, fn: Callable[[], object], warmup: int, repeats: int, gflop: float | None = None) -> dict:
+    gflop = flops(fn) / 1e9 if gflop is None else gflop
+    stats = summary(timed(fn, warmup, repeats))
+    return {"case": name, "gflop": gflop, **stats, "gflop_per_s": gflop / (stats["p50_ms"] / 1e3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--compile", action="store_true", help="also time FaceDancer under torch.compile (inductor, frozen weights)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,13 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     cases.append(("FaceDancer C fp32 b1 channels_last", lambda: fd_cl(x_cl, w)))
     cases.append(("FaceDancer C fp32 b1 contiguous", lambda: fd(x, w)))
     cases.append(("ArcFace-Res50 fp32 b1", lambda: arc(a)))
-
     rows = []
-    with torch.inference_mode():
+    with torch.no_grad():
         for name, fn in cases:
-            gflop = flops(fn) / 1e9
-            stats = summary(timed(fn, args.warmup, args.repeats))
-            rows.append({"case": name, "gflop": gflop, **stats, "gflop_per_s": gflop / (stats["p50_ms"] / 1e3)})
+            rows.append(measure(name, fn, args.warmup, args.repeats))
+
+    compile_s = None
+    if args.compile:  # last: inductor's compile workers must not run beside the eager timings
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # weights become constants: oneDNN prepacking and fusions
+        compiled = torch.compile(fd_cl)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            compiled(x_cl, w)
+            compile_s = time.perf_counter() - t0
+            name = "FaceDancer C fp32 b1 channels_last, torch.compile"
+            rows.append(measure(name, lambda: compiled(x_cl, w), args.warmup, args.repeats, rows[0]["gflop"]))
 
     device = cpu_name()
     result = {
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "repeats": args.repeats,
+        "compile_seconds": compile_s,
         "rows": rows,
         "reference": "official Keras FaceDancer: ~360 ms per face on a 2-core CPU of this class (tf.function)",
     }
