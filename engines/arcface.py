@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.convert.cache import convert_cached, read_cached
+from engines.convert.cache import load_converted
 from engines.convert.keras_h5 import KerasGraph, KerasLayer, WeightTaker, read_keras_h5
 from engines.errors import CheckpointFormatError
 
@@ -342,14 +342,7 @@ def convert_keras_file(
 
 def load_arcface(path: str | Path, device: torch.device | str = "cpu") -> ArcFace:
     """ArcFace in eval mode (float32) from `ArcFace-Res50.h5` (converted once, cached beside it) or its cache."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        cached = read_cached(path, "arcface")
-        if cached is None:
-            raise CheckpointFormatError(f"{path} is not a DanceCam ArcFace weights file; convert the .h5 again")
-        config, state = cached
-    else:
-        config, state, *_ = convert_cached(path, "arcface", convert_keras_file)
+    config, state = load_converted(Path(path), "arcface", convert_keras_file)
     model = ArcFace(ArcFaceConfig.from_dict(config))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.convert.cache import convert_cached, read_cached
+from engines.convert.cache import load_converted
 from engines.convert.keras_h5 import KerasGraph, KerasLayer, WeightTaker, activation_slope, read_keras_h5
 from engines.errors import CheckpointFormatError
 
@@ -541,14 +541,7 @@ def load_facedancer(
 ) -> FaceDancer:
     """A FaceDancer in eval mode from the official `.h5` (converted once, then cached as safetensors beside it)
     or from such a `.safetensors` cache."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        cached = read_cached(path, "facedancer")
-        if cached is None:
-            raise CheckpointFormatError(f"{path} is not a DanceCam FaceDancer weights file; convert the .h5 again")
-        config, state = cached
-    else:
-        config, state, *_ = convert_cached(path, "facedancer", lambda p: convert_keras_file(p, progress))
+    config, state = load_converted(Path(path), "facedancer", lambda p: convert_keras_file(p, progress))
     model = FaceDancer(FaceDancerConfig.from_dict(config))
     model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval()

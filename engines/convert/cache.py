@@ -63,3 +63,14 @@ def convert_cached(
         tmp.unlink(missing_ok=True)
         raise CheckpointFormatError(f"cannot write the converted weights to {target} ({e.strerror})") from e
     return config, state, target, True
+
+
+def load_converted(path: Path, kind: str, convert: Converter) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+    """(config, state dict) from an official file (converted once, then cached) or from its `.safetensors` cache."""
+    if path.suffix != ".safetensors":
+        config, state, *_ = convert_cached(path, kind, convert)
+        return config, state
+    cached = read_cached(path, kind)
+    if cached is None:
+        raise CheckpointFormatError(f"{path} is not a DanceCam {kind} weights file; convert the original again")
+    return cached

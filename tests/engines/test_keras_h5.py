@@ -207,5 +207,5 @@ def test_load_rejects_a_foreign_safetensors(tmp_path: Path) -> None:
 
     path = tmp_path / "other.safetensors"
     save_file({"a": torch.zeros(1)}, str(path))
-    with pytest.raises(CheckpointFormatError, match="not a DanceCam FaceDancer weights file"):
+    with pytest.raises(CheckpointFormatError, match="not a DanceCam facedancer weights file"):
         load_facedancer(path)

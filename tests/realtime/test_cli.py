@@ -309,3 +309,23 @@ def test_convert_without_the_file_says_how_to_get_it(capsys: pytest.CaptureFixtu
     assert "dancecam models download facedancer_c_hq" in capsys.readouterr().err
     assert main(["models", "convert", "mtcnn_pnet"]) == 1
     assert "needs no conversion" in capsys.readouterr().err
+
+
+def test_convert_arcface_through_the_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model_home: Path
+) -> None:
+    import numpy as np
+
+    from tests.engines.keras_files import build_arcface, write_h5
+
+    model_home.mkdir()
+    b, out = build_arcface(np.random.default_rng(0))
+    path = write_h5(model_home / "ArcFace-small.h5", b, out)
+    data = path.read_bytes()
+    entry = dataclasses.replace(registry.find("arcface_r50"), file_name=path.name, size=len(data), size_exact=True)
+    monkeypatch.setattr(registry, "MODELS", (entry,))
+    assert main(["models", "convert", "arcface_r50", "--no-progress"]) == 0
+    out_text = capsys.readouterr().out
+    assert "arcface_r50: converted" in out_text
+    # trust on first use recorded the file's hash on the way (no published hash for ArcFace-Res50.h5)
+    assert store.TrustStore(model_home).get(path.name) is not None
