@@ -13,6 +13,7 @@ Plain `urllib` is enough here: one GET at a time, and it keeps `Authorization` o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import http.client
 import json
@@ -65,6 +66,15 @@ USER_AGENT = "dancecam-model-manager/0.1"
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 _TOKEN_PAGE = "https://huggingface.co/settings/tokens"
+HF_BASE = "https://huggingface.co"
+
+
+def resolve_url(url: str) -> str:
+    """Hugging Face addresses honour HF_ENDPOINT (a mirror or self-hosted hub), as huggingface_hub does."""
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    if endpoint and url.startswith(HF_BASE + "/"):
+        return endpoint + url[len(HF_BASE) :]
+    return url
 
 
 def hf_token_from_env() -> str | None:
@@ -143,7 +153,8 @@ def download(
 
     failures: list[DownloadError] = []
     with _lock(model_dir, entry), _progress(opts, console) as progress:
-        for source in entry.sources:
+        for listed in entry.sources:
+            source = dataclasses.replace(listed, url=resolve_url(listed.url))
             try:
                 return _from_source(entry, source, model_dir, opts, progress)
             except DiskFullError:

@@ -25,6 +25,7 @@ class Served:
     stop_at: int | None = None  # always drop the connection at this absolute offset (a broken upstream)
     redirect: str | None = None  # answer 302 to this URL
     ignore_range: bool = False
+    delay: float = 0.0  # seconds between 64 kB chunks (a slow link)
 
     def __post_init__(self) -> None:
         if self.etag is None:
@@ -89,6 +90,8 @@ class FileServer:
             limit = min(limit, max(0, served.stop_at - start))
         for i in range(0, limit, 64 * 1024):
             await resp.write(body[i : min(limit, i + 64 * 1024)])
+            if served.delay:
+                await asyncio.sleep(served.delay)
         if limit < len(body):
             assert request.transport is not None
             request.transport.close()  # the client sees the connection end before Content-Length
@@ -110,7 +113,7 @@ class ServerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
-        app.router.add_get("/{name}", self.server.handle)
+        app.router.add_get("/{name:.+}", self.server.handle)
         self._test_server = TestServer(app, host=self.server.host)
         self._loop.run_until_complete(self._test_server.start_server())
         self.server.base_url = str(self._test_server.make_url("")).rstrip("/")

@@ -451,3 +451,14 @@ def test_unwritable_model_dir(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(DownloadError, match="cannot create the model directory"):
         dl.download(entry_for(["http://127.0.0.1:9/x"], b"x"), blocker / "models", opts(), quiet())
+
+
+def test_hf_endpoint_redirects_only_hugging_face_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.local:8080/")
+    assert (
+        dl.resolve_url("https://huggingface.co/a/b/resolve/main/f.h5")
+        == "http://mirror.local:8080/a/b/resolve/main/f.h5"
+    )
+    assert dl.resolve_url("https://github.com/x/y.zip") == "https://github.com/x/y.zip"
+    monkeypatch.delenv("HF_ENDPOINT")
+    assert dl.resolve_url("https://huggingface.co/a") == "https://huggingface.co/a"

@@ -329,3 +329,40 @@ def test_convert_arcface_through_the_cli(
     assert "arcface_r50: converted" in out_text
     # trust on first use recorded the file's hash on the way (no published hash for ArcFace-Res50.h5)
     assert store.TrustStore(model_home).get(path.name) is not None
+
+
+# --- the shipped registry end to end, through HF_ENDPOINT ---------------------------------------------------
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes(file_server: FileServer, tmp_path: Path) -> None:
+    """`dancecam models download arcface_r50` in a real process, its Hugging Face URL sent to a local mirror
+    with HF_ENDPOINT: Ctrl-C mid-transfer exits 130 with the partial file kept; the next run asks for the rest."""
+    import signal
+    import time
+
+    remote = "felixrosberg/ArcFace/resolve/main/ArcFace-Res50.h5"
+    data = os.urandom(3_000_000)
+    file_server.files[remote] = Served(data, delay=0.05)
+    home = tmp_path / "models"
+    env = {**os.environ, "HF_ENDPOINT": file_server.base_url, "DANCECAM_HOME": str(home)}
+    cmd = [str(BIN / "dancecam"), "models", "download", "arcface_r50", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = home / "ArcFace-Res50.h5.part"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 200_000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    assert "Traceback" not in err
+    kept = part.stat().st_size
+    assert 0 < kept < len(data)
+
+    file_server.files[remote].delay = 0.0
+    again = run(*cmd, env=env)
+    assert file_server.requests_for(remote)[-1].headers["Range"] == f"bytes={kept}-"
+    # this stand-in is 3 MB, not the published ~162 MB: it is refused rather than trusted
+    assert again.returncode == 1
+    assert "not the published ~162.0 MB" in again.stderr
+    assert not (home / "ArcFace-Res50.h5").exists()
