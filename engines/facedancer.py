@@ -295,6 +295,10 @@ class FaceDancer(nn.Module):
     def forward(self, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """target (B, 3, 256, 256) in [-1, 1]; w (B, width) or (1, width) from `map_identity`. Linear output."""
         if w.shape[0] != target.shape[0]:
+            if w.shape[0] != 1:
+                raise ValueError(
+                    f"w has {w.shape[0]} rows for {target.shape[0]} crops: pass 1 (shared) or one per crop"
+                )
             w = w.expand(target.shape[0], -1)
         x = self.stem(target)
         skips = [x]

@@ -82,6 +82,8 @@ def test_forward_shapes_and_identity_split() -> None:
     with torch.no_grad():
         other = model(x, model.map_identity(torch.randn(1, 512)))
     assert (other - y).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="2 rows for 3 crops"):
+        model(x, torch.zeros(2, 16))
 
 
 def test_output_is_linear_not_squashed() -> None:
