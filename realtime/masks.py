@@ -1,0 +1,81 @@
+"""Soft blend masks for pasting swapped faces back, built once per crop size.
+
+The default is the official FaceDancer mask: ones at rows 77:240, columns 32:224 of the 256 crop (the face below
+the forehead), blurred with a Gaussian of sigma 7 (`scipy.ndimage.gaussian_filter` semantics: reflecting border,
+kernel truncated at 4 sigma). For other crop sizes the rectangle and sigma scale with size/256. An ellipse over the
+same region is the alternative; `erode_px` shrinks the region and `feather_px` sets the blur sigma, both in pixels of
+the crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from engines.errors import ConfigError
+
+MaskKind = Literal["official", "ellipse"]
+# official region in the 256 crop: rows 77:240, columns 32:224
+_ROWS, _COLS, _BASE, _SIGMA = (77, 240), (32, 224), 256, 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class MaskSpec:
+    kind: MaskKind = "official"
+    feather_px: float | None = None  # Gaussian sigma; None: 7 px at 256, scaled with the crop
+    erode_px: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("official", "ellipse"):
+            raise ConfigError(f"mask must be 'official' or 'ellipse', not {self.kind!r}")
+        if self.feather_px is not None and not 0 <= self.feather_px <= 64:
+            raise ConfigError(f"mask feather must be between 0 and 64 px, got {self.feather_px}")
+        if not 0 <= self.erode_px <= 64:
+            raise ConfigError(f"mask erosion must be between 0 and 64 px, got {self.erode_px}")
+
+
+def build_mask(size: int, spec: MaskSpec = MaskSpec()) -> np.ndarray:
+    """(size, size) float32 in [0, 1]; cached, so callers must not modify it."""
+    return _build(size, spec)
+
+
+@lru_cache(maxsize=16)
+def _build(size: int, spec: MaskSpec) -> np.ndarray:
+    scale = size / _BASE
+    r0, r1 = (round(v * scale) for v in _ROWS)
+    c0, c1 = (round(v * scale) for v in _COLS)
+    region = np.zeros((size, size), np.uint8)
+    if spec.kind == "official":
+        region[r0:r1, c0:c1] = 1
+    else:
+        centre = ((c0 + c1 - 1) / 2, (r0 + r1 - 1) / 2)
+        axes = ((c1 - c0) / 2, (r1 - r0) / 2)
+        # cv2 draws with integer geometry; 4 bits of sub-pixel precision keep the ellipse centred
+        shift = 4
+        cv2.ellipse(
+            region,
+            (round(centre[0] * 16), round(centre[1] * 16)),
+            (round(axes[0] * 16), round(axes[1] * 16)),
+            0,
+            0,
+            360,
+            1,
+            -1,
+            cv2.LINE_8,
+            shift,
+        )
+    if spec.erode_px:
+        k = 2 * spec.erode_px + 1
+        region = cv2.erode(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    mask = region.astype(np.float32)
+    sigma = _SIGMA * scale if spec.feather_px is None else float(spec.feather_px)
+    if sigma > 0:
+        radius = int(4.0 * sigma + 0.5)  # scipy's truncate=4.0
+        mask = cv2.GaussianBlur(mask, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_REFLECT)
+    mask = np.clip(mask, 0.0, 1.0)
+    mask.setflags(write=False)
+    return mask
