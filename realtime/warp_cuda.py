@@ -1,0 +1,219 @@
+"""Face alignment and paste-back on the GPU: two fused CuPy kernels with the CPU path's behaviour
+(`realtime.warp_cpu`), on torch tensors, on the caller's CUDA stream, with no host synchronisation.
+
+- `align_faces`: one launch for every face of the frame: inverse-map each crop pixel into the frame, bilinear
+  sample with the border replicated, normalise to [-1, 1] and write NCHW (float32 or float16).
+- `paste_faces`: one launch over the union of the faces' boxes: each frame pixel visits the faces in order, maps
+  itself into each crop, samples crop and mask bilinearly (zero outside the crop) and blends, so overlapping faces
+  compose exactly as the sequential CPU path does; pixels outside every face's box are never touched.
+
+Matrices map frame pixels to crop pixels (as `engines.align.estimate_norm` returns them); pixel centres sit at
+integer coordinates. Known difference from the CPU path: OpenCV rounds interpolation weights to 1/32 and rounds the
+aligned crop to uint8 before normalising; these kernels interpolate in float32. The parity test states the
+tolerance.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+_SOURCE = r"""
+#include <cuda_fp16.h>
+
+__device__ __forceinline__ float texel(const unsigned char* img, int w, int h, int x, int y, int c) {
+    x = min(max(x, 0), w - 1);  // border replicated
+    y = min(max(y, 0), h - 1);
+    return (float)img[((long long)y * w + x) * 3 + c];
+}
+
+template <typename T>
+__device__ __forceinline__ void store(T* p, float v);
+template <> __device__ __forceinline__ void store<float>(float* p, float v) { *p = v; }
+template <> __device__ __forceinline__ void store<__half>(__half* p, float v) { *p = __float2half_rn(v); }
+
+template <typename T>
+__device__ __forceinline__ float load(const T* p);
+template <> __device__ __forceinline__ float load<float>(const float* p) { return *p; }
+template <> __device__ __forceinline__ float load<__half>(const __half* p) { return __half2float(*p); }
+
+// inv: (N, 6) crop -> frame affine; out: (N, 3, S, S)
+template <typename T>
+__global__ void align_kernel(const unsigned char* frame, int w, int h, const float* inv, int size, T* out) {
+    int n = blockIdx.y;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= size * size) return;
+    int cx = i % size, cy = i / size;
+    const float* m = inv + n * 6;
+    float sx = m[0] * cx + m[1] * cy + m[2];
+    float sy = m[3] * cx + m[4] * cy + m[5];
+    int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
+    float fx = sx - x0, fy = sy - y0;
+    long long plane = (long long)size * size;
+    T* dst = out + (long long)n * 3 * plane + i;
+    #pragma unroll
+    for (int c = 0; c < 3; ++c) {
+        float top = texel(frame, w, h, x0, y0, c) * (1.f - fx) + texel(frame, w, h, x0 + 1, y0, c) * fx;
+        float bot = texel(frame, w, h, x0, y0 + 1, c) * (1.f - fx) + texel(frame, w, h, x0 + 1, y0 + 1, c) * fx;
+        float v = top * (1.f - fy) + bot * fy;
+        store<T>(dst + c * plane, v * (1.f / 127.5f) - 1.f);
+    }
+}
+
+// one tap of a (S, S) plane, zero outside (the CPU path warps with a constant zero border)
+__device__ __forceinline__ float tap(const float* plane, int size, int x, int y) {
+    if (x < 0 || y < 0 || x >= size || y >= size) return 0.f;
+    return plane[y * size + x];
+}
+
+// one tap of a crop channel as a 0..255 pixel value (clipped, as the CPU path clips before warping), zero outside
+template <typename T>
+__device__ __forceinline__ float pixel(const T* plane, int size, int x, int y) {
+    if (x < 0 || y < 0 || x >= size || y >= size) return 0.f;
+    return fminf(fmaxf((load<T>(plane + y * size + x) + 1.f) * 127.5f, 0.f), 255.f);
+}
+
+// fwd: (N, 6) frame -> crop affine; boxes: (N, 4) x0, y0, x1, y1 (end-exclusive, clipped);
+// union box origin (ux, uy) and width uw; crops (N, 3, S, S) in [-1, 1]; mask (S, S) in [0, 1]
+template <typename T>
+__global__ void paste_kernel(unsigned char* frame, int w, int h, const float* fwd, const int* boxes, int n_faces,
+                             int ux, int uy, int uw, int uh, const T* crops, const float* mask, int size) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= uw * uh) return;
+    int px = ux + i % uw, py = uy + i / uw;
+    float rgb[3];
+    bool loaded = false;
+    long long plane = (long long)size * size;
+    for (int n = 0; n < n_faces; ++n) {
+        const int* b = boxes + n * 4;
+        if (px < b[0] || py < b[1] || px >= b[2] || py >= b[3]) continue;
+        const float* m = fwd + n * 6;
+        float cx = m[0] * px + m[1] * py + m[2];
+        float cy = m[3] * px + m[4] * py + m[5];
+        int x0 = (int)floorf(cx), y0 = (int)floorf(cy);
+        float fx = cx - x0, fy = cy - y0;
+        float w00 = (1.f - fx) * (1.f - fy), w10 = fx * (1.f - fy), w01 = (1.f - fx) * fy, w11 = fx * fy;
+        float alpha = tap(mask, size, x0, y0) * w00 + tap(mask, size, x0 + 1, y0) * w10
+                    + tap(mask, size, x0, y0 + 1) * w01 + tap(mask, size, x0 + 1, y0 + 1) * w11;
+        if (alpha <= 0.f) continue;
+        if (!loaded) {
+            for (int c = 0; c < 3; ++c) rgb[c] = (float)frame[((long long)py * w + px) * 3 + c];
+            loaded = true;
+        }
+        const T* crop = crops + (long long)n * 3 * plane;
+        #pragma unroll
+        for (int c = 0; c < 3; ++c) {
+            const T* p = crop + c * plane;
+            float v00 = pixel<T>(p, size, x0, y0), v10 = pixel<T>(p, size, x0 + 1, y0);
+            float v01 = pixel<T>(p, size, x0, y0 + 1), v11 = pixel<T>(p, size, x0 + 1, y0 + 1);
+            float face = v00 * w00 + v10 * w10 + v01 * w01 + v11 * w11;
+            rgb[c] = rgb[c] + alpha * (face - rgb[c]);
+            rgb[c] = floorf(rgb[c] + 0.5f);  // each face's paste rounds to uint8, as the CPU path does
+        }
+    }
+    if (loaded) {
+        unsigned char* out = frame + ((long long)py * w + px) * 3;
+        for (int c = 0; c < 3; ++c) out[c] = (unsigned char)fminf(fmaxf(rgb[c], 0.f), 255.f);
+    }
+}
+"""
+
+_NAMES = (
+    "align_kernel<float>",
+    "align_kernel<__half>",
+    "paste_kernel<float>",
+    "paste_kernel<__half>",
+)
+_THREADS = 256
+
+
+@lru_cache(maxsize=1)
+def _module() -> Any:
+    import cupy
+
+    return cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=_NAMES)
+
+
+def _kernel(name: str, dtype: torch.dtype) -> Any:
+    suffix = "<float>" if dtype == torch.float32 else "<__half>"
+    return _module().get_function(name + suffix)
+
+
+def _cp(t: torch.Tensor) -> Any:
+    import cupy
+
+    return cupy.from_dlpack(t.detach())
+
+
+def _affines(matrices: torch.Tensor | np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 6) float32 forward (frame→crop) and inverse matrices on the device."""
+    m = torch.as_tensor(matrices, dtype=torch.float64, device=device).reshape(-1, 2, 3)
+    full = torch.cat([m, torch.tensor([0.0, 0.0, 1.0], dtype=m.dtype, device=device).expand(m.shape[0], 1, 3)], 1)
+    inv = torch.linalg.inv(full)[:, :2]
+    return m.reshape(-1, 6).float().contiguous(), inv.reshape(-1, 6).float().contiguous()
+
+
+def align_faces(
+    frame: torch.Tensor, matrices: torch.Tensor | np.ndarray, size: int = 256, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """(N, 3, size, size) crops in [-1, 1] from an (H, W, 3) uint8 RGB CUDA frame; one kernel launch."""
+    if frame.device.type != "cuda" or frame.dtype != torch.uint8 or frame.ndim != 3:
+        raise ValueError("align_faces needs an (H, W, 3) uint8 CUDA tensor")
+    import cupy
+
+    _, inv = _affines(matrices, frame.device)
+    n = inv.shape[0]
+    out = torch.empty((n, 3, size, size), dtype=dtype, device=frame.device)
+    if n == 0:
+        return out
+    frame = frame.contiguous()
+    h, w = frame.shape[:2]
+    grid = ((size * size + _THREADS - 1) // _THREADS, n)
+    with cupy.cuda.ExternalStream(torch.cuda.current_stream(frame.device).cuda_stream):
+        _kernel("align_kernel", dtype)(
+            grid, (_THREADS,), (_cp(frame), np.int32(w), np.int32(h), _cp(inv), np.int32(size), _cp(out))
+        )
+    return out
+
+
+def paste_faces(
+    frame: torch.Tensor,
+    crops: torch.Tensor,
+    matrices: torch.Tensor | np.ndarray,
+    mask: torch.Tensor,
+    boxes: list[tuple[int, int, int, int] | None],
+) -> torch.Tensor:
+    """Blend (N, 3, S, S) crops in [-1, 1] back into the (H, W, 3) uint8 CUDA frame, in place; one launch.
+
+    `boxes` are the faces' frame regions from `realtime.warp_cpu.face_box` (computed on the host from the matrices
+    the host already has, so no device value is read back here); None skips a face.
+    """
+    if frame.device.type != "cuda" or frame.dtype != torch.uint8 or not frame.is_contiguous():
+        raise ValueError("paste_faces needs a contiguous (H, W, 3) uint8 CUDA tensor")
+    import cupy
+
+    keep = [i for i, b in enumerate(boxes) if b is not None]
+    if not keep:
+        return frame
+    fwd, _ = _affines(matrices, frame.device)
+    index = torch.tensor(keep, device=frame.device)
+    fwd, crops = fwd[index].contiguous(), crops[index].contiguous()
+    kept = [boxes[i] for i in keep]
+    ux, uy = min(b[0] for b in kept), min(b[1] for b in kept)  # type: ignore[index]
+    uw = max(b[2] for b in kept) - ux  # type: ignore[index]
+    uh = max(b[3] for b in kept) - uy  # type: ignore[index]
+    box_t = torch.tensor(kept, dtype=torch.int32).to(frame.device, non_blocking=True)
+    mask = mask.to(device=frame.device, dtype=torch.float32).contiguous()
+    h, w = frame.shape[:2]
+    size = crops.shape[-1]
+    grid = ((uw * uh + _THREADS - 1) // _THREADS,)
+    args = (
+        _cp(frame), np.int32(w), np.int32(h), _cp(fwd), _cp(box_t), np.int32(len(kept)),
+        np.int32(ux), np.int32(uy), np.int32(uw), np.int32(uh), _cp(crops), _cp(mask), np.int32(size),
+    )  # fmt: skip
+    with cupy.cuda.ExternalStream(torch.cuda.current_stream(frame.device).cuda_stream):
+        _kernel("paste_kernel", crops.dtype)(grid, (_THREADS,), args)
+    return frame
