@@ -65,6 +65,7 @@ class PipelineConfig:
     detect_every: int = 5  # frames between detections; tracking carries the faces in between
     choice: FaceChoice = field(default_factory=FaceChoice)
     mask: MaskSpec = field(default_factory=MaskSpec)
+    colour_transfer: bool = False  # match each swapped face's Lab mean/std to the target face under the mask
     crop_size: int = 256
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
 
