@@ -149,11 +149,18 @@ def _cp(t: torch.Tensor) -> Any:
 
 
 def _affines(matrices: torch.Tensor | np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 6) float32 forward (frame→crop) and inverse matrices on the device."""
-    m = torch.as_tensor(matrices, dtype=torch.float64, device=device).reshape(-1, 2, 3)
-    full = torch.cat([m, torch.tensor([0.0, 0.0, 1.0], dtype=m.dtype, device=device).expand(m.shape[0], 1, 3)], 1)
-    inv = torch.linalg.inv(full)[:, :2]
-    return m.reshape(-1, 6).float().contiguous(), inv.reshape(-1, 6).float().contiguous()
+    """(N, 6) float32 forward (frame→crop) and inverse matrices on the device.
+
+    Computed on the host (the pipeline's matrices come from host-side landmarks) and uploaded from pinned memory
+    without blocking: `torch.linalg.inv` on the device would check its result and synchronise.
+    """
+    m = np.asarray(torch.as_tensor(matrices).cpu() if isinstance(matrices, torch.Tensor) else matrices, np.float64)
+    m = m.reshape(-1, 2, 3)
+    full = np.concatenate([m, np.broadcast_to([[[0.0, 0.0, 1.0]]], (len(m), 1, 3))], axis=1)
+    inv = np.linalg.inv(full)[:, :2] if len(m) else np.zeros((0, 2, 3))
+    both = torch.from_numpy(np.stack([m.reshape(-1, 6), inv.reshape(-1, 6)]).astype(np.float32))
+    both = both.pin_memory().to(device, non_blocking=True)
+    return both[0], both[1]
 
 
 def align_faces(
@@ -195,23 +202,25 @@ def paste_faces(
         raise ValueError("paste_faces needs a contiguous (H, W, 3) uint8 CUDA tensor")
     import cupy
 
-    keep = [i for i, b in enumerate(boxes) if b is not None]
-    if not keep:
+    kept = [b for b in boxes if b is not None]
+    if not kept:
         return frame
+    if len(boxes) != crops.shape[0]:
+        raise ValueError(f"{len(boxes)} boxes for {crops.shape[0]} crops")
     fwd, _ = _affines(matrices, frame.device)
-    index = torch.tensor(keep, device=frame.device)
-    fwd, crops = fwd[index].contiguous(), crops[index].contiguous()
-    kept = [boxes[i] for i in keep]
-    ux, uy = min(b[0] for b in kept), min(b[1] for b in kept)  # type: ignore[index]
-    uw = max(b[2] for b in kept) - ux  # type: ignore[index]
-    uh = max(b[3] for b in kept) - uy  # type: ignore[index]
-    box_t = torch.tensor(kept, dtype=torch.int32).to(frame.device, non_blocking=True)
+    crops = crops.contiguous()
+    ux, uy = min(b[0] for b in kept), min(b[1] for b in kept)
+    uw = max(b[2] for b in kept) - ux
+    uh = max(b[3] for b in kept) - uy
+    # a skipped face gets an empty box, which no pixel falls in; uploaded from pinned memory, no sync
+    box_t = torch.tensor([b or (0, 0, 0, 0) for b in boxes], dtype=torch.int32).pin_memory()
+    box_t = box_t.to(frame.device, non_blocking=True)
     mask = mask.to(device=frame.device, dtype=torch.float32).contiguous()
     h, w = frame.shape[:2]
     size = crops.shape[-1]
     grid = ((uw * uh + _THREADS - 1) // _THREADS,)
     args = (
-        _cp(frame), np.int32(w), np.int32(h), _cp(fwd), _cp(box_t), np.int32(len(kept)),
+        _cp(frame), np.int32(w), np.int32(h), _cp(fwd), _cp(box_t), np.int32(len(boxes)),
         np.int32(ux), np.int32(uy), np.int32(uw), np.int32(uh), _cp(crops), _cp(mask), np.int32(size),
     )  # fmt: skip
     with cupy.cuda.ExternalStream(torch.cuda.current_stream(frame.device).cuda_stream):

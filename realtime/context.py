@@ -1,0 +1,133 @@
+"""The one owner of a pipeline's device resources: device, CUDA stream, pinned staging buffers, frame tensors, masks.
+
+Stages borrow from it and never allocate frame-sized memory themselves. Frame buffers are allocated for the first
+frame and again only when the resolution changes. Per frame there is one host→device copy in (`upload`) and one
+device→host copy out (`download`), and `download` is the frame's only synchronisation: it waits for the copy out,
+which the stream orders after everything the frame did.
+
+Without CUDA the same object runs the CPU path: the "device" buffer is an ordinary tensor, upload and download
+are memory copies, and no stream exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engines.errors import ConfigError
+from realtime.masks import MaskSpec, build_mask
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' → the first CUDA device when one works, else the CPU; an explicit CUDA request must be satisfiable."""
+    if str(device) == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but this machine has no usable CUDA device")
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s)")
+        dev = torch.device("cuda", index)
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {device!r} is not supported: use auto, cpu or cuda[:N]")
+    return dev
+
+
+@dataclass(slots=True)
+class FrameBuffers:
+    """Everything sized by the frame: reused frame after frame at one resolution."""
+
+    height: int
+    width: int
+    frame: torch.Tensor  # (H, W, 3) uint8 on the device: the frame the stages read and paste into
+    host_in: torch.Tensor  # (H, W, 3) uint8 on the host (pinned with CUDA): staging for the upload
+    host_out: torch.Tensor  # (H, W, 3) uint8 on the host (pinned with CUDA): staging for the download
+
+
+class DeviceContext:
+    """Device, stream and buffers for one pipeline (one session). Not thread-safe: one worker thread uses it."""
+
+    def __init__(self, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+        self.is_cuda = self.device.type == "cuda"
+        self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.is_cuda else None
+        self._buffers: FrameBuffers | None = None
+        self._masks: dict[tuple[int, MaskSpec], torch.Tensor] = {}
+        self._done: torch.cuda.Event | None = torch.cuda.Event() if self.is_cuda else None
+        self.reallocations = 0  # frame buffer (re)allocations: 1 per resolution seen
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make this context's stream current: every kernel of the frame is queued on it."""
+        if self.stream is None:
+            yield
+            return
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            yield
+
+    def buffers(self, height: int, width: int) -> FrameBuffers:
+        b = self._buffers
+        if b is not None and (b.height, b.width) == (height, width):
+            return b
+        if self.is_cuda and b is not None:
+            # the old buffers may still be in use by queued copies: let them finish before they are freed
+            assert self.stream is not None
+            self.stream.synchronize()
+        pin = self.is_cuda
+        self._buffers = b = FrameBuffers(
+            height,
+            width,
+            torch.empty((height, width, 3), dtype=torch.uint8, device=self.device),
+            torch.empty((height, width, 3), dtype=torch.uint8, pin_memory=pin),
+            torch.empty((height, width, 3), dtype=torch.uint8, pin_memory=pin),
+        )
+        self.reallocations += 1
+        return b
+
+    def upload(self, frame: np.ndarray) -> torch.Tensor:
+        """Copy an (H, W, 3) uint8 RGB frame into the device frame buffer (asynchronously with CUDA)."""
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            shape = getattr(frame, "shape", None)
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {type(frame).__name__} {shape}")
+        b = self.buffers(frame.shape[0], frame.shape[1])
+        if not self.is_cuda:
+            np.copyto(b.frame.numpy(), frame)
+            return b.frame
+        np.copyto(b.host_in.numpy(), frame)
+        b.frame.copy_(b.host_in, non_blocking=True)
+        return b.frame
+
+    def download(self, frame: torch.Tensor) -> np.ndarray:
+        """The processed frame on the host as a new array; with CUDA, waits for this frame's work (the one sync)."""
+        if not self.is_cuda:
+            return frame.numpy().copy()
+        b = self.buffers(frame.shape[0], frame.shape[1])
+        b.host_out.copy_(frame, non_blocking=True)
+        assert self._done is not None
+        assert self.stream is not None
+        self._done.record(self.stream)
+        self._done.synchronize()
+        return b.host_out.numpy().copy()
+
+    def mask(self, size: int, spec: MaskSpec) -> torch.Tensor:
+        """The (size, size) float32 blend mask on the device, built once per size and spec."""
+        key = (size, spec)
+        if key not in self._masks:
+            self._masks[key] = torch.from_numpy(np.array(build_mask(size, spec))).to(self.device)
+        return self._masks[key]
+
+    def close(self) -> None:
+        """Free the buffers (a session's end); the context can still be used and will reallocate."""
+        if self.stream is not None:
+            self.stream.synchronize()
+        self._buffers = None
+        self._masks.clear()

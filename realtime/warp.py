@@ -1,0 +1,43 @@
+"""Align and paste-back on the frame's own device: the CuPy kernels on CUDA, OpenCV on the CPU.
+
+Both take the frame as an (H, W, 3) uint8 tensor and host-side (N, 2, 3) float64 matrices (frame → crop), so the
+pipeline is written once. The two paths agree within the tolerance the parity test states.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from realtime import warp_cpu
+
+Box = tuple[int, int, int, int]
+
+
+def face_boxes(matrices: np.ndarray, size: int, width: int, height: int) -> list[Box | None]:
+    """Each face's frame region (end-exclusive, clipped), None for a face entirely off the frame."""
+    return [warp_cpu.face_box(m, size, width, height) for m in matrices]
+
+
+def align(frame: torch.Tensor, matrices: np.ndarray, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, 3, size, size) crops in [-1, 1] of `dtype` on the frame's device."""
+    if frame.device.type == "cuda":
+        from realtime import warp_cuda
+
+        return warp_cuda.align_faces(frame, matrices, size, dtype)
+    crops = warp_cpu.align_faces(frame.numpy(), matrices, size)
+    return torch.from_numpy(crops).to(dtype)
+
+
+def paste(
+    frame: torch.Tensor, crops: torch.Tensor, matrices: np.ndarray, mask: torch.Tensor, boxes: list[Box | None]
+) -> torch.Tensor:
+    """Blend the crops back into `frame` in place, touching only the faces' boxes; returns `frame`."""
+    if frame.device.type == "cuda":
+        from realtime import warp_cuda
+
+        return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes)
+    keep = [i for i, b in enumerate(boxes) if b is not None]
+    if keep:
+        warp_cpu.paste_faces(frame.numpy(), crops[keep].float().numpy(), matrices[keep], mask.numpy())
+    return frame
