@@ -1,31 +1,44 @@
-"""One frame in, one swapped frame out: detect (every N frames) → track and smooth → choose faces → align → swap →
-paste back. This is the synchronous core that file mode and the live worker drive; it never touches asyncio.
+"""One frame in, one swapped frame out: upload → detect (every N frames) → track and smooth → choose faces →
+align → swap → colour transfer (optional) → paste back → download. This is the synchronous core that file mode and
+the live worker drive; it never touches asyncio.
+
+The same code runs on CUDA and on the CPU: the frame lives in the `DeviceContext`'s buffer on its device, warps go
+to the CuPy kernels or OpenCV (`realtime.warp`), and everything else is torch. On CUDA the frame's only waits are
+the download at its end and, on frames where the detector runs, reading its few boxes and landmarks back for the
+tracker (the tracker and face choice are a handful of numbers on the host).
 
 Fail closed: with swapping on and a face being tracked, the output never shows that face unswapped. When the swap
-engine fails (raises, or returns something that is not a finite batch of crops), each face gets its own last swapped
-crop if it is recent, else its region is pixelated; every such event is counted.
+engine fails (raises, returns the wrong shape, or returns non-finite values for a face), that face gets its own
+last good swapped crop if it is at most `repeat_frames` old, else its own crop pixelated (the region stays, the
+identity does not). The choice is made on the device (`torch.where`), so a bad face costs no extra sync; the
+counters are updated once the frame's download has completed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engines.align import estimate_norm
+from engines.arcface import ArcFace
 from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError
 from engines.facedancer import FaceDancer
-from realtime import warp_cpu
+from realtime import warp
+from realtime.colour import colour_transfer
+from realtime.context import DeviceContext
 from realtime.face_choice import FaceChoice, choose_faces
-from realtime.masks import MaskSpec, build_mask
-from realtime.tracking import FaceTracker
+from realtime.masks import MaskSpec
+from realtime.profiler import FrameRecord, Profiler
+from realtime.tracking import FaceTracker, Track
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +69,26 @@ class FaceDancerSwap:
     @torch.inference_mode()
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         out = self.model(crops.to(self.device, self.dtype), self.w)
-        return out.clamp_(-1.0, 1.0).to(crops.dtype)  # linear output, treated as [-1, 1]
+        return out.clamp_(-1.0, 1.0).to(crops.device, crops.dtype)  # linear output, treated as [-1, 1]
+
+
+class FaceEmbedder(Protocol):
+    def __call__(self, crops: torch.Tensor) -> np.ndarray:
+        """(N, 3, 112, 112) crops in [-1, 1] aligned to the ArcFace template → (N, 512) embeddings on the host."""
+        ...
+
+
+class ArcFaceEmbedder:
+    """ArcFace on target faces, for reference-person face choice (runs on detection frames only)."""
+
+    def __init__(self, arcface: ArcFace) -> None:
+        self.arcface = arcface.eval()
+        self.device = next(arcface.parameters()).device
+
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor) -> np.ndarray:
+        x = (crops.to(self.device, torch.float32) + 1.0) * 0.5  # ArcFace takes RGB in [0, 1]
+        return self.arcface(x).float().cpu().numpy()
 
 
 @dataclass(slots=True)
@@ -80,19 +112,19 @@ class PipelineConfig:
 class FrameResult:
     frame: np.ndarray  # (H, W, 3) uint8 RGB
     faces: int  # faces swapped (or hidden) in this frame
-    fail_closed: bool
+    fail_closed: bool  # some face of this frame was repeated or hidden instead of swapped
     detected: bool  # whether the detector ran on this frame
-    stages_ms: dict[str, float]
+    stages_ms: dict[str, float]  # host wall time per stage (on CUDA: time to queue, except the waits)
 
 
 @dataclass(slots=True)
 class _Remembered:
-    crop: np.ndarray  # (3, S, S) last good swapped crop of a track
+    crop: torch.Tensor  # (3, S, S) last good swapped crop of a track, on the device
     frame_index: int
 
 
 class FramePipeline:
-    """The CPU path of the per-frame pipeline (OpenCV warps, torch networks)."""
+    """The per-frame pipeline on the context's device (CUDA or CPU)."""
 
     def __init__(
         self,
@@ -100,94 +132,166 @@ class FramePipeline:
         engine: SwapEngine,
         config: PipelineConfig | None = None,
         tracker: FaceTracker | None = None,
+        context: DeviceContext | None = None,
+        profiler: Profiler | None = None,
+        embedder: FaceEmbedder | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self.config = config or PipelineConfig()
+        if self.config.choice.needs_embeddings and embedder is None:
+            raise ConfigError("face mode 'reference' needs ArcFace to compare faces: load it and pass an embedder")
         self.detector = detector
         self.engine = engine
-        self.config = config or PipelineConfig()
         self.tracker = tracker or FaceTracker()
+        self.context = context or DeviceContext(getattr(detector, "device", "cpu"))
+        self.profiler = profiler or Profiler(self.context.device)
+        self.embedder = embedder
         self.clock = clock
         self.frame_index = 0
         self.fail_closed_events = 0
         self._memory: dict[int, _Remembered] = {}
+        self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
+        self._resolution: tuple[int, int] | None = None
 
     def process(self, frame: np.ndarray, t: float | None = None) -> FrameResult:
         """Swap the chosen faces of one (H, W, 3) uint8 RGB frame; `t` is its timestamp in seconds."""
         cfg = self.config
         t = self.clock() if t is None else t
-        stages: dict[str, float] = {}
         index = self.frame_index
         self.frame_index += 1
-        out = np.array(frame, copy=True)
         if not cfg.swap:
-            return FrameResult(out, 0, False, False, stages)
-
-        tick = time.perf_counter()
-        detect = index % cfg.detect_every == 0 or not self.tracker.tracks
+            return FrameResult(np.array(frame, copy=True), 0, False, False, {})
+        stages: dict[str, float] = {}
+        ctx = self.context
+        with ctx.activate():  # the profiler's frame events go on the frame's stream too
+            record = self.profiler.frame()
+            with _stage(record, stages, "upload"):
+                frame_t = ctx.upload(frame)
+            if self._resolution != frame.shape[:2]:  # new resolution: old positions mean nothing
+                self._resolution = frame.shape[:2]
+                self.tracker.reset()
+                self._memory.clear()
+                self._embeddings.clear()
+            detect = index % cfg.detect_every == 0 or not self.tracker.tracks
+            if detect:
+                with _stage(record, stages, "detect"):
+                    detections = self.detector(image_tensor(frame_t, self.detector.device))
+                with _stage(record, stages, "track"):
+                    tracks = self.tracker.update(detections, t)
+                    if self.embedder is not None and tracks:
+                        self._embed(frame_t, tracks)
+            else:
+                with _stage(record, stages, "track"):
+                    tracks = self.tracker.predict(t)
+            chosen = self._choose(tracks)
+            good: torch.Tensor | None = None
+            all_failed = False
+            if chosen:
+                with _stage(record, stages, "align"):
+                    landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
+                    matrices = estimate_norm(landmarks, cfg.crop_size).numpy()
+                    boxes = warp.face_boxes(matrices, cfg.crop_size, frame.shape[1], frame.shape[0])
+                    crops = warp.align(frame_t, matrices, cfg.crop_size)
+                    mask = ctx.mask(cfg.crop_size, cfg.mask)
+                with _stage(record, stages, "swap"):
+                    swapped, good = self._swap(crops, [tr.id for tr in chosen], index)
+                    all_failed = good is None
+                if cfg.colour_transfer:
+                    with _stage(record, stages, "colour"):
+                        swapped = colour_transfer(swapped, crops, mask)
+                with _stage(record, stages, "paste"):
+                    warp.paste(frame_t, swapped, matrices, mask, boxes)
+                good_host = good.to("cpu", non_blocking=True) if good is not None else None
+            with _stage(record, stages, "download"):
+                out = ctx.download(frame_t)
+            record.finish()
+        failed = False
+        if chosen:
+            # the download has waited for the frame: `good` is on the host now, at no further cost
+            ok = [False] * len(chosen) if good_host is None else good_host.tolist()
+            failed = all_failed or not all(ok)
+            for i, (track, fine) in enumerate(zip(chosen, ok, strict=True)):
+                if fine:
+                    self._memory[track.id] = _Remembered(swapped[i], index)
+            self._forget(index)
+            if failed:
+                self.fail_closed_events += 1
+                self.profiler.count("fail_closed")
         if detect:
-            detections = self.detector(image_tensor(frame, self.detector.device))
-            stages["detect"] = _ms(tick)
-            tick = time.perf_counter()
-            tracks = self.tracker.update(detections, t)
-        else:
-            tracks = self.tracker.predict(t)
-        stages["track"] = _ms(tick)
-        if not tracks:
-            return FrameResult(out, 0, False, detect, stages)
-
-        tick = time.perf_counter()
-        chosen = [tracks[i] for i in choose_faces(np.stack([tr.box for tr in tracks]), cfg.choice)]
-        landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
-        matrices = estimate_norm(landmarks, cfg.crop_size).numpy()
-        crops = warp_cpu.align_faces(frame, matrices, cfg.crop_size)
-        stages["align"] = _ms(tick)
-
-        tick = time.perf_counter()
-        swapped, failed = self._swap(crops, [tr.id for tr in chosen], index)
-        stages["swap"] = _ms(tick)
-
-        tick = time.perf_counter()
-        warp_cpu.paste_faces(out, swapped, matrices, build_mask(cfg.crop_size, cfg.mask))
-        stages["paste"] = _ms(tick)
+            self.profiler.count("detections")
         return FrameResult(out, len(chosen), failed, detect, stages)
 
-    def _swap(self, crops: np.ndarray, ids: list[int], index: int) -> tuple[np.ndarray, bool]:
-        try:
-            result = self.engine(torch.from_numpy(crops))
-            swapped = result.detach().float().cpu().numpy() if isinstance(result, torch.Tensor) else None
-            if swapped is None or swapped.shape != crops.shape or not np.isfinite(swapped).all():
-                raise ValueError(f"swap engine returned {type(result).__name__} of an unusable shape or value")
-        except Exception as e:  # fail closed whatever the engine raised: never paste the real face
-            self.fail_closed_events += 1
-            log.warning("swap failed on frame %d (%s): faces repeated or hidden", index, e)
-            return self._stand_ins(crops, ids, index), True
-        for track_id, crop in zip(ids, swapped, strict=True):
-            self._memory[track_id] = _Remembered(crop, index)
-        self._forget(index)
-        return swapped, False
+    def _choose(self, tracks: list[Track]) -> list[Track]:
+        if not tracks:
+            return []
+        boxes = np.stack([tr.box for tr in tracks])
+        embeddings = None
+        if self.config.choice.needs_embeddings:
+            known = [tr for tr in tracks if tr.id in self._embeddings]
+            if not known:
+                return []
+            tracks, boxes = known, np.stack([tr.box for tr in known])
+            embeddings = np.stack([self._embeddings[tr.id] for tr in known])
+        return [tracks[i] for i in choose_faces(boxes, self.config.choice, embeddings)]
 
-    def _stand_ins(self, crops: np.ndarray, ids: list[int], index: int) -> np.ndarray:
-        out = np.empty_like(crops)
-        for i, track_id in enumerate(ids):
-            remembered = self._memory.get(track_id)
-            if remembered is not None and index - remembered.frame_index <= self.config.repeat_frames:
-                out[i] = remembered.crop
-            else:
-                out[i] = pixelate(crops[i])
-        return out
+    def _embed(self, frame_t: torch.Tensor, tracks: list[Track]) -> None:
+        assert self.embedder is not None
+        landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
+        crops = warp.align(frame_t, estimate_norm(landmarks, 112).numpy(), 112)
+        vectors = self.embedder(crops)
+        self._embeddings = {tr.id: v for tr, v in zip(tracks, vectors, strict=True)}
+
+    def _swap(self, crops: torch.Tensor, ids: list[int], index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Swapped crops with stand-ins for failed faces, and the per-face success flags (None: all failed)."""
+        stand_ins = self._stand_ins(crops, ids, index)
+        try:
+            result = self.engine(crops)
+            if not isinstance(result, torch.Tensor) or result.shape != crops.shape:
+                shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+                raise ValueError(f"swap engine returned {shape}, expected {tuple(crops.shape)}")
+        except Exception as e:  # fail closed whatever the engine raised: never paste the real face
+            log.warning("swap failed on frame %d (%s): faces repeated or hidden", index, e)
+            return stand_ins, None
+        result = result.to(crops.device, crops.dtype)
+        good = torch.isfinite(result).flatten(1).all(1)  # decided on the device: no sync
+        return torch.where(good[:, None, None, None], result, stand_ins), good
+
+    def _stand_ins(self, crops: torch.Tensor, ids: list[int], index: int) -> torch.Tensor:
+        """Per face: its last good swap when recent enough, else its own crop pixelated."""
+        hidden = pixelate(crops)
+        recent = [self._memory.get(i) for i in ids]
+        if not any(r is not None and index - r.frame_index <= self.config.repeat_frames for r in recent):
+            return hidden
+        return torch.stack(
+            [
+                r.crop if r is not None and index - r.frame_index <= self.config.repeat_frames else hidden[k]
+                for k, r in enumerate(recent)
+            ]
+        )
 
     def _forget(self, index: int) -> None:
         stale = [k for k, v in self._memory.items() if index - v.frame_index > self.config.repeat_frames]
         for k in stale:
             del self._memory[k]
 
-
-def pixelate(crop: np.ndarray, cells: int = 8) -> np.ndarray:
-    """A (3, S, S) crop reduced to `cells` x `cells` blocks: the face region stays, the identity does not."""
-    hwc = np.ascontiguousarray(crop.transpose(1, 2, 0))
-    small = cv2.resize(hwc, (cells, cells), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, hwc.shape[1::-1], interpolation=cv2.INTER_NEAREST).transpose(2, 0, 1)
+    def close(self) -> None:
+        """Release device memory (the session has ended)."""
+        self._memory.clear()
+        self.context.close()
 
 
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1e3
+def pixelate(crops: torch.Tensor, cells: int = 8) -> torch.Tensor:
+    """(N, 3, S, S) crops reduced to `cells` x `cells` blocks: the face region stays, the identity does not."""
+    size = crops.shape[-1]
+    if size % cells:
+        raise ValueError(f"crop size {size} is not a multiple of {cells} cells")
+    small = F.avg_pool2d(crops.float(), size // cells)
+    return F.interpolate(small, scale_factor=size // cells, mode="nearest").to(crops.dtype)
+
+
+@contextlib.contextmanager
+def _stage(record: FrameRecord, stages: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    with record.stage(name):
+        yield
+    stages[name] = (time.perf_counter() - start) * 1e3

@@ -8,11 +8,15 @@ import pytest
 import torch
 
 from engines.align import estimate_norm
+from engines.arcface import ArcFace
+from engines.errors import ConfigError
 from engines.facedancer import FaceDancer, FaceDancerConfig
+from engines.identity import source_face
 from engines.mtcnn import MTCNN
 from realtime import warp_cpu
+from realtime.face_choice import FaceChoice, choose_faces
 from realtime.masks import build_mask
-from realtime.pipeline import FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig, pixelate
+from realtime.pipeline import ArcFaceEmbedder, FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig, pixelate
 from tests import faces
 
 
@@ -105,8 +109,8 @@ def test_a_first_failure_pixelates_the_face(detector: MTCNN, astronaut: np.ndarr
     assert pipe.fail_closed_events == 1
     (track,) = pipe.tracker.tracks
     m = estimate_norm(torch.tensor(track.landmarks[None], dtype=torch.float64), 256).numpy()
-    crops = warp_cpu.align_faces(astronaut, m, 256)
-    expected = warp_cpu.paste_faces(astronaut.copy(), pixelate(crops[0])[None], m, build_mask(256))
+    crops = torch.from_numpy(warp_cpu.align_faces(astronaut, m, 256))
+    expected = warp_cpu.paste_faces(astronaut.copy(), pixelate(crops).numpy(), m, build_mask(256))
     assert np.abs(result.frame.astype(np.int16) - expected.astype(np.int16)).max() <= 1
     (alpha,) = _alphas([faces.PlacedFace(faces.ASTRONAUT_BOX, faces.ASTRONAUT_LANDMARKS, 1.0, 1.0)], 512, 512)
     inside = alpha > 0.99
@@ -115,11 +119,14 @@ def test_a_first_failure_pixelates_the_face(detector: MTCNN, astronaut: np.ndarr
 
 
 def test_pixelate_keeps_colour_and_removes_detail() -> None:
-    crop = np.random.default_rng(0).uniform(-1, 1, (3, 256, 256)).astype(np.float32)
+    crop = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (2, 3, 256, 256)).astype(np.float32))
     p = pixelate(crop)
     assert p.shape == crop.shape
     assert abs(float(p.mean() - crop.mean())) < 0.01
-    assert len(np.unique(p[0])) <= 64
+    assert len(torch.unique(p[0, 0])) <= 64
+    # each 32x32 cell is the cell's mean, as cv2.INTER_AREA computes it
+    cell = crop[1, 2, 64:96, 32:64].numpy()
+    assert np.allclose(p[1, 2, 64:96, 32:64].numpy(), cell.mean(), atol=1e-6)
 
 
 def test_swap_off_is_a_passthrough(detector: MTCNN, astronaut: np.ndarray) -> None:
@@ -143,3 +150,92 @@ def test_detection_runs_every_n_frames_and_tracking_carries_between(detector: MT
     assert len(calls) == 2
     assert [r.detected for r in results] == [True, False, False, False, False, True, False, False, False, False]
     assert all(r.faces == 1 for r in results)
+
+
+def test_only_the_face_that_failed_stands_in(detector: MTCNN) -> None:
+    """A non-finite result for one face hides that face alone; the others keep their swap."""
+    frame, _ = faces.compose_faces(640, 480)
+
+    class OneBad:
+        def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+            out = torch.ones_like(crops)
+            out[0, :, 100, 100] = float("nan")
+            return out
+
+    pipe = FramePipeline(detector, OneBad(), PipelineConfig(detect_every=1))
+    result = pipe.process(frame, 0.0)
+    assert result.fail_closed
+    assert pipe.fail_closed_events == 1
+    chosen = choose_faces(np.stack([tr.box for tr in pipe.tracker.tracks]), pipe.config.choice)
+    tracks = [pipe.tracker.tracks[i] for i in chosen]
+    lm = torch.tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
+    for k, m in enumerate(estimate_norm(lm, 256).numpy()):
+        alpha = cv2.warpAffine(build_mask(256), m, (640, 480), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        region = result.frame[alpha > 0.99]
+        if len(region) == 0:
+            continue
+        white = region.min() > 250
+        assert white == (k != 0), f"face {k}: {'swapped' if white else 'hidden'}"
+
+
+def test_reference_mode_swaps_only_the_reference_person(detector: MTCNN, astronaut: np.ndarray) -> None:
+    torch.manual_seed(0)
+    arcface = ArcFace().eval()
+    embedder = ArcFaceEmbedder(arcface)
+    with torch.inference_mode():
+        me = source_face(astronaut, detector, arcface).z_id.numpy()
+    someone_else = np.random.default_rng(1).standard_normal(512).astype(np.float32)
+    white = FlakyEngine(raise_on=set(), nan_on=set())
+    for reference, expect in [(me, 1), (someone_else, 0)]:
+        config = PipelineConfig(choice=FaceChoice(mode="reference", reference=reference, threshold=0.8))
+        result = FramePipeline(detector, white, config, embedder=embedder).process(astronaut, 0.0)
+        assert result.faces == expect
+        assert np.array_equal(result.frame, astronaut) == (expect == 0)
+
+
+def test_reference_mode_without_arcface_is_a_config_error(detector: MTCNN) -> None:
+    config = PipelineConfig(choice=FaceChoice(mode="reference", reference=np.ones(512, np.float32)))
+    with pytest.raises(ConfigError, match="ArcFace"):
+        FramePipeline(detector, IdentitySwap(), config)
+
+
+def test_colour_transfer_gives_the_swap_the_target_lighting(detector: MTCNN, astronaut: np.ndarray) -> None:
+    (alpha,) = _alphas([faces.PlacedFace(faces.ASTRONAUT_BOX, faces.ASTRONAUT_LANDMARKS, 1.0, 1.0)], 512, 512)
+    inside = alpha > 0.9
+
+    class Darker:  # a swap whose face comes out much darker than the target's
+        def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+            return crops * 0.5 - 0.5
+
+    plain = FramePipeline(detector, Darker()).process(astronaut, 0.0).frame
+    matched = FramePipeline(detector, Darker(), PipelineConfig(colour_transfer=True)).process(astronaut, 0.0).frame
+    target = astronaut[inside].astype(np.float32).mean()
+    assert abs(matched[inside].astype(np.float32).mean() - target) < 0.25 * abs(plain[inside].mean() - target)
+    # with the identity engine the transfer has nothing to correct
+    same = FramePipeline(detector, IdentitySwap(), PipelineConfig(colour_transfer=True)).process(astronaut, 0.0)
+    assert np.abs(same.frame[inside].astype(np.float32) - astronaut[inside]).mean() < 2.0
+    assert "colour" in same.stages_ms
+
+
+def test_a_new_resolution_starts_tracking_afresh(detector: MTCNN, astronaut: np.ndarray) -> None:
+    pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=30))
+    assert pipe.process(astronaut, 0.0).detected
+    assert not pipe.process(astronaut, 1 / 30).detected
+    small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    result = pipe.process(small, 2 / 30)
+    assert result.detected  # old positions mean nothing at the new size
+    assert result.frame.shape == small.shape
+    assert pipe.context.reallocations == 2
+
+
+def test_profiler_sees_every_stage(detector: MTCNN, astronaut: np.ndarray) -> None:
+    pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=2, colour_transfer=True))
+    for k in range(4):
+        pipe.process(astronaut, k / 30)
+    snap = pipe.profiler.snapshot()
+    assert snap["frames"] == 4
+    assert set(snap["stages"]) == {"upload", "detect", "track", "align", "swap", "colour", "paste", "download"}
+    assert snap["stages"]["detect"]["count"] == 2
+    assert snap["stages"]["swap"]["count"] == 4
+    assert snap["counters"]["detections"] == 2
+    assert snap["end_to_end"]["p50"] > 0
