@@ -1,0 +1,161 @@
+"""The pipeline's worker thread, fed through a one-slot latest-frame mailbox.
+
+Live video must never queue: a newer camera frame replaces an unread one (a counted drop), so under overload the
+frame rate falls and the latency does not grow. Inference runs on this thread, never on an event loop; the
+consumer (an outbound track, a virtual camera) takes the newest processed frame whenever it needs one.
+
+Fail closed across time: the consumer only ever sees processed frames. When processing is late the consumer gets
+the last processed frame again (counted as a repeat); before the first processed frame it gets nothing. A frame the
+pipeline cannot process at all (an error outside the swap, which the pipeline already handles) is not emitted;
+the error is logged and counted and the worker goes on with the next frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from realtime.pipeline import FramePipeline, FrameResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """One slot. `put` replaces an unread item (and says so); `get` waits for an item or for `close`."""
+
+    def __init__(self) -> None:
+        self._item: T | None = None
+        self._full = False
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: T) -> bool:
+        """Store `item`; True when it replaced one that was never read (a drop)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the mailbox is closed")
+            dropped = self._full
+            self._item, self._full = item, True
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The waiting item, or None after `timeout` seconds or once the mailbox is closed and empty."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._full or self._closed, timeout):
+                return None
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class InputFrame:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    pts: Any  # carried through untouched (an int with a time base, in practice)
+    t: float  # capture time in seconds, for the tracker
+    submitted: float  # perf_counter at submission, for latency
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedFrame:
+    image: np.ndarray
+    pts: Any
+    sequence: int  # counts processed frames: a consumer sees whether it got a new one
+    latency_ms: float  # submission to the end of processing
+    result: FrameResult
+
+
+class PipelineWorker:
+    """Runs a `FramePipeline` on its own thread; `submit` never blocks, `latest` never waits."""
+
+    def __init__(
+        self,
+        pipeline: FramePipeline,
+        on_frame: Callable[[ProcessedFrame], None] | None = None,
+        name: str = "dancecam-pipeline",
+    ) -> None:
+        self.pipeline = pipeline
+        self.on_frame = on_frame  # called on the worker thread; hand over with loop.call_soon_threadsafe
+        self._mailbox: Mailbox[InputFrame] = Mailbox()
+        self._latest: ProcessedFrame | None = None
+        self._lock = threading.Lock()
+        self._sequence = 0
+        self._consumed = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+
+    def start(self) -> PipelineWorker:
+        self._thread.start()
+        self._started = True
+        return self
+
+    def submit(self, image: np.ndarray, pts: Any = None, t: float | None = None) -> None:
+        """Hand a frame to the worker; a frame still waiting is replaced and counted as dropped."""
+        now = time.perf_counter()
+        if self._mailbox.put(InputFrame(image, pts, now if t is None else t, now)):
+            self.pipeline.profiler.count("dropped_frames")
+
+    def latest(self) -> ProcessedFrame | None:
+        """The newest processed frame (None before the first); a frame handed out twice counts as a repeat."""
+        with self._lock:
+            frame = self._latest
+            if frame is not None:
+                if frame.sequence == self._consumed:
+                    self.pipeline.profiler.count("repeated_frames")
+                self._consumed = frame.sequence
+            return frame
+
+    def wait(self, after: int = 0, timeout: float = 5.0) -> ProcessedFrame | None:
+        """Block until a frame newer than sequence `after` is processed (for file-like and test consumers)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._latest is not None and self._latest.sequence > after:
+                    return self._latest
+            time.sleep(0.001)
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the frame in hand, then stop the thread and release the pipeline's device memory."""
+        self._mailbox.close()
+        if self._started:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("pipeline worker did not stop within %.1f s", timeout)
+                return
+        self.pipeline.close()
+
+    def _run(self) -> None:
+        while (item := self._mailbox.get()) is not None:
+            try:
+                result = self.pipeline.process(item.image, item.t)
+            except Exception:  # one bad frame must not end the session; it is not emitted (fail closed)
+                self.errors += 1
+                self.pipeline.profiler.count("pipeline_errors")
+                log.exception("frame dropped: the pipeline failed on it")
+                continue
+            latency = (time.perf_counter() - item.submitted) * 1e3
+            with self._lock:
+                self._sequence += 1
+                processed = ProcessedFrame(result.frame, item.pts, self._sequence, latency, result)
+                self._latest = processed
+            if self.on_frame is not None:
+                try:
+                    self.on_frame(processed)
+                except Exception:
+                    log.exception("frame consumer failed")
