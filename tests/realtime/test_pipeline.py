@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import cv2
 import numpy as np
 import pytest
@@ -9,11 +11,13 @@ import torch
 
 from engines.align import estimate_norm
 from engines.arcface import ArcFace
+from engines.detect import Detections, image_tensor
 from engines.errors import ConfigError
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.identity import source_face
 from engines.mtcnn import MTCNN
 from realtime import warp_cpu
+from realtime.context import DeviceContext
 from realtime.face_choice import FaceChoice, choose_faces
 from realtime.masks import build_mask
 from realtime.pipeline import ArcFaceEmbedder, FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig, pixelate
@@ -239,3 +243,32 @@ def test_profiler_sees_every_stage(detector: MTCNN, astronaut: np.ndarray) -> No
     assert snap["stages"]["swap"]["count"] == 4
     assert snap["counters"]["detections"] == 2
     assert snap["end_to_end"]["p50"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason="CuPy is not installed (the gpu extra)")
+def test_cuda_pipeline_matches_the_cpu_pipeline(multi_face_frame: tuple[np.ndarray, list[faces.PlacedFace]]) -> None:
+    """The same frames through the CUDA and CPU pipelines (identity engine, the same detections fed to both):
+    within the warp parity tolerance (max 4 grey levels, mean 0.2), and nothing outside the faces' boxes changes."""
+    frame, _ = multi_face_frame
+    cpu_detector = MTCNN()
+    found = cpu_detector(image_tensor(frame, "cpu"))
+
+    class Fixed:  # both pipelines get the CPU detector's faces, so only the warps differ
+        def __init__(self, device: str) -> None:
+            self.device = torch.device(device)
+
+        def __call__(self, image: torch.Tensor) -> Detections:
+            return found.to(self.device)
+
+    outs = []
+    for device in ("cpu", "cuda"):
+        pipe = FramePipeline(
+            Fixed(device), IdentitySwap(), PipelineConfig(detect_every=1), context=DeviceContext(device)
+        )
+        outs.append([pipe.process(frame, k / 30).frame for k in range(3)])
+        assert pipe.fail_closed_events == 0
+    for cpu_out, gpu_out in zip(*outs, strict=True):
+        d = np.abs(cpu_out.astype(np.int16) - gpu_out.astype(np.int16))
+        assert d.max() <= 4
+        assert d.mean() <= 0.2
