@@ -243,7 +243,6 @@ class FramePipeline:
 
     def _swap(self, crops: torch.Tensor, ids: list[int], index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Swapped crops with stand-ins for failed faces, and the per-face success flags (None: all failed)."""
-        stand_ins = self._stand_ins(crops, ids, index)
         try:
             result = self.engine(crops)
             if not isinstance(result, torch.Tensor) or result.shape != crops.shape:
@@ -251,10 +250,13 @@ class FramePipeline:
                 raise ValueError(f"swap engine returned {shape}, expected {tuple(crops.shape)}")
         except Exception as e:  # fail closed whatever the engine raised: never paste the real face
             log.warning("swap failed on frame %d (%s): faces repeated or hidden", index, e)
-            return stand_ins, None
+            return self._stand_ins(crops, ids, index), None
         result = result.to(crops.device, crops.dtype)
-        good = torch.isfinite(result).flatten(1).all(1)  # decided on the device: no sync
-        return torch.where(good[:, None, None, None], result, stand_ins), good
+        good = torch.isfinite(result).flatten(1).all(1)
+        if crops.device.type == "cpu" and bool(good.all()):  # reading it costs nothing on the host
+            return result, good
+        # on CUDA the choice stays on the device (no sync): stand-ins are made every frame, cheaply
+        return torch.where(good[:, None, None, None], result, self._stand_ins(crops, ids, index)), good
 
     def _stand_ins(self, crops: torch.Tensor, ids: list[int], index: int) -> torch.Tensor:
         """Per face: its last good swap when recent enough, else its own crop pixelated."""
