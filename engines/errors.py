@@ -49,6 +49,10 @@ class CheckpointFormatError(ModelError):
 # --- inputs -----------------------------------------------------------------------------------------------
 
 
+class MediaError(DanceCamError):
+    """An input or output file that cannot be used: missing, unsupported, corrupt, or unwritable."""
+
+
 class ImageError(DanceCamError):
     """An image that cannot be used: unreadable, not an image, or too large."""
 

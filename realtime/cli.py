@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from engines.errors import DanceCamError
-from realtime import __version__, models_cli
+from realtime import __version__, models_cli, swap_cli
+
+_INTERRUPTED = {"models": "interrupted; partial downloads are kept and resume on the next run"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     models_cli.add_parser(commands)
+    swap_cli.add_parser(commands)
     return parser
 
 
@@ -37,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DanceCamError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        err.print("interrupted; partial downloads are kept and resume on the next run")
+    except KeyboardInterrupt as e:  # a command may say itself what was kept
+        err.print(escape(str(e) or _INTERRUPTED.get(args.command, "interrupted")), soft_wrap=True)
         return 130
 
 

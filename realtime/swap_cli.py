@@ -1,0 +1,150 @@
+"""`dancecam swap`: file mode's command line (the work is in `realtime.filemode`, imported only when it runs, so
+that `dancecam --help` does not load torch and FFmpeg)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from realtime.filemode import SwapReport
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "swap",
+        help="swap a source face into a photo or a video file",
+        description="Swap the face of a source photo into a photo (jpg, png) or a video (mp4, mov, webm), frame by "
+        "frame. Video keeps its frame count, timing and audio. The output is written only when complete (Ctrl-C "
+        "keeps a playable partial video).",
+    )
+    p.add_argument("-s", "--source", required=True, type=Path, metavar="PHOTO", help="photo of the face to put in")
+    p.add_argument("-i", "--input", required=True, type=Path, metavar="FILE", help="photo or video to swap faces in")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="result: .jpg or .png for a photo, .mp4, .mov or .webm for a video",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument(
+        "--engine",
+        choices=("facedancer", "identity"),
+        default="facedancer",
+        help="facedancer (default; needs the model weights) or identity (no weights: shows detection, alignment "
+        "and blending with the faces left as they are)",
+    )
+    faces = p.add_argument_group("which faces")
+    faces.add_argument("--faces", choices=("all", "largest", "reference"), default="all", help="default: all")
+    faces.add_argument(
+        "--reference", type=Path, metavar="PHOTO", help="photo of the person whose face to swap (--faces reference)"
+    )
+    faces.add_argument(
+        "--threshold", type=float, default=0.35, help="cosine similarity to the reference that counts (default 0.35)"
+    )
+    faces.add_argument("--max-faces", type=int, default=4, metavar="K", help="at most K faces per frame (default 4)")
+    blend = p.add_argument_group("blending")
+    blend.add_argument("--mask", choices=("official", "ellipse"), default="official", help="default: official")
+    blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
+    blend.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX crop pixels")
+    blend.add_argument(
+        "--colour-transfer",
+        "--color-transfer",
+        action="store_true",
+        help="match the swapped face's colours to the target face",
+    )
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
+    )
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    run.add_argument(
+        "--model-dir", type=Path, default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
+    )
+    p.set_defaults(handler=cmd_swap)
+
+
+class FpsColumn(ProgressColumn):
+    """Frames per second, from rich's own speed estimate."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} fps" if task.speed else "– fps", style="progress.data.speed")
+
+
+def cmd_swap(args: argparse.Namespace) -> int:
+    from realtime.filemode import SwapOptions, swap_file
+
+    options = SwapOptions(
+        engine=args.engine,
+        faces=args.faces,
+        reference=args.reference,
+        threshold=args.threshold,
+        max_faces=args.max_faces,
+        mask=args.mask,
+        feather_px=args.feather,
+        erode_px=args.erode,
+        colour_transfer=args.colour_transfer,
+        detect_every=args.detect_every,
+        model_dir=args.model_dir,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    err = Console(stderr=True, highlight=False)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        FpsColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=args.quiet or not err.is_terminal,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"loading models for {args.input.name}", total=None)
+
+        def report(done: int, total: int | None) -> None:
+            if done == 0:
+                progress.update(task, description=f"swapping {args.input.name}")
+            progress.update(task, completed=done, total=total)
+
+        result = swap_file(args.source, args.input, args.output, options, progress=report)
+    if not args.quiet:
+        _summary(result)
+    return 0
+
+
+def _summary(result: SwapReport) -> None:
+    out = Console(highlight=False)
+    w, h = result.size
+    if result.kind == "image":
+        what = f"{w}x{h}, {'a face' if result.frames_with_faces else 'no face'} swapped"
+    else:
+        audio = f", audio {result.audio}" if result.audio else ", no audio"
+        what = f"{result.frames} frames at {w}x{h} ({result.frames_with_faces} with faces){audio}"
+    out.print(f"[green]✓[/] {escape(str(result.output))}: {what}", soft_wrap=True)
+    for note in result.notes:
+        out.print(f"  note: {escape(note)}", soft_wrap=True)
+    if result.fail_closed:
+        out.print(
+            f"  [yellow]{result.fail_closed} frame(s) fell back to a repeated or hidden face (the swap failed there)",
+            soft_wrap=True,
+        )
