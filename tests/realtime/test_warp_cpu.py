@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engines.align import estimate_norm, template
-from realtime.masks import build_mask
-from realtime.warp_cpu import align_faces, face_box, paste_faces
+from realtime.masks import MaskSpec, build_mask
+from realtime.warp_cpu import SUPPORT_THRESHOLD, align_faces, face_box, mask_support, paste_faces
 from tests import faces
 
 
@@ -83,3 +83,113 @@ def test_face_entirely_outside_is_skipped() -> None:
 def test_any_crop_size(size: int, astronaut: np.ndarray) -> None:
     m = estimate_norm(torch.tensor(faces.ASTRONAUT_LANDMARKS, dtype=torch.float64), size).numpy()
     assert align_faces(astronaut, m[None], size).shape == (1, 3, size, size)
+
+
+def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray, replicate: bool) -> np.ndarray:
+    """Float64 bilinear taps of an (H, W, C) image at float coordinates: edge replicated, or zero outside."""
+    h, w = img.shape[:2]
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    out = np.zeros((*x.shape, img.shape[2]))
+    for dx, dy, wt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (yi >= 0) & (xi < w) & (yi < h)
+        tap = img[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)].astype(np.float64)
+        if not replicate:
+            tap[~inside] = 0.0
+        out += wt * tap
+    return out
+
+
+def _gpu_align(frame: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """warp_cuda's align kernel in float64 numpy: (3, size, size) in [-1, 1]."""
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    cy, cx = np.mgrid[0:size, 0:size].astype(np.float64)
+    sx, sy = inv[0, 0] * cx + inv[0, 1] * cy + inv[0, 2], inv[1, 0] * cx + inv[1, 1] * cy + inv[1, 2]
+    return (_bilinear(frame, sx, sy, replicate=True) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
+def _gpu_paste(frame: np.ndarray, crops: np.ndarray, matrices: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """warp_cuda's paste kernel in float64 numpy: faces in order over their boxes, each blend rounded."""
+    h, w = frame.shape[:2]
+    out = frame.astype(np.float64)
+    size = crops.shape[-1]
+    for crop, m in zip(crops, matrices, strict=True):
+        box = face_box(m, size, w, h)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        py, px = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        cx, cy = m[0, 0] * px + m[0, 1] * py + m[0, 2], m[1, 0] * px + m[1, 1] * py + m[1, 2]
+        alpha = _bilinear(mask[..., None], cx, cy, replicate=False)
+        face = _bilinear(np.clip((crop.transpose(1, 2, 0) + 1.0) * 127.5, 0, 255), cx, cy, replicate=False)
+        roi = out[y0:y1, x0:x1]
+        roi[...] = np.where(alpha > 0, np.floor(roi + alpha * (face - roi) + 0.5), roi)
+    return out.astype(np.uint8)
+
+
+def test_cpu_path_keeps_the_gpu_kernels_semantics(multi_face_frame: tuple[np.ndarray, list[faces.PlacedFace]]) -> None:
+    """Against a float64 model of warp_cuda's kernels. Align: the crop is the model's rounded to uint8 (max 0.5
+    grey levels; mean ~0.24, which is the rounding alone). Paste: OpenCV's 1/32 px interpolation grid leaves at
+    most 2 grey levels, mean 0.01, overlapping and out-of-range faces included (tighter than the GPU parity test's
+    max 4, mean 0.2, which also covers float16)."""
+    frame, placed = multi_face_frame
+    placed = [*placed, placed[0]]  # a repeated face overlaps the first: the order of blending matters
+    m = _matrices(placed)
+    crops = align_faces(frame, m)
+    for i in range(len(m)):
+        diff = (crops[i] - _gpu_align(frame, m[i], 256)) * 127.5
+        assert np.abs(diff).max() <= 0.51
+        assert np.abs(diff).mean() <= 0.26
+    altered = np.clip(crops * 0.8 + 0.1, -1, 1).astype(np.float32)
+    altered[0, :, 100:110] = 1.5  # out of range: clipped before the warp, as the kernel clips each tap
+    mask = build_mask(256)
+    ours = paste_faces(frame.copy(), altered, m, mask)
+    d = np.abs(ours.astype(np.int16) - _gpu_paste(frame, altered, m, mask).astype(np.int16))
+    assert d.max() <= 2
+    assert d.mean() <= 0.01
+
+
+def test_paste_restricted_to_the_mask_support_equals_the_whole_box_paste(
+    multi_face_frame: tuple[np.ndarray, list[faces.PlacedFace]],
+) -> None:
+    """Visiting only where the warped mask can reach 0.5/255 gives the whole-box result within 1 grey level (the
+    two warps start at different origins, so OpenCV's 1/32 px rounding differs), for the official and the ellipse
+    mask, and with the support passed explicitly."""
+    frame, placed = multi_face_frame
+    m = _matrices(placed)
+    crops = np.clip(align_faces(frame, m) * 0.7 - 0.2, -1, 1).astype(np.float32)
+    for mask in (build_mask(256), build_mask(256, MaskSpec(kind="ellipse", feather_px=4))):
+        support = mask_support(mask)
+        assert support is not None
+        x0, y0, x1, y1 = support
+        outside = np.ones(mask.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert mask[outside].max(initial=0.0) < SUPPORT_THRESHOLD <= mask[y0:y1, x0:x1].max()
+        assert (x1 - x0) * (y1 - y0) < 0.8 * mask.size  # the official mask is zero on a wide border
+        whole = paste_faces(frame.copy(), crops, m, mask, support=False)
+        restricted = paste_faces(frame.copy(), crops, m, mask)
+        explicit = paste_faces(frame.copy(), crops, m, mask, support=support)
+        assert np.array_equal(restricted, explicit)
+        d = np.abs(whole.astype(np.int16) - restricted.astype(np.int16))
+        assert d.max() <= 1
+        assert d.mean() < 0.01
+        assert not np.array_equal(whole, frame)
+
+
+def test_a_writable_mask_is_read_afresh_each_call() -> None:
+    """Support and mask caches hold only read-only masks: a caller's own mask may change between frames."""
+    frame, placed = faces.compose_faces(640, 480)
+    m = _matrices(placed[:1])
+    white = np.ones((1, 3, 256, 256), np.float32)
+    mask = np.zeros((256, 256), np.float32)
+    mask[100:140, 100:140] = 1.0
+    first = paste_faces(frame.copy(), white, m, mask)
+    mask[...] = 0.0
+    mask[20:60, 180:220] = 1.0
+    second = paste_faces(frame.copy(), white, m, mask)
+    expected = paste_faces(frame.copy(), white, m, mask.copy(), support=False)
+    assert not np.array_equal(first, second)
+    assert np.abs(second.astype(np.int16) - expected.astype(np.int16)).max() <= 1
+    mask[...] = 0.0
+    assert np.array_equal(paste_faces(frame.copy(), white, m, mask), frame)

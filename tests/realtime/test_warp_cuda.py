@@ -36,7 +36,8 @@ def test_cuda_kernels_match_the_cpu_path(
     dtype: torch.dtype, multi_face_frame: tuple[np.ndarray, list[faces.PlacedFace]]
 ) -> None:
     """Tolerances: OpenCV rounds interpolation weights to 1/32 px and the aligned crop to uint8; the kernels do
-    neither. Align: max 2.5 grey levels (0.02 in [-1, 1]), mean 0.25. Paste: max 4 grey levels, mean 0.2."""
+    neither. Align: max 2.5 grey levels (0.02 in [-1, 1]), mean 0.4 (the uint8 rounding alone costs ~0.25).
+    Paste: max 4 grey levels, mean 0.2."""
     frame, placed = multi_face_frame
     placed = [*placed, placed[0]]  # a repeated face overlaps the first: order of blending matters
     m = _matrices(placed)
@@ -48,7 +49,7 @@ def test_cuda_kernels_match_the_cpu_path(
     gpu_crops = warp_cuda.align_faces(gpu_frame, m, dtype=dtype)
     diff = (gpu_crops.float().cpu().numpy() - cpu_crops) * 127.5
     assert np.abs(diff).max() <= 2.5
-    assert np.abs(diff).mean() <= 0.25
+    assert np.abs(diff).mean() <= 0.4
 
     # paste the same (CPU-made) crops both ways, slightly altered so the blend is visible
     crops = np.clip(cpu_crops * 0.8 + 0.1, -1, 1).astype(np.float32)
