@@ -46,11 +46,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class FrameBuffers:
     """Everything sized by the frame: reused frame after frame at one resolution."""
 
-    height: int
-    width: int
-    frame: torch.Tensor  # (H, W, 3) uint8 on the device: the frame the stages read and paste into
-    host_in: torch.Tensor  # (H, W, 3) uint8 on the host (pinned with CUDA): staging for the upload
-    host_out: torch.Tensor  # (H, W, 3) uint8 on the host (pinned with CUDA): staging for the download
+    shape: tuple[int, ...]  # (H, W, 3) for RGB, (H * 3 / 2, W) for packed yuv420p planes
+    frame: torch.Tensor  # uint8 on the device: the frame the stages read and write
+    host_in: torch.Tensor  # uint8 on the host (pinned with CUDA): staging for the upload
+    host_out: torch.Tensor  # uint8 on the host (pinned with CUDA): staging for the download
 
 
 class DeviceContext:
@@ -74,9 +73,9 @@ class DeviceContext:
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             yield
 
-    def buffers(self, height: int, width: int) -> FrameBuffers:
+    def buffers(self, shape: tuple[int, ...]) -> FrameBuffers:
         b = self._buffers
-        if b is not None and (b.height, b.width) == (height, width):
+        if b is not None and b.shape == shape:
             return b
         if self.is_cuda and b is not None:
             # the old buffers may still be in use by queued copies: let them finish before they are freed
@@ -84,21 +83,24 @@ class DeviceContext:
             self.stream.synchronize()
         pin = self.is_cuda
         self._buffers = b = FrameBuffers(
-            height,
-            width,
-            torch.empty((height, width, 3), dtype=torch.uint8, device=self.device),
-            torch.empty((height, width, 3), dtype=torch.uint8, pin_memory=pin),
-            torch.empty((height, width, 3), dtype=torch.uint8, pin_memory=pin),
+            shape,
+            torch.empty(shape, dtype=torch.uint8, device=self.device),
+            torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
+            torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
         )
         self.reallocations += 1
         return b
 
     def upload(self, frame: np.ndarray) -> torch.Tensor:
-        """Copy an (H, W, 3) uint8 RGB frame into the device frame buffer (asynchronously with CUDA)."""
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        """Copy a uint8 frame (H, W, 3) RGB, or packed (H * 3 / 2, W) yuv420p planes, into the device buffer."""
+        ok = isinstance(frame, np.ndarray) and frame.dtype == np.uint8
+        ok = ok and ((frame.ndim == 3 and frame.shape[2] == 3) or frame.ndim == 2)
+        if not ok:
             shape = getattr(frame, "shape", None)
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {type(frame).__name__} {shape}")
-        b = self.buffers(frame.shape[0], frame.shape[1])
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB frame or uint8 yuv420p planes, got {type(frame).__name__} {shape}"
+            )
+        b = self.buffers(tuple(frame.shape))
         if not self.is_cuda:
             np.copyto(b.frame.numpy(), frame)
             return b.frame
@@ -110,7 +112,7 @@ class DeviceContext:
         """The processed frame on the host as a new array; with CUDA, waits for this frame's work (the one sync)."""
         if not self.is_cuda:
             return frame.numpy().copy()
-        b = self.buffers(frame.shape[0], frame.shape[1])
+        b = self.buffers(tuple(frame.shape))
         b.host_out.copy_(frame, non_blocking=True)
         assert self._done is not None
         assert self.stream is not None

@@ -33,7 +33,7 @@ from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError
 from engines.facedancer import FaceDancer
 from realtime import warp
-from realtime.colour import colour_transfer
+from realtime.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.context import DeviceContext
 from realtime.face_choice import FaceChoice, choose_faces
 from realtime.masks import MaskSpec
@@ -155,6 +155,22 @@ class FramePipeline:
 
     def process(self, frame: np.ndarray, t: float | None = None) -> FrameResult:
         """Swap the chosen faces of one (H, W, 3) uint8 RGB frame; `t` is its timestamp in seconds."""
+        return self._process(frame, t, yuv=False)
+
+    def process_yuv420p(self, planes: np.ndarray, t: float | None = None) -> FrameResult:
+        """The same for packed yuv420p planes, (H * 3 / 2, W) uint8 as PyAV's `to_ndarray()` gives them.
+
+        Conversion happens on the device; only the faces' boxes are converted back, so every other pixel leaves
+        exactly as it came in. The result's `frame` is packed planes of the same shape.
+        """
+        if not isinstance(planes, np.ndarray) or planes.dtype != np.uint8 or planes.ndim != 2:
+            raise ValueError("expected packed yuv420p planes: a 2-D uint8 array of shape (H * 3 / 2, W)")
+        rows, width = planes.shape
+        if rows % 3 or (2 * rows // 3) % 2 or width % 2:
+            raise ValueError(f"{planes.shape} is not a yuv420p frame: H * 3 / 2 rows with H and W even")
+        return self._process(planes, t, yuv=True)
+
+    def _process(self, frame: np.ndarray, t: float | None, yuv: bool) -> FrameResult:
         cfg = self.config
         t = self.clock() if t is None else t
         index = self.frame_index
@@ -166,9 +182,16 @@ class FramePipeline:
         with ctx.activate():  # the profiler's frame events go on the frame's stream too
             record = self.profiler.frame()
             with _stage(record, stages, "upload"):
-                frame_t = ctx.upload(frame)
-            if self._resolution != frame.shape[:2]:  # new resolution: old positions mean nothing
-                self._resolution = frame.shape[:2]
+                staged = ctx.upload(frame)
+            if yuv:
+                with _stage(record, stages, "to_rgb"):
+                    planes = _split_planes(staged)
+                    frame_t = yuv420p_to_rgb(*planes)
+            else:
+                frame_t = staged
+            height, width = frame_t.shape[:2]
+            if self._resolution != (height, width):  # new resolution: old positions mean nothing
+                self._resolution = (height, width)
                 self.tracker.reset()
                 self._memory.clear()
                 self._embeddings.clear()
@@ -190,7 +213,7 @@ class FramePipeline:
                 with _stage(record, stages, "align"):
                     landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
                     matrices = estimate_norm(landmarks, cfg.crop_size).numpy()
-                    boxes = warp.face_boxes(matrices, cfg.crop_size, frame.shape[1], frame.shape[0])
+                    boxes = warp.face_boxes(matrices, cfg.crop_size, width, height)
                     crops = warp.align(frame_t, matrices, cfg.crop_size)
                     mask = ctx.mask(cfg.crop_size, cfg.mask)
                 with _stage(record, stages, "swap"):
@@ -202,8 +225,11 @@ class FramePipeline:
                 with _stage(record, stages, "paste"):
                     warp.paste(frame_t, swapped, matrices, mask, boxes)
                 good_host = good.to("cpu", non_blocking=True) if good is not None else None
+                if yuv:
+                    with _stage(record, stages, "to_yuv"):
+                        _write_boxes_yuv(frame_t, planes, boxes)
             with _stage(record, stages, "download"):
-                out = ctx.download(frame_t)
+                out = ctx.download(staged)
             record.finish()
         failed = False
         if chosen:
@@ -280,6 +306,35 @@ class FramePipeline:
         """Release device memory (the session has ended)."""
         self._memory.clear()
         self.context.close()
+
+
+def _split_planes(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views of Y (H, W), U and V (H/2, W/2) inside packed (H * 3 / 2, W) yuv420p planes."""
+    h, w = 2 * packed.shape[0] // 3, packed.shape[1]
+    flat = packed.view(-1)
+    q = h * w // 4
+    return (
+        flat[: h * w].view(h, w),
+        flat[h * w : h * w + q].view(h // 2, w // 2),
+        flat[h * w + q :].view(h // 2, w // 2),
+    )
+
+
+def _write_boxes_yuv(
+    rgb: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor], boxes: list[warp.Box | None]
+) -> None:
+    """Convert only the pasted boxes (grown to even coordinates) back into the yuv planes."""
+    y, u, v = planes
+    h, w = rgb.shape[:2]
+    for box in boxes:
+        if box is None:
+            continue
+        x0, y0 = box[0] - box[0] % 2, box[1] - box[1] % 2
+        x1, y1 = min(w, box[2] + box[2] % 2), min(h, box[3] + box[3] % 2)
+        by, bu, bv = rgb_to_yuv420p(rgb[y0:y1, x0:x1])
+        y[y0:y1, x0:x1] = by
+        u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = bu
+        v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = bv
 
 
 def pixelate(crops: torch.Tensor, cells: int = 8) -> torch.Tensor:

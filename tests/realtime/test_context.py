@@ -51,7 +51,7 @@ def test_upload_does_not_alias_the_input() -> None:
     assert (frame == 7).all()
 
 
-@pytest.mark.parametrize("bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32), "frame"])
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32), "frame"])
 def test_upload_rejects_what_is_not_an_rgb_frame(bad: object) -> None:
     with pytest.raises(ValueError, match="uint8 RGB frame"):
         DeviceContext("cpu").upload(bad)  # type: ignore[arg-type]

@@ -272,3 +272,52 @@ def test_cuda_pipeline_matches_the_cpu_pipeline(multi_face_frame: tuple[np.ndarr
         d = np.abs(cpu_out.astype(np.int16) - gpu_out.astype(np.int16))
         assert d.max() <= 4
         assert d.mean() <= 0.2
+
+
+def _yuv(rgb: np.ndarray) -> np.ndarray:
+    import av
+
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+
+
+def test_yuv420p_frames_round_trip_and_only_face_boxes_change(detector: MTCNN) -> None:
+    """Live video arrives as yuv420p: converted on the device, and only the faces' boxes are converted back."""
+    frame, placed = faces.compose_faces(640, 480)
+    planes = _yuv(frame)
+    pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1))
+    result = pipe.process_yuv420p(planes, 0.0)
+    assert result.faces >= 3
+    assert result.frame.shape == planes.shape
+    assert result.frame.dtype == np.uint8
+    assert {"to_rgb", "to_yuv"} <= set(result.stages_ms)
+    # outside every face's box the planes are bit-identical
+    lm = torch.tensor(np.stack([tr.landmarks for tr in pipe.tracker.tracks]), dtype=torch.float64)
+    touched = np.zeros((480, 640), bool)
+    for m in estimate_norm(lm, 256).numpy():
+        box = warp_cpu.face_box(m, 256, 640, 480)
+        if box is not None:
+            touched[max(0, box[1] - 2) : box[3] + 2, max(0, box[0] - 2) : box[2] + 2] = True
+    assert np.array_equal(result.frame[:480][~touched], planes[:480][~touched])
+    # and inside the faces the picture is the same within the identity round trip's tolerance
+    import av
+
+    out_rgb = av.VideoFrame.from_ndarray(result.frame, format="yuv420p").to_ndarray(format="rgb24")
+    in_rgb = av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="rgb24")
+    for face, alpha in zip(placed, _alphas(placed, 640, 480), strict=True):
+        if face.inside:
+            inside = alpha > 0.5
+            assert np.abs(out_rgb[inside].astype(np.float32) - in_rgb[inside]).mean() < 2.5
+
+
+def test_yuv420p_swap_changes_the_face(detector: MTCNN, astronaut: np.ndarray) -> None:
+    result = FramePipeline(detector, FlakyEngine(set(), set())).process_yuv420p(_yuv(astronaut), 0.0)
+    assert result.faces == 1
+    (alpha,) = _alphas([faces.PlacedFace(faces.ASTRONAUT_BOX, faces.ASTRONAUT_LANDMARKS, 1.0, 1.0)], 512, 512)
+    luma = result.frame[:512]
+    assert luma[alpha > 0.99].min() > 230  # white face (Y of white is 235)
+
+
+@pytest.mark.parametrize("shape", [(722, 640), (721, 640), (720, 641), (720, 640, 3)])
+def test_yuv420p_rejects_what_is_not_packed_planes(detector: MTCNN, shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="yuv420p"):
+        FramePipeline(detector, IdentitySwap()).process_yuv420p(np.zeros(shape, np.uint8), 0.0)
