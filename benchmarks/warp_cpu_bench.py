@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.engines import RESULTS, cpu_name
+from benchmarks.engines import RESULTS, cpu_name, timed
 from benchmarks.naive_blend import naive_align, naive_paste
 from engines.align import estimate_norm
 from realtime.masks import build_mask
@@ -46,17 +45,6 @@ SIZE = 256
 def stats(times: list[float]) -> dict[str, float]:
     s = sorted(times)
     return {"p50_ms": statistics.median(s), "p95_ms": s[min(len(s) - 1, int(0.95 * len(s)))], "min_ms": s[0]}
-
-
-def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def case(width: int, height: int, n_faces: int, warmup: int, repeats: int, blocks: int) -> dict[str, object]:
