@@ -12,6 +12,7 @@ are memory copies, and no stream exists.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -58,6 +59,11 @@ class DeviceContext:
     def __init__(self, device: str | torch.device = "auto") -> None:
         self.device = resolve_device(device)
         self.is_cuda = self.device.type == "cuda"
+        if self.is_cuda and importlib.util.find_spec("cupy") is None:
+            raise ConfigError(
+                "the CUDA pipeline needs CuPy (the gpu extra): run ./scripts/setup.sh on this machine, or "
+                "pip install 'dancecam[gpu]'; or use --device cpu"
+            )
         self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.is_cuda else None
         self._buffers: FrameBuffers | None = None
         self._masks: dict[tuple[int, MaskSpec], torch.Tensor] = {}
