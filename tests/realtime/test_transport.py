@@ -1,0 +1,201 @@
+"""The aiortc glue, with in-memory tracks and no sockets: processed frames out with their input's pts and time base,
+drops instead of queues under overload, never an unprocessed face, and a clean close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from engines.align import estimate_norm
+from engines.mtcnn import MTCNN
+from realtime.masks import build_mask
+from realtime.pipeline import FramePipeline, PipelineConfig
+from realtime.profiler import Profiler
+from realtime.transport import LiveSession, SwappedVideoTrack, drain
+from tests import faces
+
+TIME_BASE = Fraction(1, 90000)
+TICKS = 3000  # 30 fps at 90 kHz
+
+
+class FakeCamera(MediaStreamTrack):
+    """Real-time 30 fps video of one image (like aiortc's VideoStreamTrack); ends after `frames` frames."""
+
+    kind = "video"
+
+    def __init__(self, image: np.ndarray, frames: int, fps: float = 30.0) -> None:
+        super().__init__()
+        self.image, self.frames, self.fps = image, frames, fps
+        self.sent: list[int] = []
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        k = len(self.sent)
+        if k >= self.frames or self.readyState != "live":
+            self.stop()
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + k / self.fps - time.monotonic()))
+        frame = av.VideoFrame.from_ndarray(self.image, format="rgb24").reformat(format="yuv420p")  # as decoded
+        frame.pts, frame.time_base = k * TICKS, TIME_BASE
+        self.sent.append(frame.pts)
+        return frame
+
+
+class Painter:
+    """Paints every face white, after `delay_s` (a slow engine)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
+        return torch.ones_like(crops)
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN()
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, list[np.ndarray]]:
+    """A 640x480 frame with faces, and a mask of each fully visible face's swapped region."""
+    import cv2
+
+    frame, placed = faces.compose_faces(640, 480)
+    lm = torch.tensor(np.stack([p.landmarks for p in placed if p.inside]), dtype=torch.float64)
+    regions = [
+        cv2.warpAffine(build_mask(256), m, (640, 480), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.9
+        for m in estimate_norm(lm, 256).numpy()
+    ]
+    return frame, regions
+
+
+def _assert_swapped(image: np.ndarray, regions: list[np.ndarray], pts: int) -> None:
+    for region in regions:
+        assert image[region].min() > 200, f"frame pts={pts} shows an unswapped face"
+
+
+def _pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "transport-test"]
+
+
+async def test_frames_come_back_processed_with_their_pts(detector: MTCNN, scene) -> None:  # type: ignore[no-untyped-def]
+    image, regions = scene
+    camera = FakeCamera(image, frames=90)
+    tasks_before = asyncio.all_tasks()
+    session = LiveSession(
+        camera, FramePipeline(detector, Painter(), PipelineConfig(detect_every=5)), name="transport-test"
+    )
+    out: list[av.VideoFrame] = []
+    try:
+        for _ in range(8):
+            out.append(await asyncio.wait_for(session.output.recv(), 10))
+    finally:
+        await session.close()
+    assert asyncio.all_tasks() == tasks_before  # no drain, recv or stop-wait task left behind
+    assert not _pipeline_threads()  # the worker thread has exited
+    assert session.drain_task.done()
+    pts = [f.pts for f in out]
+    assert pts == sorted(pts)
+    assert len(set(pts)) == len(pts)
+    for frame in out:
+        assert frame.time_base == TIME_BASE
+        assert frame.pts in camera.sent  # fresh frames carry exactly their input's pts
+        assert (frame.width, frame.height) == (640, 480)
+        _assert_swapped(frame.to_ndarray(format="rgb24"), regions, frame.pts)
+    with pytest.raises(MediaStreamError):
+        await session.output.recv()  # closed
+
+
+async def test_overload_drops_frames_never_shows_a_face_and_keeps_latency_bounded(detector: MTCNN, scene) -> None:  # type: ignore[no-untyped-def]
+    """A 70 ms engine at 30 fps (over 2x overload): frames drop, the output repeats, latency stays bounded."""
+    image, regions = scene
+    camera = FakeCamera(image, frames=60)
+    pipeline = FramePipeline(detector, Painter(delay_s=0.07), PipelineConfig(detect_every=5))
+    session = LiveSession(camera, pipeline, repeat_after=0.04, name="transport-test")
+    returned = []
+    try:
+        while not session.drain_task.done() or len(returned) < 5:
+            frame = await asyncio.wait_for(session.output.recv(), 10)  # a consumer pulling as fast as it may
+            assert session.output.last is not None
+            returned.append((frame, session.output.last))
+        await asyncio.sleep(0.3)  # let the last submitted frame finish
+    finally:
+        await session.close()
+    counters = pipeline.profiler.snapshot()["counters"]
+    submitted = len(camera.sent)
+    assert submitted == 60  # the drain kept up with the camera: nothing waited in aiortc's queue
+    processed = max(p.sequence for _, p in returned)
+    assert counters["dropped_frames"] > submitted // 3  # dropped, not queued
+    assert counters["repeated_frames"] > 0  # the output repeated the last processed frame while waiting
+    assert counters["dropped_frames"] + processed <= submitted
+    for frame, _processed_frame in returned:
+        _assert_swapped(frame.to_ndarray(format="rgb24"), regions, frame.pts)
+        assert frame.time_base == TIME_BASE
+    # latency: submission to end of processing is at most one frame waiting in the slot plus its own processing
+    worst_processing = max(sum(p.result.stages_ms.values()) for _, p in returned)
+    last = returned[-1][1]
+    assert last.latency_ms < 3 * worst_processing, (last.latency_ms, worst_processing)
+    assert max(p.latency_ms for _, p in returned) < 3 * worst_processing
+    pts = [f.pts for f, _ in returned]
+    assert pts == sorted(pts)
+    assert len(set(pts)) == len(pts)
+
+
+class Recorder:
+    """A stand-in worker for the transport pieces that need no pipeline."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[object, float | None]] = []
+        self.on_frame = None
+        self.pipeline = type("P", (), {"profiler": Profiler("cpu")})()
+
+    def submit(self, image: np.ndarray, pts: object = None, t: float | None = None) -> None:
+        assert image.dtype == np.uint8
+        assert image.shape == (48, 64, 3)
+        self.submitted.append((pts, t))
+
+
+async def test_a_vanished_input_ends_the_drain_cleanly() -> None:
+    camera = FakeCamera(np.zeros((48, 64, 3), np.uint8), frames=3, fps=1000)
+    worker = Recorder()
+    await asyncio.wait_for(drain(camera, worker), 5)  # type: ignore[arg-type]
+    assert worker.submitted == [((k * TICKS, TIME_BASE), k * TICKS / 90000) for k in range(3)]
+    assert camera.readyState == "ended"
+
+
+async def test_stop_ends_a_drain_waiting_on_a_silent_track() -> None:
+    class Silent(MediaStreamTrack):
+        kind = "video"
+
+        async def recv(self) -> av.VideoFrame:
+            await asyncio.sleep(3600)
+            raise AssertionError
+
+    stop = asyncio.Event()
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(drain(Silent(), Recorder(), stop))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert asyncio.all_tasks() == before
+
+
+async def test_no_frame_before_the_first_processed_one() -> None:
+    worker = Recorder()
+    track = SwappedVideoTrack(worker, repeat_after=0.01)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(track.recv(), 0.2)  # waits, never repeats nothing and never shows raw input
+    track.stop()
+    assert worker.on_frame is None
