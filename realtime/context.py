@@ -87,13 +87,12 @@ class DeviceContext:
             # the old buffers may still be in use by queued copies: let them finish before they are freed
             assert self.stream is not None
             self.stream.synchronize()
-        pin = self.is_cuda
-        self._buffers = b = FrameBuffers(
-            shape,
-            torch.empty(shape, dtype=torch.uint8, device=self.device),
-            torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
-            torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
-        )
+        frame = torch.empty(shape, dtype=torch.uint8, device=self.device)
+        if self.is_cuda:
+            staging = (torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2))
+            self._buffers = b = FrameBuffers(shape, frame, *staging)
+        else:  # the frame already lives on the host: no staging copies to make
+            self._buffers = b = FrameBuffers(shape, frame, frame, frame)
         self.reallocations += 1
         return b
 

@@ -32,11 +32,9 @@ import av
 import cv2
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
-from safetensors import SafetensorError, safe_open
 
 from engines import registry
-from engines.convert.cache import FORMAT as CACHE_FORMAT
-from engines.convert.cache import cache_path
+from engines.convert.cache import cache_path, cached_metadata
 from engines.errors import ConfigError, ImageError, MediaError, ModelMissingError, NoFaceError
 from engines.registry import ModelEntry
 from engines.store import resolve_model_dir, sha256_file
@@ -203,12 +201,8 @@ def _commit(tmp: Path, output: Path, overwrite: bool) -> None:
 
 def _cache_source_sha(path: Path, kind: str) -> str | None:
     """The source sha256 recorded in a converted-weights cache of `kind`; None when it is absent or foreign."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (OSError, SafetensorError):
-        return None
-    if meta.get("format") != CACHE_FORMAT or meta.get("kind") != kind:
+    meta = cached_metadata(path, kind)
+    if meta is None:
         return None
     return meta.get("source_sha256") or "unknown"
 

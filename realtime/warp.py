@@ -38,6 +38,8 @@ def paste(
 
         return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes)
     keep = [i for i, b in enumerate(boxes) if b is not None]
+    if len(keep) < len(boxes):  # only then select: indexing copies the crops
+        crops, matrices = crops[keep], matrices[keep]
     if keep:
-        warp_cpu.paste_faces(frame.numpy(), crops[keep].float().numpy(), matrices[keep], mask.numpy())
+        warp_cpu.paste_faces(frame.numpy(), crops.float().numpy(), matrices, mask.numpy())
     return frame

@@ -22,16 +22,24 @@ def cache_path(source: Path) -> Path:
     return source.with_suffix(".safetensors")
 
 
-def read_cached(
-    path: Path, kind: str, source_sha256: str | None = None
-) -> tuple[dict[str, object], dict[str, torch.Tensor]] | None:
-    """(config, state dict) from a cache file of `kind`, or None when it is absent, stale or foreign."""
+def cached_metadata(path: Path, kind: str) -> dict[str, str] | None:
+    """The metadata of a cache file of `kind` (tensors not read), or None when it is absent or foreign."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (OSError, SafetensorError):
         return None
     if meta.get("format") != FORMAT or meta.get("kind") != kind:
+        return None
+    return meta
+
+
+def read_cached(
+    path: Path, kind: str, source_sha256: str | None = None
+) -> tuple[dict[str, object], dict[str, torch.Tensor]] | None:
+    """(config, state dict) from a cache file of `kind`, or None when it is absent, stale or foreign."""
+    meta = cached_metadata(path, kind)
+    if meta is None:
         return None
     if source_sha256 is not None and meta.get("source_sha256") != source_sha256:
         return None

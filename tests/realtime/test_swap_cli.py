@@ -13,7 +13,7 @@ import pytest
 from realtime import pipeline
 from realtime.cli import main
 from tests import faces
-from tests.realtime.test_filemode import FRAMES, leftovers, make_clip, probe
+from tests.realtime.test_filemode import FRAMES, leftovers, make_clip, model_home, probe  # noqa: F401 (autouse)
 
 BIN = Path(sys.executable).parent
 
@@ -24,13 +24,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cv2.imwrite(str(d / "source.jpg"), faces.astronaut()[:, :, ::-1])
     make_clip(d / "clip.mp4")
     return d
-
-
-@pytest.fixture(autouse=True)
-def model_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("DANCECAM_HOME", str(home))
-    return home
 
 
 def swap(media: Path, out: Path, *extra: str) -> int:
