@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from engines.align import estimate_norm
 from engines.arcface import ArcFace
-from engines.detect import FaceDetector, image_tensor
+from engines.detect import Detections, FaceDetector, image_tensor
 from engines.errors import ConfigError
 from engines.facedancer import FaceDancer
 from realtime import warp
@@ -100,10 +100,13 @@ class PipelineConfig:
     colour_transfer: bool = False  # match each swapped face's Lab mean/std to the target face under the mask
     crop_size: int = 256
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
+    detect_scale: float = 1.0  # the detector sees the frame resized by this factor (cheaper, misses small faces)
 
     def __post_init__(self) -> None:
         if not 1 <= self.detect_every <= 120:
             raise ConfigError(f"detection interval must be 1..120 frames, got {self.detect_every}")
+        if not 0.25 <= self.detect_scale <= 1.0:  # also rejects NaN
+            raise ConfigError(f"detection scale must be between 0.25 and 1.0 of the frame, got {self.detect_scale}")
         if self.crop_size not in (128, 256, 512):
             raise ConfigError(f"crop size must be 128, 256 or 512, got {self.crop_size}")
 
@@ -198,7 +201,7 @@ class FramePipeline:
             detect = index % cfg.detect_every == 0 or not self.tracker.tracks
             if detect:
                 with _stage(record, stages, "detect"):
-                    detections = self.detector(image_tensor(frame_t, self.detector.device))
+                    detections = detect_scaled(self.detector, frame_t, cfg.detect_scale)
                 with _stage(record, stages, "track"):
                     tracks = self.tracker.update(detections, t)
                     if self.embedder is not None and tracks:
@@ -306,6 +309,28 @@ class FramePipeline:
         """Release device memory (the session has ended)."""
         self._memory.clear()
         self.context.close()
+
+
+def detect_scaled(detector: FaceDetector, frame: torch.Tensor, scale: float = 1.0) -> Detections:
+    """Faces of an (H, W, 3) uint8 frame, the detector run on it area-resized by `scale` on the detector's device;
+    boxes and landmarks come back in full-frame pixels (pixel centres at integer coordinates)."""
+    image = image_tensor(frame, detector.device)
+    if scale >= 1.0:
+        return detector(image)
+    h, w = image.shape[:2]
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    # area averaging antialiases, needs no weights and runs on CPU and CUDA alike
+    small = F.interpolate(image.permute(2, 0, 1)[None].float(), size=(sh, sw), mode="area")
+    small = small[0].add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    found = detector(small)
+    rx, ry = w / sw, h / sh  # per axis, the exact ratio of the rounded sizes
+    boxes = _to_full(found.boxes.reshape(-1, 2, 2), rx, ry).reshape(-1, 4)
+    return Detections(boxes, found.scores, _to_full(found.landmarks, rx, ry))
+
+
+def _to_full(xy: torch.Tensor, rx: float, ry: float) -> torch.Tensor:
+    """(..., 2) points of a resized image in the original's pixels; centres at integers: (x + 0.5) * r - 0.5."""
+    return torch.stack(((xy[..., 0] + 0.5) * rx - 0.5, (xy[..., 1] + 0.5) * ry - 0.5), -1)
 
 
 def _split_planes(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -321,3 +321,63 @@ def test_yuv420p_swap_changes_the_face(detector: MTCNN, astronaut: np.ndarray) -
 def test_yuv420p_rejects_what_is_not_packed_planes(detector: MTCNN, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="yuv420p"):
         FramePipeline(detector, IdentitySwap()).process_yuv420p(np.zeros(shape, np.uint8), 0.0)
+
+
+def test_detection_at_half_resolution_finds_the_same_face(detector: MTCNN, astronaut: np.ndarray) -> None:
+    """The detector sees the frame at half size; boxes and landmarks come back in full-frame pixels."""
+    from realtime.pipeline import detect_scaled
+
+    full = detect_scaled(detector, torch.from_numpy(astronaut), 1.0)
+    half = detect_scaled(detector, torch.from_numpy(astronaut), 0.5)
+    assert len(full) == len(half) == 1
+    # MTCNN's own jitter under a 1-2 px shift of the image is as large as these bounds
+    assert np.abs(half.boxes.numpy() - full.boxes.numpy()).max() < 4.0
+    assert np.abs(half.landmarks.numpy() - full.landmarks.numpy()).max() < 3.5
+    assert np.abs(half.landmarks.numpy() - full.landmarks.numpy()).mean() < 2.0
+    assert np.abs(half.landmarks[0].numpy() - faces.ASTRONAUT_LANDMARKS).max() < 3.5
+    # through the pipeline: the tracked face is where the full-resolution detector puts it
+    pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_scale=0.5))
+    result = pipe.process(astronaut, 0.0)
+    assert result.detected
+    assert result.faces == 1
+    (track,) = pipe.tracker.tracks
+    assert np.abs(track.landmarks - faces.ASTRONAUT_LANDMARKS).max() < 3.5
+
+
+@pytest.mark.parametrize(("size", "scale"), [((640, 480), 0.5), ((641, 481), 0.3), ((100, 60), 0.25)])
+def test_detection_scale_maps_pixel_centres_back(size: tuple[int, int], scale: float) -> None:
+    """A point found at small-image pixel (x, y) is at ((x + 0.5) * W / w - 0.5, ...) in the frame; the small
+    image is the frame area-averaged."""
+    from realtime.pipeline import detect_scaled
+
+    w, h = size
+    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    seen = []
+
+    class Fixed:
+        device = torch.device("cpu")
+
+        def __call__(self, image: torch.Tensor) -> Detections:
+            seen.append(image)
+            lm = torch.tensor([[[0.0, 0.0], [10.0, 20.0], [-0.5, -0.5], [5.0, 5.0], [1.0, 2.0]]])
+            return Detections(torch.tensor([[-0.5, -0.5, 10.0, 20.0]]), torch.tensor([0.9]), lm)
+
+    found = detect_scaled(Fixed(), torch.from_numpy(frame), scale)
+    (image,) = seen
+    sw, sh = round(w * scale), round(h * scale)
+    assert image.shape == (sh, sw, 3)
+    assert image.dtype == torch.uint8
+    rx, ry = w / sw, h / sh
+    assert np.allclose(found.boxes.numpy(), [[-0.5, -0.5, 10.5 * rx - 0.5, 20.5 * ry - 0.5]], atol=1e-4)
+    assert np.allclose(found.landmarks[0, 1].numpy(), [10.5 * rx - 0.5, 20.5 * ry - 0.5], atol=1e-4)
+    assert np.allclose(found.landmarks[0, 2].numpy(), [-0.5, -0.5])  # the frame's outer edge stays the edge
+    assert np.allclose(found.scores.numpy(), [0.9])
+    if scale == 0.5:  # an exact factor: plain 2x2 averages, as OpenCV's INTER_AREA computes them
+        ref = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA)
+        assert np.abs(image.numpy().astype(np.int16) - ref).max() <= 1
+
+
+@pytest.mark.parametrize("scale", [0.2, 0.0, 1.5, -1.0, float("nan")])
+def test_detection_scale_out_of_range_is_a_config_error(scale: float) -> None:
+    with pytest.raises(ConfigError, match="detection scale"):
+        PipelineConfig(detect_scale=scale)
