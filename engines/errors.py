@@ -53,6 +53,10 @@ class MediaError(DanceCamError):
     """An input or output file that cannot be used: missing, unsupported, corrupt, or unwritable."""
 
 
+class SignallingError(DanceCamError):
+    """A WebRTC offer that cannot be answered: malformed or oversized SDP, no video, no codec in common."""
+
+
 class ImageError(DanceCamError):
     """An image that cannot be used: unreadable, not an image, or too large."""
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from engines.errors import SignallingError
 from realtime.pipeline import FramePipeline
 from realtime.worker import PipelineWorker, ProcessedFrame
 
@@ -30,13 +34,19 @@ log = logging.getLogger(__name__)
 REPEAT_AFTER_S = 0.5  # how long the outbound track waits for a new processed frame before repeating the last one
 
 
-async def drain(track: MediaStreamTrack, worker: PipelineWorker, stop: asyncio.Event | None = None) -> None:
+async def drain(
+    track: MediaStreamTrack,
+    worker: PipelineWorker,
+    stop: asyncio.Event | None = None,
+    on_input: Callable[[], None] | None = None,
+) -> None:
     """Submit every video frame of `track` to `worker` as soon as it arrives, until the track ends or `stop` is set.
 
     The frame is converted to RGB here, on the event loop: `to_ndarray(format="rgb24")` costs under a millisecond at
     640x480 (a few at 1080p), less than a thread hand-off would save. The worker gets `pts=(pts, time_base)` as its
     opaque pts, so the outbound frame can carry both, and the timestamp in seconds for the tracker.
     Ends without error when the track ends (`MediaStreamError`) or `stop` is set; non-video frames are skipped.
+    `on_input` is called for every video frame that arrives (the session's input rate).
     """
     stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
     receiving: asyncio.Future[Any] | None = None
@@ -53,6 +63,8 @@ async def drain(track: MediaStreamTrack, worker: PipelineWorker, stop: asyncio.E
                 return  # the track ended: the peer left or the source stopped
             if not isinstance(frame, av.VideoFrame):
                 continue
+            if on_input is not None:
+                on_input()
             pts, time_base = frame.pts, frame.time_base
             t = float(pts * time_base) if pts is not None and time_base is not None else None
             worker.submit(frame.to_ndarray(format="rgb24"), pts=(pts, time_base), t=t)
@@ -139,16 +151,17 @@ class LiveSession:
     def __init__(
         self,
         source: MediaStreamTrack,
-        pipeline: FramePipeline,
+        pipeline: FramePipeline | Any,  # or anything with process/profiler/close, e.g. a session's pipeline
         repeat_after: float = REPEAT_AFTER_S,
         name: str = "dancecam-pipeline",
+        on_input: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.worker = PipelineWorker(pipeline, name=name)
         self.output = SwappedVideoTrack(self.worker, repeat_after)
         self._stop = asyncio.Event()
         self.worker.start()
-        self.drain_task = asyncio.create_task(drain(source, self.worker, self._stop), name=f"{name}-drain")
+        self.drain_task = asyncio.create_task(drain(source, self.worker, self._stop, on_input), name=f"{name}-drain")
 
     async def close(self) -> None:
         self._stop.set()
@@ -162,3 +175,224 @@ class LiveSession:
             log.exception("the inbound track's drain task failed")
         self.output.stop()
         await asyncio.to_thread(self.worker.stop)
+
+
+# --- peers ----------------------------------------------------------------------------------------------------
+
+CONNECT_TIMEOUT_S = 20.0  # an answered offer whose peer never connects is given up after this long
+IDLE_TIMEOUT_S = 15.0  # a connected peer that sends no video for this long has gone
+
+
+def rtc_configuration() -> RTCConfiguration:
+    # no ICE servers: aiortc would otherwise add a public STUN server, which stalls gathering offline, and
+    # DanceCam serves peers that reach it directly (localhost or the LAN)
+    return RTCConfiguration(iceServers=[])
+
+
+def _offer(sdp: object) -> RTCSessionDescription:
+    if not isinstance(sdp, str) or "m=" not in sdp or not sdp.lstrip().startswith("v=0"):
+        raise SignallingError("the offer is not an SDP session description (it must start with v=0)")
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check: Callable[[], None]) -> str:
+    """Apply the remote offer, run `check` (raises SignallingError), answer; aiortc's errors become 400s."""
+    try:
+        await pc.setRemoteDescription(offer)
+    except SignallingError:
+        raise
+    except Exception as e:  # aiortc raises ValueError, InvalidAccessError, ... for SDP it cannot use
+        raise SignallingError(f"the offer cannot be used: {e or type(e).__name__}") from None
+    check()
+    try:
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)  # gathers the local candidates into the SDP (no trickle)
+    except Exception as e:
+        raise SignallingError(f"no answer is possible for this offer: {e or type(e).__name__}") from None
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "video" and transceiver.currentDirection in (None, "inactive"):
+            raise SignallingError("no video codec in common: offer VP8 or H.264")
+    return pc.localDescription.sdp
+
+
+class Publisher:
+    """A session's inbound peer: a browser (`echo`: the swapped video and the audio go back to it) or WHIP.
+
+    The first inbound video track feeds the pipeline (`LiveSession`); the first audio track is relayed unchanged
+    to the browser and to WHEP viewers. Tracks nobody uses are drained into a blackhole, so no receive queue
+    grows. `on_end` is called once when the peer fails, closes, never connects, or stops sending video.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        echo: bool,
+        on_end: Callable[[str], Awaitable[None]],
+        on_input: Callable[[], None] | None = None,
+        name: str = "dancecam-session",
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.pc = RTCPeerConnection(rtc_configuration())
+        self.relay = MediaRelay()
+        self.live: LiveSession | None = None
+        self.audio: MediaStreamTrack | None = None
+        self.viewers: set[Viewer] = set()
+        self._pipeline = pipeline
+        self._echo = echo
+        self._on_end = on_end
+        self._on_input = on_input
+        self._name = name
+        self._sinks: list[MediaBlackhole] = []
+        self._tracks: list[MediaStreamTrack] = []  # relay subscriptions: stopped on close, or the relay keeps them
+        self._watchdog: asyncio.Task[None] | None = None
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+        self._last_input = asyncio.get_running_loop().time()
+        self._ending = False
+        self.closed = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    @property
+    def worker(self) -> PipelineWorker | None:
+        return self.live.worker if self.live is not None else None
+
+    @property
+    def state(self) -> str:
+        return self.pc.connectionState
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self.live is None:
+            self.live = LiveSession(track, self._pipeline, name=self._name, on_input=self._input)
+            if self._echo:
+                self.pc.addTrack(self._subscribe(self.live.output))
+        elif track.kind == "audio" and self.audio is None:
+            self.audio = track
+            self._drain_unused(self._subscribe(track))  # the relay reads the audio even with nobody listening
+            if self._echo:
+                self.pc.addTrack(self._subscribe(track))
+        else:
+            self._drain_unused(track)
+
+    def _subscribe(self, track: MediaStreamTrack) -> MediaStreamTrack:
+        proxy = self.relay.subscribe(track, buffered=False)
+        self._tracks.append(proxy)
+        return proxy
+
+    def _drain_unused(self, track: MediaStreamTrack) -> None:
+        sink = MediaBlackhole()
+        sink.addTrack(track)
+        self._sinks.append(sink)
+
+    def _input(self) -> None:
+        self._last_input = asyncio.get_running_loop().time()
+        if self._on_input is not None:
+            self._on_input()
+
+    async def answer(self, sdp: object) -> str:
+        """The answer SDP for an offer; `SignallingError` (the caller closes this publisher) when there is none."""
+
+        def check() -> None:
+            if self.live is None:
+                raise SignallingError("the offer has no video track: DanceCam needs a camera's video")
+            if self._echo:
+                video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+                if video and video[0].direction not in ("sendrecv", "sendonly"):
+                    raise SignallingError("the offer does not receive video back: offer the video as sendrecv")
+
+        answer = await _negotiate(self.pc, _offer(sdp), check)
+        for sink in self._sinks:
+            await sink.start()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"{self._name}-watchdog")
+        return answer
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while not self.closed:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            if self.pc.connectionState != "connected":
+                if now - start > self._connect_timeout and self.pc.connectionState in ("new", "connecting"):
+                    await self._end("the peer did not connect")
+                    return
+                continue
+            if now - self._last_input > self._idle_timeout:
+                await self._end(f"no video for {self._idle_timeout:.0f} s")
+                return
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            await self._end(f"connection {self.pc.connectionState}")
+
+    async def _end(self, reason: str) -> None:
+        if self._ending or self.closed:
+            return
+        self._ending = True
+        await self._on_end(reason)
+
+    async def close(self) -> None:
+        """Stop everything this peer started: viewers, pipeline thread, relay, blackholes, the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        for viewer in list(self.viewers):
+            await viewer.close()
+        watchdog = self._watchdog
+        if watchdog is not None and watchdog is not asyncio.current_task() and not watchdog.done():
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        if self.live is not None:
+            await self.live.close()
+        for sink in self._sinks:
+            await sink.stop()
+        await self.pc.close()
+        for track in self._tracks:
+            track.stop()
+
+
+class Viewer:
+    """A WHEP player pulling a publisher's swapped video (and its audio) through the publisher's relay."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        if publisher.live is None:
+            raise SignallingError("that session has no video yet")
+        self.publisher = publisher
+        self.pc = RTCPeerConnection(rtc_configuration())
+        self.closed = False
+        self._tracks: list[MediaStreamTrack] = []  # relay subscriptions: stopped on close, or the relay keeps them
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def answer(self, sdp: object) -> str:
+        offer = _offer(sdp)
+        publisher = self.publisher
+        assert publisher.live is not None
+
+        def check() -> None:
+            kinds = {t.kind for t in self.pc.getTransceivers()}
+            if "video" not in kinds:
+                raise SignallingError("the WHEP offer asks for no video")
+            self._tracks.append(publisher.relay.subscribe(publisher.live.output, buffered=False))
+            if publisher.audio is not None and "audio" in kinds:
+                self._tracks.append(publisher.relay.subscribe(publisher.audio, buffered=False))
+            for track in self._tracks:
+                self.pc.addTrack(track)
+
+        answer = await _negotiate(self.pc, offer, check)
+        publisher.viewers.add(self)
+        return answer
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.publisher.viewers.discard(self)
+        await self.pc.close()
+        for track in self._tracks:
+            track.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -96,6 +97,7 @@ class PipelineWorker:
         self._sequence = 0
         self._consumed = 0
         self.errors = 0
+        self.latencies: deque[float] = deque(maxlen=300)  # submission to processed, ms: the server's share of latency
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
 
@@ -150,6 +152,7 @@ class PipelineWorker:
                 log.exception("frame dropped: the pipeline failed on it")
                 continue
             latency = (time.perf_counter() - item.submitted) * 1e3
+            self.latencies.append(latency)
             with self._lock:
                 self._sequence += 1
                 processed = ProcessedFrame(result.frame, item.pts, self._sequence, latency, result)

@@ -1,0 +1,170 @@
+"""`dancecam serve`: the live server's command line — models, limits, binding rules, TLS, the event loop.
+
+Binding rules: 127.0.0.1 (the default) serves only this machine. Any other address needs a token (generated and
+printed when --token is not given) and TLS (--cert/--key), because browsers grant the camera only to secure origins
+off localhost and a face swap on the network must not be open to anyone; --insecure drops the TLS requirement
+(never the token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import secrets
+import ssl
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+
+from engines.errors import ConfigError, DanceCamError
+
+if TYPE_CHECKING:
+    from realtime.session import SessionManager
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="serve the live page, WebRTC, WHIP and WHEP",
+        description="Serve the browser page and live face swapping over WebRTC (POST /offer), WHIP ingest for OBS "
+        "(POST /whip) and WHEP playback (POST /whep). Binds 127.0.0.1 unless told otherwise.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--token", help="access token for the API and signalling (generated when binding off loopback)")
+    p.add_argument("--cert", type=Path, help="TLS certificate (PEM); with --key serves https")
+    p.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    p.add_argument("--insecure", action="store_true", help="allow plain http off loopback (a token is still required)")
+    p.add_argument("--engine", choices=("facedancer", "identity"), default="facedancer")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
+    p.add_argument("--source", type=Path, metavar="PHOTO", help="source photo to start with (else upload one)")
+    p.add_argument(
+        "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
+    )
+    p.add_argument("--target-fps", type=float, help="frame rate each session aims for (default: the camera's)")
+    p.add_argument("--detect-every", type=int, default=5, help="frames between detections (default 5)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    p.set_defaults(handler=run)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: treat as reachable from elsewhere
+
+
+def check_binding(host: str, token: str | None, cert: Path | None, key: Path | None, insecure: bool) -> str | None:
+    """The token to require (None on loopback without one); `ConfigError` when the rules are not met."""
+    if (cert is None) != (key is None):
+        raise ConfigError("--cert and --key go together: give both for https, or neither")
+    for path in (cert, key):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{path} does not exist")
+    if token is not None and len(token) < 16:
+        raise ConfigError("--token must be at least 16 characters (or leave it out and one is generated)")
+    if is_loopback(host):
+        return token
+    if cert is None and not insecure:
+        raise ConfigError(
+            f"binding {host} exposes the server to the network: give --cert and --key for https (browsers allow "
+            "the camera only on secure origins off localhost), or --insecure to serve plain http anyway"
+        )
+    return token or secrets.token_urlsafe(24)
+
+
+def ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"cannot use {cert} / {key} for TLS: {e}") from None
+    return context
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, highlight=False)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
+    token = check_binding(args.host, args.token, args.cert, args.key, args.insecure)
+    context = ssl_context(args.cert, args.key) if args.cert else None
+    if args.max_sessions is not None and args.max_sessions < 1:
+        raise ConfigError(f"--max-sessions must be at least 1, got {args.max_sessions}")
+
+    from realtime.session import LiveServices, LiveSettings, SessionManager, measure_session_cost
+
+    defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
+    console.print(f"loading models ({args.engine}) ...")
+    services = LiveServices.load(args.engine, args.device, args.model_dir)
+    if not services.weights.ok:
+        console.print(f"[yellow]weights missing:[/] {escape(services.weights.message or '')}", soft_wrap=True)
+    if args.source is not None:
+        try:
+            data = args.source.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read --source {args.source}: {e.strerror}") from None
+        if services.weights.ok:
+            services.set_source(data)
+    max_sessions = args.max_sessions
+    if max_sessions is None:
+        cost = measure_session_cost(services, args.target_fps or 30.0)
+        max_sessions = cost.max_sessions
+        console.print(f"max sessions: {max_sessions} ({cost.reason}; --max-sessions to change)")
+    manager = SessionManager(services, max_sessions, defaults)
+    try:
+        return _serve(manager, args.host, args.port, token, context, console)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+
+
+def _serve(
+    manager: SessionManager, host: str, port: int, token: str | None, context: ssl.SSLContext | None, console: Console
+) -> int:
+    from aiohttp import web
+
+    from realtime.server import ServeOptions, create_app
+
+    async def main() -> None:
+        app = create_app(manager, ServeOptions(token=token))
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=context)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        scheme = "https" if context else "http"
+        shown = f"[{host}]" if ":" in host else host
+        url = f"{scheme}://{shown}:{bound}/" + (f"#token={token}" if token else "")
+        console.print(f"[bold green]serving[/] {url}", soft_wrap=True)
+        if token:
+            console.print(f"token: {token}  (send it as Authorization: Bearer <token>; the page reads it from #token=)")
+        console.print("consent of the people whose faces you use is yours to obtain. Ctrl-C stops.")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        if sys.platform != "win32":
+            import uvloop
+
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except DanceCamError:
+        raise
+    return 0

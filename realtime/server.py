@@ -1,0 +1,477 @@
+"""The HTTP side of `dancecam serve`: the page, signalling (/offer, WHIP, WHEP) and the session API.
+
+Routes and their JSON are described in README ("Live serving"). Every error is JSON `{"error": message}` with a
+4xx/5xx status; one bad request or one failing session never takes the server down. With a token set, every route
+but the page and /healthz needs `Authorization: Bearer <token>`, compared in constant time. The page's files are read
+into memory when the app is built: no request path or field ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import mimetypes
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from engines.errors import ConfigError, DanceCamError, ImageError, NoFaceError, SignallingError
+from realtime import __version__
+from realtime.identity_cache import MAX_IMAGE_BYTES
+from realtime.session import (
+    SETTING_LIMITS,
+    CapacityError,
+    LiveSettings,
+    NotReadyError,
+    Session,
+    SessionKind,
+    SessionManager,
+    SettingsError,
+)
+from realtime.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, Publisher, Viewer
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_SDP_BYTES = 64 * 1024  # a browser offer with audio and video is 4-8 KiB
+MAX_JSON_BYTES = 16 * 1024  # settings objects
+MAX_VIEWERS = 8  # WHEP players per session: each costs one video encode
+SDP_TYPE = "application/sdp"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    token: str | None = None  # required on API and signalling routes when set
+    web_dir: Path = WEB_DIR
+    max_sdp_bytes: int = MAX_SDP_BYTES
+    max_upload_bytes: int = MAX_IMAGE_BYTES
+    max_viewers: int = MAX_VIEWERS
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    idle_timeout: float = IDLE_TIMEOUT_S
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _status_of(error: DanceCamError) -> int:
+    if isinstance(error, SignallingError):
+        return 400
+    if isinstance(error, CapacityError):
+        return 503
+    if isinstance(error, NotReadyError):
+        return error.status
+    if isinstance(error, (SettingsError, ImageError, NoFaceError, ConfigError)):
+        return 422
+    return 500
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+
+def load_page(web_dir: Path) -> dict[str, tuple[bytes, str]]:
+    """Every file of the page, by URL path, read once: requests pick from this table and never touch the disk."""
+    files: dict[str, tuple[bytes, str]] = {}
+    if not web_dir.is_dir():
+        return files
+    for path in sorted(web_dir.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or path.suffix in (".md", ".py"):
+            continue
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if path.suffix == ".js":
+            kind = "text/javascript"  # ES modules need a JavaScript type, whatever the platform's table says
+        if kind.startswith("text/") or kind.endswith(("javascript", "json", "svg+xml")):
+            kind += "; charset=utf-8"
+        files["/" + path.relative_to(web_dir).as_posix()] = (path.read_bytes(), kind)
+    if "/index.html" in files:
+        files["/"] = files["/index.html"]
+    return files
+
+
+# --- metrics --------------------------------------------------------------------------------------------------
+
+
+class SessionCollector:
+    """Prometheus metrics read from the sessions at scrape time: nothing is recorded on the hot path for them."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.manager
+        yield GaugeMetricFamily("dancecam_sessions", "Live sessions now", value=len(m.sessions))
+        yield GaugeMetricFamily("dancecam_max_sessions", "Session limit", value=m.max_sessions)
+        yield CounterMetricFamily("dancecam_sessions_ended", "Sessions ended since start", value=m.ended)
+        labels = ["session", "kind"]
+        gauges = {
+            "fps_in": GaugeMetricFamily("dancecam_input_fps", "Inbound video frames per second", labels=labels),
+            "fps_out": GaugeMetricFamily("dancecam_output_fps", "Processed frames per second", labels=labels),
+            "level": GaugeMetricFamily("dancecam_degradation_level", "0 = full quality", labels=labels),
+        }
+        counters = {
+            name: CounterMetricFamily(f"dancecam_{name}", f"{name.replace('_', ' ').capitalize()}", labels=labels)
+            for name in ("dropped_frames", "repeated_frames", "fail_closed", "pipeline_errors", "detections")
+        }
+        stage = GaugeMetricFamily("dancecam_stage_ms", "Per-stage time (ms)", labels=[*labels, "stage", "quantile"])
+        latency = GaugeMetricFamily(
+            "dancecam_server_latency_ms", "Frame arrival to processed (ms)", labels=[*labels, "quantile"]
+        )
+        for session in list(m.sessions.values()):
+            s = session.stats()
+            key = [s["id"], s["kind"]]
+            gauges["fps_in"].add_metric(key, s["fps_in"])
+            gauges["fps_out"].add_metric(key, s["fps_out"])
+            gauges["level"].add_metric(key, s["degradation"].get("level", 0))
+            for name, family in counters.items():
+                family.add_metric(key, s["counters"].get(name, 0))
+            for name, values in s["stages"].items():
+                for q in ("p50", "p95", "p99"):
+                    if q in values:
+                        stage.add_metric([*key, name, f"0.{q[1:]}"], values[q])
+            for q, value in s["server_latency_ms"].items():
+                latency.add_metric([*key, f"0.{q[1:]}"], value)
+        yield from gauges.values()
+        yield from counters.values()
+        yield stage
+        yield latency
+
+
+# --- the application ------------------------------------------------------------------------------------------
+
+
+class LiveServer:
+    """Route handlers over one `SessionManager`."""
+
+    def __init__(self, manager: SessionManager, options: ServeOptions) -> None:
+        self.manager = manager
+        self.services = manager.services
+        self.options = options
+        self.page = load_page(options.web_dir)
+        self.viewers: dict[str, Viewer] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SessionCollector(manager))  # type: ignore[arg-type]
+        self._token = options.token.encode() if options.token else None
+
+    # --- middleware -------------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except HttpError as e:
+            return _error(e.status, str(e), e.headers)
+        except DanceCamError as e:
+            status = _status_of(e)
+            if status >= 500 and not isinstance(e, (CapacityError, NotReadyError)):
+                log.exception("%s %s failed", request.method, request.path)
+            return _error(status, str(e))
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            return _error(e.status, e.reason or "error", {k: v for k, v in e.headers.items() if k == "Allow"})
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return _error(500, "internal error: see the server's log")
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        open_route = request.method in ("GET", "HEAD") and (request.path in self.page or request.path == "/healthz")
+        if self._token is not None and not open_route:
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            # compare_digest takes the same time wherever the first difference is
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                raise HttpError(
+                    401,
+                    "a valid token is required: send Authorization: Bearer <token>",
+                    {"WWW-Authenticate": 'Bearer realm="dancecam"'},
+                )
+        response = await handler(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    # --- the page and health ----------------------------------------------------------------------------------
+
+    async def page_file(self, request: web.Request) -> web.Response:
+        found = self.page.get(request.path)
+        if found is None:
+            raise HttpError(404, f"not found: {request.path}")
+        body, kind = found
+        return web.Response(body=body, headers={"Content-Type": kind})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__, "sessions": len(self.manager.sessions)})
+
+    async def info(self, request: web.Request) -> web.Response:
+        source = self.services.source
+        return web.json_response(
+            {
+                "version": __version__,
+                "engine": self.services.engine,
+                "device": str(self.services.device),
+                "weights": self.services.weights.to_json(),
+                "source": {
+                    "set": source is not None,
+                    "key": source.key if source else None,
+                    "note": source.note if source else None,
+                },
+                "needs_source": self.services.engine == "facedancer",
+                "max_sessions": self.manager.max_sessions,
+                "sessions": len(self.manager.sessions),
+                "token_required": self._token is not None,
+                "settings": self.manager.defaults.to_json(),
+                "limits": SETTING_LIMITS,
+            }
+        )
+
+    # --- request bodies ---------------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request, limit: int, what: str) -> bytes:
+        if request.content_length is not None and request.content_length > limit:
+            raise HttpError(413, f"{what} is too large: at most {limit} bytes")
+        data = await request.content.read(limit + 1)
+        if len(data) > limit:
+            raise HttpError(413, f"{what} is too large: at most {limit} bytes")
+        return data
+
+    async def _json(self, request: web.Request, limit: int = MAX_JSON_BYTES) -> Any:
+        data = await self._body(request, limit, "the request body")
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "the request body is not valid JSON") from None
+
+    async def _sdp(self, request: web.Request) -> str:
+        if request.content_type != SDP_TYPE:
+            raise HttpError(415, f"send the offer as {SDP_TYPE}, not {request.content_type or 'nothing'}")
+        data = await self._body(request, self.options.max_sdp_bytes, "the offer")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SignallingError("the offer is not UTF-8 text") from None
+
+    def _session(self, request: web.Request, required: bool = True) -> Session | None:
+        session_id = request.query.get("session") or request.match_info.get("id")
+        if not session_id:
+            if required:
+                raise HttpError(400, "name the session: ?session=<id>")
+            return None
+        session = self.manager.get(session_id)
+        if session is None:
+            raise HttpError(404, "no such session (it may have ended)")
+        return session
+
+    # --- sessions ---------------------------------------------------------------------------------------------
+
+    async def _start(self, kind: SessionKind, sdp: object, settings: LiveSettings) -> tuple[Session, str]:
+        session = self.manager.create(kind, settings)
+        assert session.pipeline is not None
+        publisher = Publisher(
+            session.pipeline,
+            echo=kind == "offer",
+            on_end=lambda reason: self.end(session, reason),
+            on_input=session.input_rate.tick,
+            name=f"dancecam-{kind}-{session.id[:6]}",
+            connect_timeout=self.options.connect_timeout,
+            idle_timeout=self.options.idle_timeout,
+        )
+        session.link = publisher
+        try:
+            answer = await publisher.answer(sdp)
+        except BaseException as e:  # a bad offer, or the request was cancelled: nothing of it may stay behind
+            await self.end(session, f"negotiation failed: {e}")
+            raise
+        log.info("session %s (%s) started", session.id, kind)
+        return session, answer
+
+    async def end(self, session: Session, reason: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self.manager.forget(session)
+        log.info("session %s ended: %s", session.id, reason)
+        for viewer_id, viewer in list(self.viewers.items()):
+            if viewer.publisher is session.link:
+                self.viewers.pop(viewer_id, None)
+        if session.link is not None:
+            try:
+                await session.link.close()
+            except Exception:
+                log.exception("closing session %s failed", session.id)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        body = await self._json(request, self.options.max_sdp_bytes + MAX_JSON_BYTES)
+        if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+            raise HttpError(400, 'send {"sdp": "<offer SDP>", "type": "offer"}')
+        settings = self.manager.defaults.updated(body.get("settings") or {})
+        session, answer = await self._start("offer", body["sdp"], settings)
+        return web.json_response({"sdp": answer, "type": "answer", "session": session.id})
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        assert session is not None
+        await self.end(session, "ended by the client")
+        return web.Response(status=204)
+
+    async def whip(self, request: web.Request) -> web.Response:
+        sdp = await self._sdp(request)
+        session, answer = await self._start("whip", sdp, self.manager.defaults)
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type=SDP_TYPE,
+            headers={"Location": f"/whip/{session.id}", "X-Session-Id": session.id},
+        )
+
+    async def whip_end(self, request: web.Request) -> web.Response:
+        session = self.manager.get(request.match_info["id"])
+        if session is None or session.kind != "whip":
+            raise HttpError(404, "no such WHIP session (it may have ended)")
+        await self.end(session, "ended by the WHIP client")
+        return web.Response(status=204)
+
+    async def whep(self, request: web.Request) -> web.Response:
+        sdp = await self._sdp(request)
+        session = self._session(request, required=False) or self.manager.newest()
+        if session is None or session.link is None or session.link.live is None:
+            raise HttpError(404, "no live session to watch: start one first (the page, or WHIP from OBS)")
+        publisher: Publisher = session.link
+        if len(publisher.viewers) >= self.options.max_viewers:
+            raise HttpError(503, f"that session already has {self.options.max_viewers} viewers")
+        viewer = Viewer(publisher)
+        try:
+            answer = await viewer.answer(sdp)
+        except BaseException:
+            await viewer.close()
+            raise
+        viewer_id = secrets.token_urlsafe(12)
+        self.viewers[viewer_id] = viewer
+        return web.Response(status=201, text=answer, content_type=SDP_TYPE, headers={"Location": f"/whep/{viewer_id}"})
+
+    async def whep_end(self, request: web.Request) -> web.Response:
+        viewer = self.viewers.pop(request.match_info["id"], None)
+        if viewer is None:
+            raise HttpError(404, "no such WHEP viewer")
+        await viewer.close()
+        return web.Response(status=204)
+
+    # --- source, settings, stats, metrics ---------------------------------------------------------------------
+
+    async def source(self, request: web.Request) -> web.Response:
+        limit = self.options.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            raise HttpError(413, f"the photo is too large: at most {limit // 1_000_000} MB")
+        if not request.content_type.startswith("multipart/"):
+            raise HttpError(415, "send the photo as multipart/form-data with a file field named 'image'")
+        try:
+            reader = await request.multipart()
+            data: bytes | None = None
+            while (part := await reader.next()) is not None:
+                if getattr(part, "name", None) != "image":
+                    continue
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(256 * 1024):  # type: ignore[union-attr]
+                    size += len(chunk)
+                    if size > limit:
+                        raise HttpError(413, f"the photo is too large: at most {limit // 1_000_000} MB")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+                break
+        except (ValueError, AssertionError) as e:
+            raise HttpError(400, f"malformed multipart body: {e}") from None
+        if not data:
+            raise HttpError(400, "no photo: send a non-empty file field named 'image'")
+        source = await asyncio.to_thread(self.services.set_source, data)  # detection + ArcFace: off the loop
+        log.info("new source photo %s", source.key[:12])
+        return web.json_response(source.to_json())
+
+    async def get_settings(self, request: web.Request) -> web.Response:
+        session = self._session(request, required=False)
+        return web.json_response((session.settings if session else self.manager.defaults).to_json())
+
+    async def put_settings(self, request: web.Request) -> web.Response:
+        session = self._session(request, required=False)
+        changes = await self._json(request)
+        if session is None:
+            self.manager.defaults = self.manager.defaults.updated(changes)
+            return web.json_response(self.manager.defaults.to_json())
+        session.settings = session.settings.updated(changes)  # one reference swap, read by the worker per frame
+        return web.json_response(session.settings.to_json())
+
+    async def stats(self, request: web.Request) -> web.Response:
+        session = self._session(request, required=False)
+        sessions = [session] if session else list(self.manager.sessions.values())
+        for s in sessions:
+            if s.link is not None:
+                s.state = s.link.state
+        return web.json_response(
+            {
+                "server": {
+                    "sessions": len(self.manager.sessions),
+                    "max_sessions": self.manager.max_sessions,
+                    "device": str(self.services.device),
+                    "engine": self.services.engine,
+                },
+                "sessions": [s.stats() for s in sessions],
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def close_all(self, app: web.Application | None = None) -> None:
+        for viewer in list(self.viewers.values()):
+            await viewer.close()
+        self.viewers.clear()
+        for session in list(self.manager.sessions.values()):
+            await self.end(session, "the server is shutting down")
+
+
+SERVER = web.AppKey("server", LiveServer)
+
+
+def create_app(manager: SessionManager, options: ServeOptions | None = None) -> web.Application:
+    """The aiohttp application for `manager`'s sessions. Closing the app ends every session."""
+    server = LiveServer(manager, options or ServeOptions())
+    # aiohttp's own body limit backs up the per-route ones (the upload is the largest body)
+    app = web.Application(middlewares=[server.errors, server.auth], client_max_size=server.options.max_upload_bytes * 2)
+    app[SERVER] = server
+    r = app.router
+    r.add_get("/healthz", server.healthz)
+    r.add_get("/api/info", server.info)
+    r.add_post("/offer", server.offer)
+    r.add_delete("/api/sessions/{id}", server.end_session)
+    r.add_post("/whip", server.whip)
+    r.add_delete("/whip/{id}", server.whip_end)
+    r.add_post("/whep", server.whep)
+    r.add_delete("/whep/{id}", server.whep_end)
+    r.add_post("/api/source", server.source)
+    r.add_get("/api/settings", server.get_settings)
+    r.add_put("/api/settings", server.put_settings)
+    r.add_get("/api/stats", server.stats)
+    r.add_get("/metrics", server.metrics)
+    for path in server.page:
+        r.add_get(path, server.page_file)
+    app.on_shutdown.append(server.close_all)
+    return app

@@ -1,0 +1,502 @@
+"""Live sessions without the network: settings, the shared models, each session's pipeline, stats and capacity.
+
+`LiveServices` loads the models once per server (detector, FaceDancer, ArcFace) and holds the source identity every
+session swaps in. A session gets its own `FramePipeline` (own device context, stream, tracker and profiler) wrapped
+in a `SessionPipeline`, which the worker thread runs: before each frame it applies the session's current settings,
+the degradation level and a new source identity if one was uploaded, so nothing on the event loop ever touches a
+pipeline mid-frame. `SessionManager` keeps the sessions, enforces `max_sessions` and answers stats.
+
+The WebRTC side (peer connections, tracks) lives in `realtime.transport`; the HTTP side in `realtime.server`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from engines.detect import FaceDetector, image_tensor
+from engines.errors import ConfigError, DanceCamError, ModelMissingError, NoFaceError
+from realtime.degrade import DegradationController
+from realtime.face_choice import FaceChoice
+from realtime.identity_cache import IdentityCache, decode_image, default_identity_dir
+from realtime.masks import MaskSpec
+from realtime.pipeline import FaceDancerSwap, FramePipeline, FrameResult, IdentitySwap, PipelineConfig
+from realtime.profiler import Profiler
+
+log = logging.getLogger(__name__)
+
+EngineName = Literal["facedancer", "identity"]
+SessionKind = Literal["offer", "whip"]
+
+
+class SettingsError(ConfigError):
+    """A settings change with an unknown key or a value out of range; nothing was changed."""
+
+
+class CapacityError(DanceCamError):
+    """The server runs as many sessions as it can hold."""
+
+
+class NotReadyError(DanceCamError):
+    """The server cannot start a swapping session yet: no weights (503) or no source photo (409)."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+SETTING_LIMITS: dict[str, Any] = {
+    "swap": "bool",
+    "face_mode": ["all", "largest"],
+    "max_faces": [1, 16],
+    "mask": ["official", "ellipse"],
+    "colour_transfer": "bool",
+    "detect_every": [1, 120],
+    "target_fps": [1, 120, None],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSettings:
+    """What a user may change while streaming. `target_fps` None: follow the camera's frame rate."""
+
+    swap: bool = True
+    face_mode: Literal["all", "largest"] = "all"
+    max_faces: int = 4
+    mask: Literal["official", "ellipse"] = "official"
+    colour_transfer: bool = False
+    detect_every: int = 5
+    target_fps: float | None = None
+
+    def updated(self, changes: object) -> LiveSettings:
+        """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
+        if not isinstance(changes, Mapping):
+            raise SettingsError('settings must be a JSON object, e.g. {"swap": false}')
+        known = [f.name for f in fields(self)]
+        values: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key not in known:
+                raise SettingsError(f"unknown setting {key!r}; known settings: {', '.join(known)}")
+            values[key] = _check_setting(key, value)
+        return replace(self, **values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(
+            swap=self.swap,
+            detect_every=self.detect_every,
+            choice=FaceChoice(self.face_mode, self.max_faces),
+            mask=MaskSpec(self.mask),
+            colour_transfer=self.colour_transfer,
+        )
+
+
+def _check_setting(key: str, value: object) -> Any:
+    limit = SETTING_LIMITS[key]
+    if limit == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(limit[0], str):
+        if value not in limit:
+            raise SettingsError(f"{key} must be one of {', '.join(limit)}, got {value!r}")
+        return value
+    if value is None and None in limit:
+        return None
+    lo, hi = limit[0], limit[1]
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "target_fps":
+        if not is_number or not math.isfinite(float(value)) or not lo <= float(value) <= hi:  # type: ignore[arg-type]
+            raise SettingsError(f"target_fps must be a number from {lo} to {hi} (or null: the camera's), got {value!r}")
+        return float(value)  # type: ignore[arg-type]
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise SettingsError(f"{key} must be a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+# --- models and the source identity ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceIdentity:
+    """The uploaded source photo: what every session swaps in."""
+
+    key: str
+    z_id: torch.Tensor | None  # (512,) float32 on the CPU; None for the identity engine (nothing to embed)
+    box: tuple[float, float, float, float]
+    score: float | None
+    width: int
+    height: int
+    note: str | None
+    version: int  # increases with every upload: sessions notice a new source by it
+
+    def to_json(self) -> dict[str, Any]:
+        face: dict[str, Any] = {"box": [round(v, 1) for v in self.box]}
+        if self.score is not None:
+            face["score"] = round(self.score, 4)
+        return {"key": self.key, "note": self.note, "face": face, "width": self.width, "height": self.height}
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsStatus:
+    ok: bool
+    message: str | None = None
+    command: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "message": self.message, "command": self.command}
+
+
+def _commands(message: str) -> str | None:
+    """The shell commands a `ModelMissingError` message names (between backticks), joined with &&."""
+    parts = message.split("`")[1::2]
+    return " && ".join(p for p in parts if p.startswith("dancecam ")) or None
+
+
+class LiveServices:
+    """The models every session shares, and the current source identity. Build with `load` or `with_models`."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        detector: FaceDetector,
+        engine: EngineName,
+        facedancer: torch.nn.Module | None = None,
+        arcface: torch.nn.Module | None = None,
+        identities: IdentityCache | None = None,
+        weights: WeightsStatus | None = None,
+    ) -> None:
+        if engine == "facedancer" and (weights is None or weights.ok) and (facedancer is None or arcface is None):
+            raise ConfigError("the facedancer engine needs FaceDancer and ArcFace models")
+        self.device = device
+        self.detector = detector
+        self.engine: EngineName = engine
+        self.facedancer = facedancer
+        self.arcface = arcface
+        self.identities = identities
+        self.weights = weights or WeightsStatus(True)
+        self.source: SourceIdentity | None = None
+        self._source_lock = threading.Lock()  # one upload at a time; the detector is shared with the sessions
+
+    @classmethod
+    def load(
+        cls, engine: EngineName = "facedancer", device: str = "auto", model_dir: Path | None = None
+    ) -> LiveServices:
+        """Load the detector and, for FaceDancer, the converted weights from the model directory.
+
+        Missing weights do not stop the server: it starts, reports them in `weights` (the page shows the commands
+        that fetch them) and refuses swapping sessions until restarted with them.
+        """
+        from engines import registry
+        from engines.arcface import load_arcface
+        from engines.facedancer import load_facedancer
+        from engines.mtcnn import MTCNN
+        from engines.store import resolve_model_dir
+        from realtime.context import resolve_device
+        from realtime.filemode import find_weights
+
+        if engine not in ("facedancer", "identity"):
+            raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
+        dev = resolve_device(device)
+        detector = MTCNN(dev)
+        if engine == "identity":
+            return cls(dev, detector, "identity")
+        home = resolve_model_dir(model_dir)
+        names = ["facedancer_c_hq", "arcface_r50"]
+        try:
+            found = find_weights([registry.find(n) for n in names], home, model_dir is not None)
+        except ModelMissingError as e:
+            return cls(dev, detector, engine, weights=WeightsStatus(False, str(e), _commands(str(e))))
+        (fd_path, fd_key), (af_path, af_key) = found
+        identities = IdentityCache(default_identity_dir(home), af_key, fd_key)
+        return cls(dev, detector, engine, load_facedancer(fd_path, dev), load_arcface(af_path, dev), identities)
+
+    @property
+    def ready(self) -> bool:
+        return self.weights.ok
+
+    def set_source(self, data: bytes) -> SourceIdentity:
+        """Check, decode and (for FaceDancer) embed a source photo; it becomes every session's source.
+
+        Blocking (detection and ArcFace): call it from a thread. Raises `ImageError` or `NoFaceError`.
+        """
+        with self._source_lock:
+            version = (self.source.version + 1) if self.source else 1
+            image = decode_image(data)  # size and pixel count are checked before any pixel is decoded
+            if self.engine == "facedancer" and self.identities is not None:
+                entry = self.identities.get_or_compute(data, self.detector, self.arcface)  # type: ignore[arg-type]
+                box = (*(float(v) for v in entry.box),)
+                h, w = image.shape[:2]
+                source = SourceIdentity(entry.key, entry.z_id, box, None, w, h, entry.note, version)  # type: ignore[arg-type]
+            else:
+                source = self._embed_uncached(data, image, version)
+            self.source = source
+            return source
+
+    def _embed_uncached(self, data: bytes, image: np.ndarray, version: int) -> SourceIdentity:
+        """Identity engine (nothing to embed) or models without an identity cache (random weights)."""
+        from engines.identity import source_face
+
+        key = hashlib.sha256(data).hexdigest()
+        h, w = image.shape[:2]
+        if self.engine == "facedancer":
+            assert self.arcface is not None
+            face = source_face(image, self.detector, self.arcface)  # type: ignore[arg-type]
+            note = f"{face.faces_found} faces found; using the largest" if face.faces_found > 1 else None
+            box = tuple(float(v) for v in face.box)
+            return SourceIdentity(key, face.z_id.detach().float().cpu(), box, None, w, h, note, version)  # type: ignore[arg-type]
+        found = self.detector(image_tensor(image, self.detector.device))
+        if len(found) == 0:
+            raise NoFaceError("no face found in the source photo: use a photo where one face is clearly visible")
+        largest = found.sorted_by_area()
+        box = tuple(float(v) for v in largest.boxes[0].cpu().tolist())
+        note = f"{len(found)} faces found; using the largest" if len(found) > 1 else None
+        return SourceIdentity(key, None, box, float(largest.scores[0]), w, h, note, version)  # type: ignore[arg-type]
+
+    def check_can_swap(self) -> None:
+        """`NotReadyError` with the reason when a new swapping session cannot start."""
+        if not self.weights.ok:
+            raise NotReadyError(self.weights.message or "model weights are missing")
+        if self.engine == "facedancer" and self.source is None:
+            raise NotReadyError("no source photo yet: upload one (POST /api/source) before starting", 409)
+
+    def make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap:
+        if self.engine == "identity":
+            return IdentitySwap()
+        if source is None or source.z_id is None or self.facedancer is None:
+            raise NotReadyError("no source photo yet: upload one before starting", 409)
+        return FaceDancerSwap(self.facedancer, source.z_id)  # type: ignore[arg-type]
+
+    def new_pipeline(self, settings: LiveSettings) -> tuple[FramePipeline, int]:
+        """A pipeline of its own for one session (own stream, buffers, tracker, profiler); and the source version."""
+        source = self.source
+        pipeline = FramePipeline(
+            self.detector,
+            self.make_engine(source),
+            settings.pipeline_config(),
+            profiler=Profiler(self.device, window=300),
+        )
+        return pipeline, source.version if source else 0
+
+
+# --- one session's pipeline, run by the worker thread ---------------------------------------------------------
+
+
+class RateMeter:
+    """Events per second over the last `window` seconds. `tick` from one thread, `rate` from any."""
+
+    def __init__(self, window: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._times: deque[float] = deque(maxlen=1024)
+
+    def tick(self) -> None:
+        self._times.append(self.clock())
+
+    def rate(self) -> float:
+        now = self.clock()
+        times = [t for t in list(self._times) if now - t <= self.window]
+        if len(times) < 2:
+            return 0.0
+        span = max(times[-1] - times[0], now - times[0]) if now - times[-1] > 1.0 else times[-1] - times[0]
+        return (len(times) - 1) / span if span > 0 else 0.0
+
+
+class SessionPipeline:
+    """What a session's worker thread runs: the user's settings and the degradation level applied per frame.
+
+    Duck-types `FramePipeline` for `PipelineWorker` (`process`, `profiler`, `close`). Settings and the source are
+    read once per frame from `Session`, which the event loop replaces whole (an atomic reference swap).
+    """
+
+    def __init__(self, session: Session, services: LiveServices) -> None:
+        self.session = session
+        self.services = services
+        self.inner, self._source_version = services.new_pipeline(session.settings)
+        self.profiler = self.inner.profiler
+        self.controller = DegradationController(session.settings.target_fps)
+        self.output_rate = RateMeter()
+        self.processing_ms: deque[float] = deque(maxlen=300)
+        self.size: tuple[int, int] | None = None
+
+    def process(self, image: np.ndarray, t: float | None = None) -> FrameResult:
+        settings = self.session.settings
+        source = self.services.source
+        if source is not None and source.version != self._source_version:
+            self.inner.engine = self.services.make_engine(source)  # a new photo: one mapping-network call
+            self._source_version = source.version
+        if self.controller.target_fps != settings.target_fps:
+            self.controller.target_fps = settings.target_fps
+        self.inner.config = self.controller.apply(settings.pipeline_config())
+        start = time.perf_counter()
+        result = self.inner.process(image, t)
+        ms = (time.perf_counter() - start) * 1e3
+        self.processing_ms.append(ms)
+        self.size = (image.shape[1], image.shape[0])
+        self.controller.observe(ms, self.session.input_rate.rate() or None)
+        self.output_rate.tick()
+        return result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# --- sessions -------------------------------------------------------------------------------------------------
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0}
+    p50, p95 = np.percentile(np.asarray(values, np.float64), [50, 95])
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2)}
+
+
+class Session:
+    """One live stream's state on the event loop. `link` is the transport's object (peer connection, tracks)."""
+
+    def __init__(self, kind: SessionKind, settings: LiveSettings) -> None:
+        self.id = secrets.token_urlsafe(12)
+        self.kind: SessionKind = kind
+        self.settings = settings
+        self.created = time.monotonic()
+        self.input_rate = RateMeter()  # ticked by the transport for every inbound video frame
+        self.pipeline: SessionPipeline | None = None
+        self.link: Any = None  # realtime.transport.Publisher once negotiated
+        self.state = "new"
+        self.closed = False
+
+    def latencies(self) -> list[float]:
+        worker = getattr(self.link, "worker", None)
+        return list(worker.latencies) if worker is not None else []
+
+    def stats(self) -> dict[str, Any]:
+        pipeline = self.pipeline
+        snapshot = pipeline.profiler.snapshot() if pipeline else {"stages": {}, "end_to_end": {}, "counters": {}}
+        counters = {k: 0 for k in ("dropped_frames", "repeated_frames", "fail_closed", "pipeline_errors", "detections")}
+        counters.update(snapshot.get("counters", {}))
+        config = self.settings.pipeline_config()
+        degradation = pipeline.controller.state(config) if pipeline else {"level": 0}
+        width, height = pipeline.size if pipeline and pipeline.size else (None, None)
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "age_s": round(time.monotonic() - self.created, 1),
+            "width": width,
+            "height": height,
+            "fps_in": round(self.input_rate.rate(), 1),
+            "fps_out": round(pipeline.output_rate.rate(), 1) if pipeline else 0.0,
+            "target_fps": self.settings.target_fps,
+            "degradation": degradation,
+            "stages": snapshot.get("stages", {}),
+            "end_to_end": snapshot.get("end_to_end", {}),
+            "server_latency_ms": _percentiles(self.latencies()),
+            "counters": counters,
+            "viewers": len(getattr(self.link, "viewers", ()) or ()),
+            "settings": self.settings.to_json(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCost:
+    """What one session costs, measured at start-up: the basis of the default `max_sessions`."""
+
+    frame_ms: float  # one 640x480 frame with one face, detection amortised over detect_every
+    memory_mib: float  # device memory one session's buffers and activations take (CUDA; 0 on the CPU)
+    max_sessions: int
+    reason: str
+
+
+def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repeats: int = 3) -> SessionCost:
+    """Time the per-frame work of one session on this machine (detection + one face's swap) and size the limit.
+
+    No face photo is needed: the detector runs on a 640x480 frame and the engine on one 256x256 crop, which is the
+    work a one-face frame costs. The limit is how many such sessions fit the frame budget at `target_fps`
+    (sessions run in parallel threads, so on a GPU this is conservative), capped by free device memory.
+    """
+    settings = LiveSettings()
+    engine = services.make_engine(services.source) if services.engine == "identity" or services.source else None
+    if engine is None and services.facedancer is not None:
+        engine = FaceDancerSwap(services.facedancer, torch.zeros(512))
+    frame = image_tensor(np.full((480, 640, 3), 128, np.uint8), services.detector.device)
+    crop = torch.zeros((1, 3, 256, 256), device=services.device)
+    cuda = services.device.type == "cuda"
+    before = torch.cuda.memory_allocated(services.device) if cuda else 0
+
+    def once() -> float:
+        start = time.perf_counter()
+        services.detector(frame)
+        detect = time.perf_counter() - start
+        start = time.perf_counter()
+        if engine is not None:
+            engine(crop)
+        if cuda:
+            torch.cuda.synchronize(services.device)
+        return (detect / settings.detect_every + time.perf_counter() - start) * 1e3
+
+    once()  # warm-up: first calls allocate and compile
+    frame_ms = float(np.median([once() for _ in range(repeats)]))
+    memory_mib = 0.0
+    by_memory = 1 << 30
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(services.device)
+        memory_mib = max(peak - before, 0) / 2**20 + 3 * 1920 * 1080 * 3 / 2**20  # plus frame buffers at 1080p
+        free, _ = torch.cuda.mem_get_info(services.device)
+        by_memory = max(1, int(0.8 * free / 2**20 / memory_mib))
+    by_time = max(1, int((1000.0 / target_fps) / max(frame_ms, 1e-3)))
+    limit = min(by_time, by_memory, 16)
+    reason = f"one session costs {frame_ms:.1f} ms per frame"
+    reason += f" and {memory_mib:.0f} MiB" if cuda else ""
+    reason += f"; {limit} fit {target_fps:.0f} fps"
+    return SessionCost(frame_ms, memory_mib, limit, reason)
+
+
+class SessionManager:
+    """Sessions by id, the capacity limit, and the default settings for new sessions."""
+
+    def __init__(self, services: LiveServices, max_sessions: int, defaults: LiveSettings | None = None) -> None:
+        if max_sessions < 1:
+            raise ConfigError(f"--max-sessions must be at least 1, got {max_sessions}")
+        self.services = services
+        self.max_sessions = max_sessions
+        self.defaults = defaults or LiveSettings()
+        self.sessions: dict[str, Session] = {}
+        self.ended = 0
+
+    def create(self, kind: SessionKind, settings: LiveSettings | None = None) -> Session:
+        """A new session with its own pipeline; `CapacityError` or `NotReadyError` when it cannot start."""
+        if len(self.sessions) >= self.max_sessions:
+            raise CapacityError(
+                f"the server is at its limit of {self.max_sessions} session(s); try again when one ends"
+            )
+        self.services.check_can_swap()
+        session = Session(kind, settings or self.defaults)
+        session.pipeline = SessionPipeline(session, self.services)
+        self.sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id)
+
+    def newest(self) -> Session | None:
+        return max(self.sessions.values(), key=lambda s: s.created, default=None)
+
+    def forget(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            self.ended += 1

@@ -1,0 +1,196 @@
+"""The live server end to end: an aiortc client ↔ `dancecam serve`'s app on 127.0.0.1 (real sockets, real ICE,
+VP8 both ways), with real faces and the real MTCNN."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+import torch
+from aiohttp.test_utils import TestServer
+
+from engines.arcface import ArcFace, ArcFaceConfig
+from engines.facedancer import facedancer
+from engines.mtcnn import MTCNN
+from realtime import stamp
+from realtime.server import ServeOptions, create_app
+from realtime.session import LiveServices, SessionManager
+from tests import faces
+from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN("cpu")
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    return face_frame(faces.astronaut()[40:440, 56:456])
+
+
+def png(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    assert ok
+    return data.tobytes()
+
+
+class Live:
+    """A running server and an HTTP client for it."""
+
+    def __init__(self, server: TestServer, http: aiohttp.ClientSession, manager: SessionManager) -> None:
+        self.server = server
+        self.http = http
+        self.manager = manager
+        self.base = str(server.make_url("")).rstrip("/")
+
+    async def json(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.http.request(method, self.base + path, **kw) as r:
+            return r.status, await r.json(content_type=None)
+
+
+@contextlib.asynccontextmanager
+async def live_server(services: LiveServices, max_sessions: int = 2, **options: Any) -> AsyncIterator[Live]:
+    manager = SessionManager(services, max_sessions)
+    app = create_app(manager, ServeOptions(**options))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as http:
+        try:
+            yield Live(server, http, manager)
+        finally:
+            await server.close()
+
+
+@pytest.fixture
+async def identity_live(detector: MTCNN) -> AsyncIterator[Live]:
+    async with live_server(LiveServices(torch.device("cpu"), detector, "identity")) as live:
+        yield live
+
+
+def face_box_mask(shape: tuple[int, ...], box: np.ndarray, grow: float = 0.25) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    mask = np.zeros(shape[:2], bool)
+    mask[max(0, int(y0 - grow * h)) : int(y1 + grow * h), max(0, int(x0 - grow * w)) : int(x1 + grow * w)] = True
+    return mask
+
+
+async def stream(live: Live, frame: np.ndarray, seconds: float, **kw: Any) -> tuple[Any, StampedFaceTrack]:
+    track = StampedFaceTrack(frame)
+    client = await offer(live.http, live.base, track, **kw)
+    await wait_for(lambda: len(client.received.images) >= 1, timeout=15)
+    await asyncio.sleep(seconds)
+    return client, track
+
+
+async def test_identity_engine_returns_the_input_within_codec_tolerance(identity_live: Live, frame: np.ndarray) -> None:
+    client, track = await stream(identity_live, frame, 2.0)
+    try:
+        got = client.received
+        numbers = [n for n in got.numbers if n is not None]
+        assert len(numbers) >= 20, f"only {len(numbers)} stamped frames came back"
+        assert numbers == sorted(numbers)
+        last = next(im for im in reversed(got.images) if im is not None)
+        x0, y0, x1, y1 = stamp.stamp_region(640, 480)
+        diff = np.abs(last.astype(np.int16) - frame.astype(np.int16))
+        diff[y0:y1, x0:x1] = 0
+        assert diff.mean() < 4.0, diff.mean()  # VP8 at aiortc's default bitrate
+        # pts: the intervals between returned frames are the intervals between the input frames they came from
+        # (FFmpeg's VP8 decoder sometimes reports a pts 2 ticks of 90 kHz early: 22 µs, not a frame)
+        pairs = [(n, p) for n, p in zip(got.numbers, got.pts, strict=True) if n is not None and p is not None]
+        n0, p0 = pairs[0]
+        assert all(abs((p - p0) - (track.pts[n] - track.pts[n0])) <= 2 for n, p in pairs), pairs
+    finally:
+        await client.close()
+    assert await wait_for(lambda: not identity_live.manager.sessions, timeout=5)
+
+
+class SlowSwap:
+    """The identity engine taking `delay` seconds per batch: overload on demand."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.delay)
+        return crops
+
+
+class SlowServices(LiveServices):
+    def __init__(self, detector: MTCNN, delay: float) -> None:
+        super().__init__(torch.device("cpu"), detector, "identity")
+        self.delay = delay
+
+    def make_engine(self, source: Any) -> Any:
+        return SlowSwap(self.delay)
+
+
+def random_facedancer_services(detector: MTCNN) -> LiveServices:
+    torch.manual_seed(0)
+    return LiveServices(
+        torch.device("cpu"), detector, "facedancer", facedancer("config_c").eval(), ArcFace(ArcFaceConfig()).eval()
+    )
+
+
+async def test_random_facedancer_changes_the_face_and_not_the_background(detector: MTCNN, frame: np.ndarray) -> None:
+    services = random_facedancer_services(detector)
+    async with live_server(services) as live:
+        status, body = await live.json("POST", "/offer", json={"sdp": "v=0", "type": "offer"})
+        assert status == 409, body  # no source photo yet
+        form = aiohttp.FormData()
+        form.add_field("image", png(faces.astronaut()), filename="me.png", content_type="image/png")
+        status, body = await live.json("POST", "/api/source", data=form)
+        assert status == 200, body
+        assert body["face"]["box"][2] > body["face"]["box"][0]
+        client, _ = await stream(live, frame, 3.0, settings={"detect_every": 2})
+        try:
+            await wait_for(lambda: len([n for n in client.received.numbers if n is not None]) >= 4, timeout=20)
+            last = next(im for im in reversed(client.received.images) if im is not None)
+        finally:
+            await client.close()
+    found = detector(torch.from_numpy(frame))
+    box = found.boxes[0].numpy()
+    x0, y0, x1, y1 = stamp.stamp_region(640, 480)
+    diff = np.abs(last.astype(np.int16) - frame.astype(np.int16)).mean(axis=2)
+    diff[y0:y1, x0:x1] = 0
+    face, background = diff[face_box_mask(frame.shape, box, grow=0.0)], diff[~face_box_mask(frame.shape, box, grow=0.6)]
+    # at ~2 processed fps VP8 runs at a low quality: the background carries codec noise, the face a new face
+    assert face.mean() > 12
+    assert face.mean() > 3 * background.mean(), (face.mean(), background.mean())
+    assert np.median(background) <= 5.0, "the background changed"
+
+
+async def test_overload_drops_frames_and_keeps_latency_bounded(detector: MTCNN, frame: np.ndarray) -> None:
+    # 30 fps in, about 15 fps of processing: half the frames must drop, and the delay must not grow
+    async with live_server(SlowServices(detector, delay=0.066)) as live:
+        client, track = await stream(live, frame, 6.0, settings={"detect_every": 120})
+        try:
+            got = client.received
+            status, stats = await live.json("GET", f"/api/stats?session={client.session}")
+        finally:
+            await client.close()
+    assert status == 200
+    session = stats["sessions"][0]
+    assert session["counters"]["dropped_frames"] > 30, session["counters"]
+    rtts = [
+        (arrived, (arrived - track.sent[n]) * 1e3)
+        for n, arrived in zip(got.numbers, got.arrived, strict=True)
+        if n is not None and n in track.sent
+    ]
+    assert len(rtts) > 30
+    t0 = rtts[0][0]
+    early = [ms for t, ms in rtts if t - t0 < 1.5]
+    late = [ms for t, ms in rtts if t - t0 > 4.0]
+    assert np.median(late) < 500, np.median(late)
+    assert np.median(late) < np.median(early) + 150, (np.median(early), np.median(late))  # does not grow
