@@ -22,7 +22,7 @@ from realtime import stamp
 from realtime.server import ServeOptions, create_app
 from realtime.session import LiveServices, SessionManager
 from tests import faces
-from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
+from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for, whep, whip
 
 pytestmark = pytest.mark.network
 
@@ -194,3 +194,77 @@ async def test_overload_drops_frames_and_keeps_latency_bounded(detector: MTCNN, 
     late = [ms for t, ms in rtts if t - t0 > 4.0]
     assert np.median(late) < 500, np.median(late)
     assert np.median(late) < np.median(early) + 150, (np.median(early), np.median(late))  # does not grow
+
+
+async def test_whip_publish_and_whep_playback(identity_live: Live, frame: np.ndarray) -> None:
+    live = identity_live
+    track = StampedFaceTrack(frame)
+    publisher = await whip(live.http, live.base, track, audio=True)
+    try:
+        assert publisher.location == f"/whip/{publisher.session}"
+        assert await wait_for(lambda: live.manager.sessions.get(publisher.session) is not None, timeout=5)
+        viewer = await whep(live.http, live.base, query=f"?session={publisher.session}", audio=True)
+        try:
+            assert viewer.location is not None
+            assert viewer.location.startswith("/whep/")
+            got = viewer.received
+            assert await wait_for(lambda: len([n for n in got.numbers if n is not None]) >= 15, timeout=20)
+            assert await wait_for(lambda: got.audio_frames > 10, timeout=10), "the audio did not pass through"
+            status, stats = await live.json("GET", f"/api/stats?session={publisher.session}")
+            assert status == 200
+            assert stats["sessions"][0]["kind"] == "whip"
+            assert stats["sessions"][0]["viewers"] == 1
+            async with live.http.delete(live.base + viewer.location) as r:
+                assert r.status == 204
+            assert await wait_for(lambda: not live.manager.sessions[publisher.session].link.viewers, timeout=5)
+        finally:
+            await viewer.close()
+        async with live.http.delete(live.base + publisher.location) as r:
+            assert r.status == 204
+        assert publisher.session not in live.manager.sessions
+        async with live.http.delete(live.base + publisher.location) as r:
+            assert r.status == 404  # already ended
+    finally:
+        await publisher.close()
+
+
+async def test_settings_stats_metrics_and_audio_for_a_browser_session(identity_live: Live, frame: np.ndarray) -> None:
+    live = identity_live
+    client, _ = await stream(live, frame, 1.5, audio=True, settings={"detect_every": 3})
+    try:
+        sid = client.session
+        assert await wait_for(lambda: client.received.audio_frames > 10, timeout=10), "no audio came back"
+        status, settings = await live.json("GET", f"/api/settings?session={sid}")
+        assert status == 200
+        assert settings["detect_every"] == 3
+        status, settings = await live.json(
+            "PUT", f"/api/settings?session={sid}", json={"swap": False, "mask": "ellipse"}
+        )
+        assert status == 200
+        assert settings["swap"] is False
+        assert settings["mask"] == "ellipse"
+        status, defaults = await live.json("GET", "/api/settings")
+        assert defaults["swap"] is True  # the defaults for new sessions did not change
+        await asyncio.sleep(0.5)
+        status, stats = await live.json("GET", f"/api/stats?session={sid}")
+        s = stats["sessions"][0]
+        assert s["fps_in"] > 15
+        assert s["fps_out"] > 10
+        assert s["width"] == 640
+        assert s["height"] == 480
+        assert {"level", "name", "detect_every", "detect_scale", "max_faces"} <= set(s["degradation"])
+        assert {"dropped_frames", "repeated_frames", "fail_closed"} <= set(s["counters"])
+        assert {"detect", "align", "paste"} <= set(s["stages"])
+        assert s["server_latency_ms"]["p50"] > 0
+        async with live.http.get(live.base + "/metrics") as r:
+            text = await r.text()
+        assert r.status == 200
+        assert "dancecam_sessions 1.0" in text
+        assert f'dancecam_input_fps{{kind="offer",session="{sid}"}}' in text
+        status, health = await live.json("GET", "/healthz")
+        assert health == {"status": "ok", "version": health["version"], "sessions": 1}
+        async with live.http.delete(f"{live.base}/api/sessions/{sid}") as r:
+            assert r.status == 204
+        assert not live.manager.sessions
+    finally:
+        await client.close()
