@@ -321,8 +321,8 @@ class RateMeter:
 class SessionPipeline:
     """What a session's worker thread runs: the user's settings and the degradation level applied per frame.
 
-    Duck-types `FramePipeline` for `PipelineWorker` (`process`, `profiler`, `close`). Settings and the source are
-    read once per frame from `Session`, which the event loop replaces whole (an atomic reference swap).
+    Duck-types `FramePipeline` for `PipelineWorker` (`process`, `process_yuv420p`, `profiler`, `close`). Settings
+    and the source are read once per frame from `Session`, which the event loop replaces whole (an atomic swap).
     """
 
     def __init__(self, session: Session, services: LiveServices) -> None:
@@ -332,10 +332,15 @@ class SessionPipeline:
         self.profiler = self.inner.profiler
         self.controller = DegradationController(session.settings.target_fps)
         self.output_rate = RateMeter()
-        self.processing_ms: deque[float] = deque(maxlen=300)
         self.size: tuple[int, int] | None = None
 
     def process(self, image: np.ndarray, t: float | None = None) -> FrameResult:
+        return self._run(image, t, yuv=False)
+
+    def process_yuv420p(self, planes: np.ndarray, t: float | None = None) -> FrameResult:
+        return self._run(planes, t, yuv=True)
+
+    def _run(self, image: np.ndarray, t: float | None, yuv: bool) -> FrameResult:
         settings = self.session.settings
         source = self.services.source
         if source is not None and source.version != self._source_version:
@@ -345,10 +350,9 @@ class SessionPipeline:
             self.controller.target_fps = settings.target_fps
         self.inner.config = self.controller.apply(settings.pipeline_config())
         start = time.perf_counter()
-        result = self.inner.process(image, t)
+        result = self.inner.process_yuv420p(image, t) if yuv else self.inner.process(image, t)
         ms = (time.perf_counter() - start) * 1e3
-        self.processing_ms.append(ms)
-        self.size = (image.shape[1], image.shape[0])
+        self.size = (image.shape[1], image.shape[0] * 2 // 3 if yuv else image.shape[0])
         self.controller.observe(ms, self.session.input_rate.rate() or None)
         self.output_rate.tick()
         return result

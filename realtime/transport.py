@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 REPEAT_AFTER_S = 0.5  # how long the outbound track waits for a new processed frame before repeating the last one
 
 
+def frame_array(frame: av.VideoFrame) -> np.ndarray:
+    """Packed yuv420p planes (H * 3 / 2, W) for even-sized yuv420p frames, else (H, W, 3) RGB."""
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        return frame.to_ndarray()
+    return frame.to_ndarray(format="rgb24")
+
+
 async def drain(
     track: MediaStreamTrack,
     worker: PipelineWorker,
@@ -42,9 +50,11 @@ async def drain(
 ) -> None:
     """Submit every video frame of `track` to `worker` as soon as it arrives, until the track ends or `stop` is set.
 
-    The frame is converted to RGB here, on the event loop: `to_ndarray(format="rgb24")` costs under a millisecond at
-    640x480 (a few at 1080p), less than a thread hand-off would save. The worker gets `pts=(pts, time_base)` as its
-    opaque pts, so the outbound frame can carry both, and the timestamp in seconds for the tracker.
+    Decoded WebRTC video is yuv420p: its planes go to the worker as they are (one packed (H * 3 / 2, W) copy, no
+    colour conversion on the event loop); the pipeline converts on its device and converts back only the faces'
+    boxes, so every other pixel (the glass-to-glass stamp too) leaves bit-identical. Frames in any other format (or
+    with an odd size, which yuv420p cannot pack) go as RGB. The worker gets `pts=(pts, time_base)` as its opaque
+    pts, so the outbound frame can carry both, and the timestamp in seconds for the tracker.
     Ends without error when the track ends (`MediaStreamError`) or `stop` is set; non-video frames are skipped.
     `on_input` is called for every video frame that arrives (the session's input rate).
     """
@@ -67,7 +77,7 @@ async def drain(
                 on_input()
             pts, time_base = frame.pts, frame.time_base
             t = float(pts * time_base) if pts is not None and time_base is not None else None
-            worker.submit(frame.to_ndarray(format="rgb24"), pts=(pts, time_base), t=t)
+            worker.submit(frame_array(frame), pts=(pts, time_base), t=t)
     finally:  # cancelled or stopped: leave no task behind
         for pending in (receiving, stopped):
             if pending is not None and not pending.done():
@@ -127,7 +137,8 @@ class SwappedVideoTrack(MediaStreamTrack):
         pts, time_base = processed.pts if isinstance(processed.pts, tuple) else (processed.pts, None)
         if pts is not None and self._last_pts is not None and (repeat or pts <= self._last_pts):
             pts = self._last_pts + 1  # keep timestamps strictly increasing for the encoder
-        out = av.VideoFrame.from_ndarray(processed.image, format="rgb24")
+        image = processed.image
+        out = av.VideoFrame.from_ndarray(image, format="yuv420p" if image.ndim == 2 else "rgb24")
         out.pts = pts
         if time_base is not None:
             out.time_base = time_base

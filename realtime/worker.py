@@ -65,7 +65,7 @@ class Mailbox(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class InputFrame:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    image: np.ndarray  # (H, W, 3) uint8 RGB, or packed yuv420p planes (H * 3 / 2, W)
     pts: Any  # carried through untouched (an int with a time base, in practice)
     t: float  # capture time in seconds, for the tracker
     submitted: float  # perf_counter at submission, for latency
@@ -145,7 +145,10 @@ class PipelineWorker:
     def _run(self) -> None:
         while (item := self._mailbox.get()) is not None:
             try:
-                result = self.pipeline.process(item.image, item.t)
+                if item.image.ndim == 2:  # packed yuv420p planes, as decoded video arrives
+                    result = self.pipeline.process_yuv420p(item.image, item.t)
+                else:
+                    result = self.pipeline.process(item.image, item.t)
             except Exception:  # one bad frame must not end the session; it is not emitted (fail closed)
                 self.errors += 1
                 self.pipeline.profiler.count("pipeline_errors")

@@ -163,7 +163,7 @@ class Recorder:
 
     def submit(self, image: np.ndarray, pts: object = None, t: float | None = None) -> None:
         assert image.dtype == np.uint8
-        assert image.shape == (48, 64, 3)
+        assert image.shape == (72, 64)  # decoded video goes on as packed yuv420p planes
         self.submitted.append((pts, t))
 
 
