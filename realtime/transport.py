@@ -24,7 +24,10 @@ import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
 from realtime.pipeline import FramePipeline
@@ -194,6 +197,44 @@ CONNECT_TIMEOUT_S = 20.0  # an answered offer whose peer never connects is given
 IDLE_TIMEOUT_S = 15.0  # a connected peer that sends no video for this long has gone
 
 
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, except that a frame leaves as soon as its last packet (RTP marker bit) is in.
+
+    aiortc releases a frame only when the first packet of the next frame arrives, which holds every frame one
+    inter-frame interval of the sender: 33 ms at 30 fps. Browsers decode on the marker bit; so do we. A frame whose
+    packets are not all in yet (loss, reordering) is left to aiortc's own rule.
+    """
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None or not packet.marker or self._origin is None:
+            return pli, frame
+        packets = []
+        for count in range(self._capacity):  # the frame ending here, if it is complete from the origin on
+            p = self._packets[(self._origin + count) % self._capacity]
+            if p is None or p.timestamp != packet.timestamp:
+                return pli, None
+            packets.append(p)
+            if p.sequence_number == packet.sequence_number:
+                self.remove(count + 1)
+                return pli, JitterFrame(b"".join(x._data for x in packets), packet.timestamp)  # type: ignore[attr-defined]
+        return pli, None
+
+
+_JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # private in aiortc (1.9 to 1.16 at least)
+
+
+def decode_on_marker(receiver: RTCRtpReceiver) -> bool:
+    """Give a video receiver the `MarkerJitterBuffer`; False (and aiortc's own buffer kept) where that is impossible."""
+    current = getattr(receiver, _JITTER_ATTRIBUTE, None)
+    if isinstance(current, MarkerJitterBuffer):
+        return True
+    if type(current) is not JitterBuffer or not getattr(current, "_is_video", False):
+        return False
+    setattr(receiver, _JITTER_ATTRIBUTE, MarkerJitterBuffer(capacity=current.capacity, is_video=True))
+    return True
+
+
 def rtc_configuration() -> RTCConfiguration:
     # no ICE servers: aiortc would otherwise add a public STUN server, which stalls gathering offline, and
     # DanceCam serves peers that reach it directly (localhost or the LAN)
@@ -214,6 +255,9 @@ async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check:
         raise
     except Exception as e:  # aiortc raises ValueError, InvalidAccessError, ... for SDP it cannot use
         raise SignallingError(f"the offer cannot be used: {e or type(e).__name__}") from None
+    for transceiver in pc.getTransceivers():  # before any packet arrives: decode each frame on its last packet
+        if transceiver.kind == "video" and not decode_on_marker(transceiver.receiver):
+            log.warning("aiortc's receiver is not what we know: frames wait for the next one (+1 frame of latency)")
     check()
     try:
         answer = await pc.createAnswer()

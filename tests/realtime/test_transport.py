@@ -12,14 +12,16 @@ import av
 import numpy as np
 import pytest
 import torch
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
 from engines.align import estimate_norm
 from engines.mtcnn import MTCNN
 from realtime.masks import build_mask
 from realtime.pipeline import FramePipeline, PipelineConfig
 from realtime.profiler import Profiler
-from realtime.transport import LiveSession, SwappedVideoTrack, drain
+from realtime.transport import LiveSession, MarkerJitterBuffer, SwappedVideoTrack, decode_on_marker, drain
 from tests import faces
 
 TIME_BASE = Fraction(1, 90000)
@@ -199,3 +201,50 @@ async def test_no_frame_before_the_first_processed_one() -> None:
         await asyncio.wait_for(track.recv(), 0.2)  # waits, never repeats nothing and never shows raw input
     track.stop()
     assert worker.on_frame is None
+
+
+def _packet(seq: int, timestamp: int, marker: bool, payload: bytes) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=timestamp, marker=marker, payload=payload)
+    packet._data = payload  # what aiortc's receiver stores after depayloading
+    return packet
+
+
+def test_a_video_frame_leaves_the_jitter_buffer_on_its_last_packet() -> None:
+    ours, theirs = MarkerJitterBuffer(capacity=128, is_video=True), JitterBuffer(capacity=128, is_video=True)
+    frame_one = [_packet(10, 3000, False, b"ab"), _packet(11, 3000, True, b"cd")]
+    for buffer in (ours, theirs):
+        assert buffer.add(frame_one[0])[1] is None
+    released = ours.add(frame_one[1])[1]
+    assert released is not None
+    assert (released.data, released.timestamp) == (b"abcd", 3000)
+    assert theirs.add(frame_one[1])[1] is None  # aiortc's own rule: wait for the next frame to begin
+    # the next frame goes the same way, and nothing of the first one comes out twice
+    assert ours.add(_packet(12, 6000, False, b"ef"))[1] is None
+    released = ours.add(_packet(13, 6000, True, b"gh"))[1]
+    assert released is not None
+    assert released.data == b"efgh"
+
+
+def test_an_incomplete_frame_is_not_released_on_its_marker() -> None:
+    buffer = MarkerJitterBuffer(capacity=128, is_video=True)
+    assert buffer.add(_packet(20, 9000, False, b"a"))[1] is None
+    # packet 21 is lost or late: the marker packet alone must not release a frame with a hole in it
+    assert buffer.add(_packet(22, 9000, True, b"c"))[1] is None
+    assert buffer.add(_packet(21, 9000, False, b"b"))[1] is None  # complete now, but not on its marker packet
+    released = buffer.add(_packet(23, 12000, False, b"d"))[1]  # aiortc's own rule then releases it, whole
+    assert released is not None
+    assert released.data == b"abc"
+
+
+def test_the_server_side_receiver_gets_the_marker_buffer() -> None:
+    from aiortc import RTCPeerConnection
+
+    async def check() -> bool:
+        pc = RTCPeerConnection()
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        try:
+            return decode_on_marker(transceiver.receiver)
+        finally:
+            await pc.close()
+
+    assert asyncio.run(check()) is True
