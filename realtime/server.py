@@ -79,6 +79,15 @@ def _status_of(error: DanceCamError) -> int:
     return 500
 
 
+def _amount(size: int) -> str:
+    """A byte count for a message: "20 MB", "64 KiB", "900 bytes"."""
+    if size >= 1_000_000 and size % 100_000 == 0:
+        return f"{size / 1_000_000:g} MB"
+    if size >= 1024 and size % 1024 == 0:
+        return f"{size // 1024} KiB"
+    return f"{size} bytes"
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -185,7 +194,12 @@ class LiveServer:
         except web.HTTPException as e:
             if e.status < 400:
                 raise
-            return _error(e.status, e.reason or "error", {k: v for k, v in e.headers.items() if k == "Allow"})
+            message = e.reason or "error"
+            if e.status == 404:
+                message = f"not found: {request.path}"
+            elif e.status == 405:
+                message = f"{request.method} is not allowed on {request.path} (allowed: {e.headers.get('Allow', '')})"
+            return _error(e.status, message, {k: v for k, v in e.headers.items() if k == "Allow"})
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
@@ -198,8 +212,10 @@ class LiveServer:
         if self._token is not None and not open_route:
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
-            # compare_digest takes the same time wherever the first difference is
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+            # compare_digest takes the same time wherever the first difference is; header bytes that are not
+            # UTF-8 (surrogate-escaped by aiohttp) make a wrong token, not a server error
+            given_token = value.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given_token, self._token):
                 raise HttpError(
                     401,
                     "a valid token is required: send Authorization: Bearer <token>",
@@ -248,10 +264,10 @@ class LiveServer:
 
     async def _body(self, request: web.Request, limit: int, what: str) -> bytes:
         if request.content_length is not None and request.content_length > limit:
-            raise HttpError(413, f"{what} is too large: at most {limit} bytes")
+            raise HttpError(413, f"{what} is too large: at most {_amount(limit)}")
         data = await request.content.read(limit + 1)
         if len(data) > limit:
-            raise HttpError(413, f"{what} is too large: at most {limit} bytes")
+            raise HttpError(413, f"{what} is too large: at most {_amount(limit)}")
         return data
 
     async def _json(self, request: web.Request, limit: int = MAX_JSON_BYTES) -> Any:
@@ -323,6 +339,8 @@ class LiveServer:
         body = await self._json(request, self.options.max_sdp_bytes + MAX_JSON_BYTES)
         if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise HttpError(400, 'send {"sdp": "<offer SDP>", "type": "offer"}')
+        if len(body["sdp"].encode("utf-8", "surrogatepass")) > self.options.max_sdp_bytes:  # the body's limit is more
+            raise HttpError(413, f"the offer is too large: at most {_amount(self.options.max_sdp_bytes)}")
         settings = self.manager.defaults.updated(body.get("settings") or {})
         session, answer = await self._start("offer", body["sdp"], settings)
         return web.json_response({"sdp": answer, "type": "answer", "session": session.id})
@@ -380,7 +398,7 @@ class LiveServer:
     async def source(self, request: web.Request) -> web.Response:
         limit = self.options.max_upload_bytes
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
-            raise HttpError(413, f"the photo is too large: at most {limit // 1_000_000} MB")
+            raise HttpError(413, f"the photo is too large: at most {_amount(limit)}")
         if not request.content_type.startswith("multipart/"):
             raise HttpError(415, "send the photo as multipart/form-data with a file field named 'image'")
         try:
@@ -393,7 +411,7 @@ class LiveServer:
                 while chunk := await part.read_chunk(256 * 1024):  # type: ignore[union-attr]
                     size += len(chunk)
                     if size > limit:
-                        raise HttpError(413, f"the photo is too large: at most {limit // 1_000_000} MB")
+                        raise HttpError(413, f"the photo is too large: at most {_amount(limit)}")
                     chunks.append(chunk)
                 data = b"".join(chunks)
                 break

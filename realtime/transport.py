@@ -247,6 +247,17 @@ def _offer(sdp: object) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
+def _unusable(error: Exception) -> str:
+    """The message for an offer aiortc refused. Its SDP parser raises bare AssertionErrors; a media section with no
+    codec in common raises "Failed to set remote <kind> description send parameters"."""
+    text = str(error)
+    if "description send parameters" in text:
+        if "video" in text:
+            return "no video codec in common: offer VP8 or H.264"
+        return "no audio codec in common: offer Opus, G.722, PCMU or PCMA (or no audio)"
+    return f"the offer cannot be used: {text or 'it is not a valid SDP session description'}"
+
+
 async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check: Callable[[], None]) -> str:
     """Apply the remote offer, run `check` (raises SignallingError), answer; aiortc's errors become 400s."""
     try:
@@ -254,7 +265,7 @@ async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check:
     except SignallingError:
         raise
     except Exception as e:  # aiortc raises ValueError, InvalidAccessError, ... for SDP it cannot use
-        raise SignallingError(f"the offer cannot be used: {e or type(e).__name__}") from None
+        raise SignallingError(_unusable(e)) from None
     for transceiver in pc.getTransceivers():  # before any packet arrives: decode each frame on its last packet
         if transceiver.kind == "video" and not decode_on_marker(transceiver.receiver):
             log.warning("aiortc's receiver is not what we know: frames wait for the next one (+1 frame of latency)")
@@ -263,7 +274,7 @@ async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # gathers the local candidates into the SDP (no trickle)
     except Exception as e:
-        raise SignallingError(f"no answer is possible for this offer: {e or type(e).__name__}") from None
+        raise SignallingError(f"no answer is possible for this offer: {str(e) or type(e).__name__}") from None
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "video" and transceiver.currentDirection in (None, "inactive"):
             raise SignallingError("no video codec in common: offer VP8 or H.264")
@@ -351,12 +362,12 @@ class Publisher:
         def check() -> None:
             if self.live is None:
                 raise SignallingError("the offer has no video track: DanceCam needs a camera's video")
-            if self._echo:
-                video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
-                if video and video[0].direction not in ("sendrecv", "sendonly"):
-                    raise SignallingError("the offer does not receive video back: offer the video as sendrecv")
 
         answer = await _negotiate(self.pc, _offer(sdp), check)
+        if self._echo:  # the answer's direction: what the offer allows and ours (sendrecv once _on_track added ours)
+            video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+            if video and video[0].currentDirection != "sendrecv":
+                raise SignallingError("the offer does not receive video back: offer the video as sendrecv")
         for sink in self._sinks:
             await sink.start()
         self._watchdog = asyncio.create_task(self._watch(), name=f"{self._name}-watchdog")

@@ -15,7 +15,7 @@ from engines.mtcnn import MTCNN
 from realtime.session import LiveServices
 from tests import faces
 from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
-from tests.realtime.test_server import live_server
+from tests.realtime.live_fixtures import live_server
 
 pytestmark = pytest.mark.network
 
