@@ -239,3 +239,29 @@ async def test_settings_stats_metrics_and_audio_for_a_browser_session(identity_l
         assert not live.manager.sessions
     finally:
         await client.close()
+
+
+@pytest.mark.gpu
+async def test_a_cuda_session_returns_what_the_cpu_session_returns(frame: np.ndarray) -> None:
+    """The server on CUDA (own stream and buffers per session, memory measured at start) against the CPU server."""
+    from realtime.session import measure_session_cost
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        services = LiveServices(torch.device(device), MTCNN(device), "identity")
+        cost = measure_session_cost(services)
+        assert cost.max_sessions >= 1
+        if device == "cuda":
+            assert cost.memory_mib > 0
+        async with live_server(services) as live:
+            client, _ = await stream(live, frame, 1.5, settings={"detect_every": 1})
+            try:
+                status, stats = await live.json("GET", f"/api/stats?session={client.session}")
+                results[device] = next(im for im in reversed(client.received.images) if im is not None)
+            finally:
+                await client.close()
+        assert status == 200
+        assert stats["server"]["device"].startswith(device)
+        assert stats["sessions"][0]["counters"]["pipeline_errors"] == 0
+    diff = np.abs(results["cuda"].astype(np.int16) - results["cpu"].astype(np.int16))
+    assert diff.mean() < 4.0, diff.mean()  # two VP8 encodes of the same frames
