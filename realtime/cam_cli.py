@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engines.errors import ConfigError, MediaError
+from realtime.pipeline_args import add_pipeline_options, swap_options
 
 if TYPE_CHECKING:
     from realtime.camera import Capture
@@ -47,40 +48,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     out.add_argument("--virtual-cam-device", metavar="DEV", help="which virtual camera, e.g. /dev/video10 (Linux)")
     out.add_argument("--preview", action="store_true", help="show a window (Esc or q closes it)")
     p.add_argument("-q", "--quiet", action="store_true", help="no status line and no summary")
-    p.add_argument(
-        "--engine",
-        choices=("facedancer", "identity"),
-        default="facedancer",
-        help="facedancer (default; needs the model weights) or identity (no weights: faces are detected, aligned "
-        "and blended back unchanged)",
-    )
-    faces = p.add_argument_group("which faces")
-    faces.add_argument("--faces", choices=("all", "largest", "reference"), default="all", help="default: all")
-    faces.add_argument(
-        "--reference", type=Path, metavar="PHOTO", help="photo of the person whose face to swap (--faces reference)"
-    )
-    faces.add_argument(
-        "--threshold", type=float, default=0.35, help="cosine similarity to the reference that counts (default 0.35)"
-    )
-    faces.add_argument("--max-faces", type=int, default=4, metavar="K", help="at most K faces per frame (default 4)")
-    blend = p.add_argument_group("blending")
-    blend.add_argument("--mask", choices=("official", "ellipse"), default="official", help="default: official")
-    blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
-    blend.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX crop pixels")
-    blend.add_argument(
-        "--colour-transfer",
-        "--color-transfer",
-        action="store_true",
-        help="match the swapped face's colours to the target face",
-    )
-    run = p.add_argument_group("running")
-    run.add_argument(
-        "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
-    )
-    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
-    run.add_argument(
-        "--model-dir", type=Path, default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
-    )
+    add_pipeline_options(p)
     p.set_defaults(handler=cmd_cam)
 
 
@@ -101,27 +69,14 @@ def cmd_cam(args: argparse.Namespace) -> int:
             "choose where the video goes: --virtual-cam (for video calls and OBS), --preview (a window), or both"
         )
     from realtime.camera import Capture, open_source, parse_size
-    from realtime.filemode import SwapOptions, build_pipeline
+    from realtime.filemode import build_pipeline
     from realtime.sinks import Presenter
     from realtime.worker import PipelineWorker
 
     size = parse_size(args.size) if args.size else None
     if not args.source.is_file():
         raise MediaError(f"source photo {args.source} does not exist")
-    options = SwapOptions(
-        engine=args.engine,
-        faces=args.faces,
-        reference=args.reference,
-        threshold=args.threshold,
-        max_faces=args.max_faces,
-        mask=args.mask,
-        feather_px=args.feather,
-        erode_px=args.erode,
-        colour_transfer=args.colour_transfer,
-        detect_every=args.detect_every,
-        model_dir=args.model_dir,
-        device=args.device,
-    )
+    options = swap_options(args)
     err = Console(stderr=True, highlight=False)
     show = not args.quiet
     live = show and err.is_terminal

@@ -21,6 +21,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from realtime.pipeline_args import add_pipeline_options, swap_options
+
 if TYPE_CHECKING:
     from realtime.filemode import SwapReport
 
@@ -45,40 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
-    p.add_argument(
-        "--engine",
-        choices=("facedancer", "identity"),
-        default="facedancer",
-        help="facedancer (default; needs the model weights) or identity (no weights: shows detection, alignment "
-        "and blending with the faces left as they are)",
-    )
-    faces = p.add_argument_group("which faces")
-    faces.add_argument("--faces", choices=("all", "largest", "reference"), default="all", help="default: all")
-    faces.add_argument(
-        "--reference", type=Path, metavar="PHOTO", help="photo of the person whose face to swap (--faces reference)"
-    )
-    faces.add_argument(
-        "--threshold", type=float, default=0.35, help="cosine similarity to the reference that counts (default 0.35)"
-    )
-    faces.add_argument("--max-faces", type=int, default=4, metavar="K", help="at most K faces per frame (default 4)")
-    blend = p.add_argument_group("blending")
-    blend.add_argument("--mask", choices=("official", "ellipse"), default="official", help="default: official")
-    blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
-    blend.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX crop pixels")
-    blend.add_argument(
-        "--colour-transfer",
-        "--color-transfer",
-        action="store_true",
-        help="match the swapped face's colours to the target face",
-    )
-    run = p.add_argument_group("running")
-    run.add_argument(
-        "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
-    )
-    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
-    run.add_argument(
-        "--model-dir", type=Path, default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
-    )
+    add_pipeline_options(p)
     p.set_defaults(handler=cmd_swap)
 
 
@@ -90,23 +59,9 @@ class FpsColumn(ProgressColumn):
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
-    from realtime.filemode import SwapOptions, swap_file
+    from realtime.filemode import swap_file
 
-    options = SwapOptions(
-        engine=args.engine,
-        faces=args.faces,
-        reference=args.reference,
-        threshold=args.threshold,
-        max_faces=args.max_faces,
-        mask=args.mask,
-        feather_px=args.feather,
-        erode_px=args.erode,
-        colour_transfer=args.colour_transfer,
-        detect_every=args.detect_every,
-        model_dir=args.model_dir,
-        device=args.device,
-        overwrite=args.overwrite,
-    )
+    options = swap_options(args, overwrite=args.overwrite)
     err = Console(stderr=True, highlight=False)
     with Progress(
         TextColumn("[bold]{task.description}"),

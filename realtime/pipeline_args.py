@@ -1,0 +1,69 @@
+"""The pipeline's command-line options, shared by `dancecam swap` and `dancecam cam`, and the options they make."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from realtime.filemode import SwapOptions
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """--engine and the face choice, blending and running groups."""
+    p.add_argument(
+        "--engine",
+        choices=("facedancer", "identity"),
+        default="facedancer",
+        help="facedancer (default; needs the model weights) or identity (no weights: faces are detected, aligned "
+        "and blended back unchanged)",
+    )
+    faces = p.add_argument_group("which faces")
+    faces.add_argument("--faces", choices=("all", "largest", "reference"), default="all", help="default: all")
+    faces.add_argument(
+        "--reference", type=Path, metavar="PHOTO", help="photo of the person whose face to swap (--faces reference)"
+    )
+    faces.add_argument(
+        "--threshold", type=float, default=0.35, help="cosine similarity to the reference that counts (default 0.35)"
+    )
+    faces.add_argument("--max-faces", type=int, default=4, metavar="K", help="at most K faces per frame (default 4)")
+    blend = p.add_argument_group("blending")
+    blend.add_argument("--mask", choices=("official", "ellipse"), default="official", help="default: official")
+    blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
+    blend.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX crop pixels")
+    blend.add_argument(
+        "--colour-transfer",
+        "--color-transfer",
+        action="store_true",
+        help="match the swapped face's colours to the target face",
+    )
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
+    )
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    run.add_argument(
+        "--model-dir", type=Path, default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
+    )
+
+
+def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
+    """`SwapOptions` from the options `add_pipeline_options` added (plus `extra` fields)."""
+    from realtime.filemode import SwapOptions
+
+    return SwapOptions(
+        engine=args.engine,
+        faces=args.faces,
+        reference=args.reference,
+        threshold=args.threshold,
+        max_faces=args.max_faces,
+        mask=args.mask,
+        feather_px=args.feather,
+        erode_px=args.erode,
+        colour_transfer=args.colour_transfer,
+        detect_every=args.detect_every,
+        model_dir=args.model_dir,
+        device=args.device,
+        **extra,
+    )
