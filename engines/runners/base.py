@@ -1,0 +1,160 @@
+"""The one interface every inference backend implements, and what each network's runners take and give.
+
+A runner owns one network on one device in one precision: `activate()` prepares it (loads, compiles, captures;
+idempotent, may take long, shows progress), `infer(feeds)` takes device tensors by name and returns device tensors
+by name, queued on the caller's current CUDA stream (no synchronisation), and `close()` releases it. Inputs and
+outputs are always float32 in the network's layout (NCHW) and value range, whatever the runner computes in: a
+fp16 runner converts at its edges, so callers never change with the backend.
+
+Runners time themselves the Polygraphy way: `last_ms` is the host time of the last `infer` (on CUDA, launch time
+unless the runner synchronises, which none does on the hot path).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+Precision = Literal["fp32", "fp16"]
+BackendName = Literal["eager", "cuda-graphs", "tensorrt", "onnxruntime"]
+NetworkName = Literal["facedancer", "arcface"]
+
+
+@dataclass(frozen=True, slots=True)
+class IOSpec:
+    """One named tensor of a network: its shape with -1 for the (dynamic) batch axis."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkIO:
+    """What a network takes and gives, by name, for every backend (the ONNX export uses the same names)."""
+
+    network: NetworkName
+    inputs: tuple[IOSpec, ...]
+    outputs: tuple[IOSpec, ...]
+    max_batch: int = 8  # the largest batch every backend must accept (TensorRT profile, CUDA-graph buckets)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.outputs)
+
+    def check_feeds(self, feeds: Mapping[str, torch.Tensor]) -> int:
+        """The batch size of `feeds`; ValueError naming the first tensor that does not fit."""
+        if set(feeds) != set(self.input_names):
+            raise ValueError(f"{self.network}: expected inputs {list(self.input_names)}, got {sorted(feeds)}")
+        batch = None
+        for spec in self.inputs:
+            t = feeds[spec.name]
+            if t.dtype != torch.float32 or t.ndim != len(spec.shape):
+                raise ValueError(
+                    f"{spec.name}: expected float32 of rank {len(spec.shape)}, got {t.dtype} {tuple(t.shape)}"
+                )
+            if tuple(t.shape[1:]) != spec.shape[1:]:
+                raise ValueError(
+                    f"{spec.name}: expected (N, {', '.join(map(str, spec.shape[1:]))}), got {tuple(t.shape)}"
+                )
+            if batch is None:
+                batch = int(t.shape[0])
+            elif t.shape[0] != batch:
+                raise ValueError(f"{spec.name}: batch {t.shape[0]}, but {self.inputs[0].name} has {batch}")
+        assert batch is not None
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"{self.network}: batch must be 1..{self.max_batch}, got {batch}")
+        return batch
+
+
+def facedancer_io(mapping_width: int = 256, image_size: int = 256, max_batch: int = 8) -> NetworkIO:
+    """FaceDancer's generator: target crops in [-1, 1] and one w per crop → swapped crops (linear, about [-1, 1])."""
+    return NetworkIO(
+        "facedancer",
+        (IOSpec("target", (-1, 3, image_size, image_size)), IOSpec("w", (-1, mapping_width))),
+        (IOSpec("swapped", (-1, 3, image_size, image_size)),),
+        max_batch,
+    )
+
+
+def arcface_io(max_batch: int = 8) -> NetworkIO:
+    """ArcFace: aligned 112x112 faces in [0, 1] → raw 512-d embeddings."""
+    return NetworkIO("arcface", (IOSpec("face", (-1, 3, 112, 112)),), (IOSpec("embedding", (-1, 512)),), max_batch)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A network on a device in a precision, behind names: see the module docstring."""
+
+    backend: BackendName
+    io: NetworkIO
+    device: torch.device
+    precision: Precision
+    last_ms: float
+
+    def activate(self) -> None: ...
+
+    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def close(self) -> None: ...
+
+
+class RunnerBase:
+    """Shared plumbing: the context manager, feed checks and the timing of `infer`. Subclasses implement `_infer`."""
+
+    backend: BackendName
+    io: NetworkIO
+    device: torch.device
+    precision: Precision
+
+    def __init__(self) -> None:
+        self.last_ms = 0.0
+        self.active = False
+        self.closed = False
+
+    def activate(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"{self.backend} runner is closed")
+        if not self.active:
+            self._activate()
+            self.active = True
+
+    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.io.check_feeds(feeds)
+        self.activate()
+        start = time.perf_counter()
+        out = self._infer(feeds)
+        self.last_ms = (time.perf_counter() - start) * 1e3
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+            self.closed = True
+            self.active = False
+
+    def _activate(self) -> None:
+        pass
+
+    def _infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def __enter__(self) -> RunnerBase:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.io.network}, {self.device}, {self.precision})"
