@@ -98,6 +98,7 @@ class SwapOptions:
     detect_every: int = 5
     model_dir: Path | None = None
     device: str = "auto"
+    backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
     overwrite: bool = False
 
 
@@ -264,10 +265,14 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     from engines.detect import image_tensor
     from engines.facedancer import load_facedancer
     from engines.mtcnn import MTCNN
+    from engines.runners.base import facedancer_io
+    from engines.runners.select import BACKENDS, choose
     from realtime.context import resolve_device
 
     if options.engine not in ("facedancer", "identity"):
         raise ConfigError(f"engine must be facedancer or identity, not {options.engine!r}")
+    if options.backend != "auto" and options.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {options.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
     reference_mode = options.faces == "reference"
     if reference_mode and options.reference is None:
         raise ConfigError("--faces reference needs --reference PHOTO (a photo of the person whose face to swap)")
@@ -302,7 +307,17 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
         entry = _labelled(lambda: embed(source_bytes), source)
         if entry.note:
             notes.append(f"source photo: {entry.note}")
-        engine = FaceDancerSwap(load_facedancer(weights["facedancer_c_hq"][0], device), entry.z_id)
+        model = load_facedancer(weights["facedancer_c_hq"][0], device)
+        runner, message = choose(
+            options.backend,
+            model,
+            facedancer_io(model.config.mapping_width),
+            device,
+            cache_dir=model_dir / "compiled",
+            weights_key=weights["facedancer_c_hq"][1],
+        )
+        notes.append(message)
+        engine = FaceDancerSwap(model, entry.z_id, runner)
     else:  # no weights needed, but a photo without a usable face is still reported now, not after the video
         image = _labelled(lambda: decode_image(source_bytes), source)
         if len(detector(image_tensor(image, detector.device))) == 0:

@@ -32,6 +32,7 @@ from engines.arcface import ArcFace
 from engines.detect import Detections, FaceDetector, image_tensor
 from engines.errors import ConfigError
 from engines.facedancer import FaceDancer
+from engines.runners.base import Runner, facedancer_io
 from realtime import warp
 from realtime.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.context import DeviceContext
@@ -57,19 +58,39 @@ class IdentitySwap:
 
 
 class FaceDancerSwap:
-    """FaceDancer with one source identity: `w` is mapped once, here, not per frame."""
+    """FaceDancer with one source identity: `w` is mapped once, here, not per frame; the generator runs on `runner`.
 
-    def __init__(self, model: FaceDancer, z_id: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    Without a runner it runs eager fp32 on the model's device. Batches beyond the runner's largest (8) are split.
+    """
+
+    def __init__(self, model: FaceDancer, z_id: torch.Tensor, runner: Runner | None = None) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.dtype = dtype
         with torch.inference_mode():
-            self.w = model.map_identity(z_id.reshape(1, -1).to(self.device, dtype))
+            z = z_id.reshape(1, -1).to(self.device, next(model.parameters()).dtype)
+            self.w = model.map_identity(z).float()
+        if runner is None:
+            from engines.runners.eager import EagerRunner
 
-    @torch.inference_mode()
+            runner = EagerRunner(model, facedancer_io(model.config.mapping_width), self.device)
+        self.runner = runner
+        self.w = self.w.to(runner.device)
+
+    def with_source(self, z_id: torch.Tensor) -> FaceDancerSwap:
+        """The same generator and runner (no new compile or capture) with another source identity."""
+        return FaceDancerSwap(self.model, z_id, self.runner)
+
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        out = self.model(crops.to(self.device, self.dtype), self.w)
-        return out.clamp_(-1.0, 1.0).to(crops.device, crops.dtype)  # linear output, treated as [-1, 1]
+        runner = self.runner
+        chunks = []
+        for chunk in crops.split(runner.io.max_batch):
+            feeds = {"target": chunk.to(runner.device, torch.float32), "w": self.w.expand(chunk.shape[0], -1)}
+            chunks.append(runner.infer(feeds)["swapped"])
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return out.clamp(-1.0, 1.0).to(crops.device, crops.dtype)  # linear output, treated as [-1, 1]
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 class FaceEmbedder(Protocol):
@@ -306,8 +327,11 @@ class FramePipeline:
             del self._memory[k]
 
     def close(self) -> None:
-        """Release device memory (the session has ended)."""
+        """Release device memory (the session has ended), the engine's runner included."""
         self._memory.clear()
+        close_engine = getattr(self.engine, "close", None)
+        if close_engine is not None:
+            close_engine()
         self.context.close()
 
 

@@ -44,6 +44,13 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     run.add_argument(
+        "--backend",
+        choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
+        default="auto",
+        help="how FaceDancer runs: auto (default: the fastest present, said at start), eager, onnxruntime, "
+        "cuda-graphs or tensorrt",
+    )
+    run.add_argument(
         "--model-dir", type=Path, default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
     )
 
@@ -65,5 +72,6 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         detect_every=args.detect_every,
         model_dir=args.model_dir,
         device=args.device,
+        backend=args.backend,
         **extra,
     )

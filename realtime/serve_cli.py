@@ -44,6 +44,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--insecure", action="store_true", help="allow plain http off loopback (a token is still required)")
     p.add_argument("--engine", choices=("facedancer", "identity"), default="facedancer")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
+        default="auto",
+        help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
+    )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
     p.add_argument("--source", type=Path, metavar="PHOTO", help="source photo to start with (else upload one)")
     p.add_argument(
@@ -108,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
     console.print(f"loading models ({args.engine}) ...")
-    services = LiveServices.load(args.engine, args.device, args.model_dir)
+    services = LiveServices.load(args.engine, args.device, args.model_dir, args.backend)
+    if services.backend_message:
+        console.print(services.backend_message)
     if not services.weights.ok:
         console.print(f"[yellow]weights missing:[/] {escape(services.weights.message or '')}", soft_wrap=True)
     if args.source is not None:

@@ -28,6 +28,7 @@ import torch
 
 from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError, DanceCamError, ModelMissingError, NoFaceError
+from engines.runners.base import facedancer_io
 from realtime.degrade import DegradationController
 from realtime.face_choice import FaceChoice
 from realtime.identity_cache import IdentityCache, decode_image, default_identity_dir
@@ -181,6 +182,10 @@ class LiveServices:
         arcface: torch.nn.Module | None = None,
         identities: IdentityCache | None = None,
         weights: WeightsStatus | None = None,
+        backend: str = "eager",
+        precision: str | None = None,
+        weights_key: str = "random",
+        cache_dir: Path | None = None,
     ) -> None:
         if engine == "facedancer" and (weights is None or weights.ok) and (facedancer is None or arcface is None):
             raise ConfigError("the facedancer engine needs FaceDancer and ArcFace models")
@@ -191,12 +196,21 @@ class LiveServices:
         self.arcface = arcface
         self.identities = identities
         self.weights = weights or WeightsStatus(True)
+        self.backend = backend  # FaceDancer's backend, resolved ("auto" is decided once, at load)
+        self.precision = precision
+        self.weights_key = weights_key  # names the weights in cached exports and compiled engines
+        self.backend_message: str | None = None
+        self.cache_dir = cache_dir  # compiled and exported networks (None: <model dir>/compiled)
         self.source: SourceIdentity | None = None
         self._source_lock = threading.Lock()  # one upload at a time; the detector is shared with the sessions
 
     @classmethod
     def load(
-        cls, engine: EngineName = "facedancer", device: str = "auto", model_dir: Path | None = None
+        cls,
+        engine: EngineName = "facedancer",
+        device: str = "auto",
+        model_dir: Path | None = None,
+        backend: str = "auto",
     ) -> LiveServices:
         """Load the detector and, for FaceDancer, the converted weights from the model directory.
 
@@ -225,7 +239,31 @@ class LiveServices:
             return cls(dev, detector, engine, weights=WeightsStatus(False, str(e), _commands(str(e))))
         (fd_path, fd_key), (af_path, af_key) = found
         identities = IdentityCache(default_identity_dir(home), af_key, fd_key)
-        return cls(dev, detector, engine, load_facedancer(fd_path, dev), load_arcface(af_path, dev), identities)
+        services = cls(
+            dev,
+            detector,
+            engine,
+            load_facedancer(fd_path, dev),
+            load_arcface(af_path, dev),
+            identities,
+            weights_key=fd_key,
+        )
+        services.choose_backend(backend)
+        return services
+
+    def choose_backend(self, backend: str = "auto") -> str:
+        """Decide FaceDancer's backend once (for "auto": time the ones present); returns the line that says which."""
+        from engines.runners.select import choose
+
+        assert self.facedancer is not None
+        io = facedancer_io(self.facedancer.config.mapping_width)
+        runner, message = choose(
+            backend, self.facedancer, io, self.device, cache_dir=self.cache_dir, weights_key=self.weights_key
+        )
+        self.backend, self.precision = runner.backend, runner.precision
+        runner.close()  # each session gets its own runner (CUDA graphs and TensorRT hold per-stream state)
+        self.backend_message = message
+        return message
 
     @property
     def ready(self) -> bool:
@@ -281,7 +319,19 @@ class LiveServices:
             return IdentitySwap()
         if source is None or source.z_id is None or self.facedancer is None:
             raise NotReadyError("no source photo yet: upload one before starting", 409)
-        return FaceDancerSwap(self.facedancer, source.z_id)  # type: ignore[arg-type]
+        from engines.runners.select import create_runner
+
+        io = facedancer_io(self.facedancer.config.mapping_width)  # type: ignore[union-attr]
+        runner = create_runner(
+            self.backend,
+            self.facedancer,
+            io,
+            self.device,
+            precision=self.precision,  # type: ignore[arg-type]
+            cache_dir=self.cache_dir,
+            weights_key=self.weights_key,
+        )
+        return FaceDancerSwap(self.facedancer, source.z_id, runner)  # type: ignore[arg-type]
 
     def new_pipeline(self, settings: LiveSettings) -> tuple[FramePipeline, int]:
         """A pipeline of its own for one session (own stream, buffers, tracker, profiler); and the source version."""
@@ -344,7 +394,11 @@ class SessionPipeline:
         settings = self.session.settings
         source = self.services.source
         if source is not None and source.version != self._source_version:
-            self.inner.engine = self.services.make_engine(source)  # a new photo: one mapping-network call
+            engine = self.inner.engine
+            if isinstance(engine, FaceDancerSwap) and source.z_id is not None:
+                self.inner.engine = engine.with_source(source.z_id)  # one mapping-network call, same runner
+            else:
+                self.inner.engine = self.services.make_engine(source)
             self._source_version = source.version
         if self.controller.target_fps != settings.target_fps:
             self.controller.target_fps = settings.target_fps
