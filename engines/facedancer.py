@@ -48,7 +48,7 @@ class InstanceNorm(nn.Module):
 
     Computed as one statistics pass and one multiply-add (`coefficients` exposes the per-channel scale and shift
     so AdaIN can fold into the same multiply-add); this keeps channels_last tensors as they are, where
-    `F.instance_norm` copies them. Statistics are float32 even for half inputs.
+    `F.instance_norm` copies them. Statistics are float32 even for half inputs (see `_spatial_mean_var`).
     """
 
     def __init__(self, channels: int, eps: float = INSTANCE_NORM_EPS) -> None:
@@ -59,7 +59,7 @@ class InstanceNorm(nn.Module):
 
     def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), each (B, C, 1, 1) float32, with IN(x) = x·scale + shift."""
-        mean, var = _spatial_mean_var(x.float())
+        mean, var = _spatial_mean_var(x)
         scale = self.weight.float()[:, None, None] * torch.rsqrt(var + self.eps)
         return scale, self.bias.float()[:, None, None] - mean * scale
 
@@ -69,16 +69,30 @@ class InstanceNorm(nn.Module):
 
 
 def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (sample, channel) mean and biased variance, each (B, C, 1, 1), in two passes (exact, unlike
-    E[x²] − mean²), reducing along the axis that is contiguous in memory: several times faster on the CPU than
-    `torch.var_mean`, whose Welford loop does not vectorise over H and W."""
+    """Per (sample, channel) float32 mean and biased variance, each (B, C, 1, 1), reducing along the axis that is
+    contiguous in memory: several times faster on the CPU than `torch.var_mean`, whose Welford loop does not
+    vectorise over H and W.
+
+    float32 input: two passes, exact (unlike E[x²] − mean²). Half input: fp16 statistics lose accuracy and
+    (x − mean)² overflows fp16 once a deviation passes 256, but a float32 copy of the map costs several times the
+    memory traffic of the rest of the normalisation. So the sums accumulate in float32 straight from half tensors
+    (on CUDA a reduction from half to float32 reads the half data, no copy): the mean, then the squares of the
+    deviations from that mean rounded to half (a half subtraction of nearby values, nearly exact, so nothing
+    cancels even where |mean| >> std), corrected for the rounding: var = E[(x − m)²] − (mean − m)²."""
     b, c, h, w = x.shape
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         v, dim = x.permute(0, 2, 3, 1).reshape(b, h * w, c), 1
     else:
         v, dim = x.reshape(b, c, h * w), 2
-    mean = v.mean(dim, keepdim=True)
-    var = (v - mean).square_().mean(dim, keepdim=True)
+    if v.dtype in (torch.float16, torch.bfloat16):
+        mean = v.mean(dim, keepdim=True, dtype=torch.float32)
+        m = mean.to(v.dtype)
+        sq = torch.linalg.vector_norm(v - m, 2, dim, keepdim=True, dtype=torch.float32).square_().div_(h * w)
+        var = sq.sub_((mean - m.float()).square_()).clamp_min_(0.0)
+    else:
+        v = v.float()
+        mean = v.mean(dim, keepdim=True)
+        var = (v - mean).square_().mean(dim, keepdim=True)
     return mean.reshape(b, c, 1, 1), var.reshape(b, c, 1, 1)
 
 
