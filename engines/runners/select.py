@@ -37,10 +37,12 @@ def available(device: torch.device | str) -> dict[str, str | None]:
     if cuda and not torch.cuda.is_available():
         no_cuda = f"{device} is not usable: this torch has no CUDA device (torch.cuda.is_available() is False)"
     reasons: dict[str, str | None] = {}
-    if not cuda or no_cuda or not _has_module("torch_tensorrt"):
-        reasons["tensorrt"] = "TensorRT needs torch-tensorrt (pip install torch-tensorrt) and an NVIDIA GPU"
+    if not cuda or no_cuda:
+        reasons["tensorrt"] = "TensorRT needs torch-tensorrt and an NVIDIA GPU"
     else:
-        reasons["tensorrt"] = None
+        from engines.runners.tensorrt import unavailable_reason  # imports nothing heavy when TensorRT is absent
+
+        reasons["tensorrt"] = unavailable_reason()
     reasons["cuda-graphs"] = "CUDA graphs need a CUDA device" if not cuda or no_cuda else None
     if not (_has_module("onnxruntime") and _has_module("onnx")):
         reasons["onnxruntime"] = "ONNX Runtime needs onnxruntime and onnx (pip install onnxruntime onnx)"

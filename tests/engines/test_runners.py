@@ -218,7 +218,7 @@ def test_backends_available_on_the_cpu() -> None:
     assert tuple(reasons) == select.BACKENDS == ("tensorrt", "cuda-graphs", "onnxruntime", "eager")
     assert reasons["eager"] is None
     assert reasons["onnxruntime"] is None
-    assert reasons["tensorrt"] == "TensorRT needs torch-tensorrt (pip install torch-tensorrt) and an NVIDIA GPU"
+    assert reasons["tensorrt"] == "TensorRT needs torch-tensorrt and an NVIDIA GPU"
     assert reasons["cuda-graphs"] == "CUDA graphs need a CUDA device"
 
 
