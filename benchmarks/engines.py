@@ -23,28 +23,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils.flop_counter import FlopCounterMode
 
 from engines.arcface import ArcFace
 from engines.facedancer import facedancer
+from engines.flops import count_flops, peak
+from realtime.bench import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
@@ -69,9 +54,10 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def measure(name: str, fn: Callable[[], object], warmup: int, repeats: int, gflop: float | None = None) -> dict:
-    gflop = flops(fn) / 1e9 if gflop is None else gflop
+    gflop = count_flops(fn) / 1e9 if gflop is None else gflop
     stats = summary(timed(fn, warmup, repeats))
-    return {"case": name, "gflop": gflop, **stats, "gflop_per_s": gflop / (stats["p50_ms"] / 1e3)}
+    floor = peak("cpu").floor_ms(gflop * 1e9)  # the compute floor: these FLOPs at the CPU's measured peak
+    return {"case": name, "gflop": gflop, **stats, "floor_ms": floor, "gflop_per_s": gflop / (stats["p50_ms"] / 1e3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,17 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "repeats": args.repeats,
         "compile_seconds": compile_s,
+        "peak": peak("cpu").to_dict(),
         "rows": rows,
         "reference": "official Keras FaceDancer: ~360 ms per face on a 2-core CPU of this class (tf.function)",
     }
     table = Table(title=f"engines on {device} ({torch.get_num_threads()} threads, torch {torch.__version__})")
-    for col in ("case", "GFLOP", "p50 ms", "p90 ms", "min ms", "GFLOP/s"):
+    for col in ("case", "GFLOP", "p50 ms", "floor ms", "p90 ms", "min ms", "GFLOP/s"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for r in rows:
         table.add_row(
             r["case"],
             f"{r['gflop']:.1f}",
             f"{r['p50_ms']:.1f}",
+            f"{r['floor_ms']:.1f}",
             f"{r['p90_ms']:.1f}",
             f"{r['min_ms']:.1f}",
             f"{r['gflop_per_s']:.0f}",

@@ -28,12 +28,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.engines import RESULTS, cpu_name
+from benchmarks.engines import RESULTS
 from benchmarks.naive_blend import naive_align, naive_paste
 from engines.align import estimate_norm
 from engines.facedancer import facedancer
+from engines.flops import facedancer_floor
 from engines.mtcnn import MTCNN
+from engines.runners.base import facedancer_io
+from engines.runners.eager import EagerRunner
 from realtime import warp
+from realtime.bench import device_name
 from realtime.context import DeviceContext
 from realtime.face_choice import FaceChoice
 from realtime.masks import MaskSpec, build_mask
@@ -130,12 +134,6 @@ def warp_case(frame: np.ndarray, placed: list, device: torch.device, repeats: in
     }
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
-
-
 def chart(results: list[dict], path: Path, title: str) -> None:
     """Stacked mean ms per frame per stage: everything, and everything but the network (the part we engineer)."""
     import matplotlib
@@ -199,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     device = ctx.device
     args.device = str(device)
     detector = MTCNN(device=device)
-    if args.engine == "facedancer":
-        model = facedancer().to(device).eval()
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-        engine: object = FaceDancerSwap(model.to(dtype), torch.randn(512, device=device), dtype)
-    else:
-        engine = IdentitySwap()
+    model = facedancer().to(device).eval()
+    precision = "fp16" if device.type == "cuda" else "fp32"
+
+    def make_engine() -> object:  # one per case: closing a case's pipeline closes its engine's runner
+        if args.engine == "identity":
+            return IdentitySwap()
+        runner = EagerRunner(model, facedancer_io(model.config.mapping_width), device, precision)
+        return FaceDancerSwap(model, torch.randn(512, device=device), runner)
 
     console = Console(width=200)
     results = []
@@ -214,14 +214,19 @@ def main(argv: list[str] | None = None) -> int:
             placements = ONE_FACE if n == 1 else FOUR_FACES[:n]
             frame, placed = compose_faces(w, h, placements)
             console.print(f"[bold]{res}, {n} face(s)[/]: pipeline ({args.frames} frames) ...")
-            pipe = pipeline_case(frame, n, args, detector, engine)
+            pipe = pipeline_case(frame, n, args, detector, make_engine())
             console.print("  align / paste-back against the naive way ...")
             wc = warp_case(frame, placed, device, args.warp_repeats)
             results.append({"resolution": res, "faces": n, "frames": args.frames, "pipeline": pipe, "warp": wc})
 
+    if args.engine == "facedancer":  # the compute floor: the faces' FaceDancer FLOPs at the measured peak
+        per_face = facedancer_floor(device, precision).ms
+        for r in results:
+            r["pipeline"]["floor_ms"] = per_face * r["pipeline"]["faces_swapped_min"]
     table = Table(title=f"pipeline on {device_name(device)} ({args.engine}, detect every {args.detect_every}), ms")
     present = [k for k in STAGE_ORDER if any(k in r["pipeline"]["stages"] for r in results)]
-    for col in ("case", "faces found", "e2e p50", "e2e p95", "e2e p99", "fps", *(f"{k} p50" for k in present)):
+    cols = ("case", "faces found", "e2e p50", "e2e p95", "e2e p99", "floor", "fps", *(f"{k} p50" for k in present))
+    for col in cols:
         table.add_column(col, justify="right")
     for r in results:
         p = r["pipeline"]
@@ -232,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{e['p50']:.1f}",
             f"{e['p95']:.1f}",
             f"{e['p99']:.1f}",
+            f"{p['floor_ms']:.2f}" if "floor_ms" in p else "-",
             f"{p['fps']:.1f}",
             *(f"{p['stages'][k]['p50']:.2f}" if k in p["stages"] else "-" for k in present),
         )
