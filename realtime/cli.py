@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from engines.errors import DanceCamError
-from realtime import __version__, cam_cli, models_cli, serve_cli, swap_cli
+from realtime import __version__, bench_cli, cam_cli, models_cli, serve_cli, swap_cli
 
 _INTERRUPTED = {"models": "interrupted; partial downloads are kept and resume on the next run"}
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     swap_cli.add_parser(commands)
     cam_cli.add_parser(commands)
     serve_cli.add_parser(commands)
+    bench_cli.add_parser(commands)
     return parser
 
 
