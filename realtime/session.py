@@ -489,13 +489,17 @@ def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repea
     (sessions run in parallel threads, so on a GPU this is conservative), capped by free device memory.
     """
     settings = LiveSettings()
-    engine = services.make_engine(services.source) if services.engine == "identity" or services.source else None
-    if engine is None and services.facedancer is not None:
-        engine = FaceDancerSwap(services.facedancer, torch.zeros(512))
+    cuda = services.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(services.device)
+        torch.cuda.reset_peak_memory_stats(services.device)
+    before = torch.cuda.memory_allocated(services.device) if cuda else 0
+    engine: Any = None
+    if services.ready:  # a session's own engine, on the chosen backend (its runner, graphs or engine included)
+        probe = SourceIdentity("probe", torch.zeros(512), (0.0, 0.0, 0.0, 0.0), None, 0, 0, None, 0)
+        engine = services.make_engine(probe if services.engine == "facedancer" else None)
     frame = image_tensor(np.full((480, 640, 3), 128, np.uint8), services.detector.device)
     crop = torch.zeros((1, 3, 256, 256), device=services.device)
-    cuda = services.device.type == "cuda"
-    before = torch.cuda.memory_allocated(services.device) if cuda else 0
 
     def once() -> float:
         start = time.perf_counter()
@@ -508,8 +512,13 @@ def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repea
             torch.cuda.synchronize(services.device)
         return (detect / settings.detect_every + time.perf_counter() - start) * 1e3
 
-    once()  # warm-up: first calls allocate and compile
-    frame_ms = float(np.median([once() for _ in range(repeats)]))
+    try:
+        once()  # warm-up: first calls allocate, capture or compile
+        frame_ms = float(np.median([once() for _ in range(repeats)]))
+    finally:
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
     memory_mib = 0.0
     by_memory = 1 << 30
     if cuda:

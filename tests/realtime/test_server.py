@@ -265,3 +265,18 @@ async def test_a_cuda_session_returns_what_the_cpu_session_returns(frame: np.nda
         assert stats["sessions"][0]["counters"]["pipeline_errors"] == 0
     diff = np.abs(results["cuda"].astype(np.int16) - results["cpu"].astype(np.int16))
     assert diff.mean() < 4.0, diff.mean()  # two VP8 encodes of the same frames
+
+
+def test_session_cost_is_measured_with_the_sessions_own_engine(detector: MTCNN) -> None:
+    from engines.facedancer import FaceDancer, FaceDancerConfig
+    from realtime.session import measure_session_cost
+
+    identity = measure_session_cost(LiveServices(torch.device("cpu"), detector, "identity"), target_fps=1.0)
+    assert identity.frame_ms > 0
+    assert identity.max_sessions >= 1
+    assert identity.memory_mib == 0
+    assert "ms per frame" in identity.reason
+    slow = FaceDancer(FaceDancerConfig(widths=(64, 64, 64, 64, 64, 64, 64), mapping_width=16)).eval()
+    services = LiveServices(torch.device("cpu"), detector, "facedancer", slow, ArcFace(ArcFaceConfig()).eval())
+    swapping = measure_session_cost(services, target_fps=1.0)
+    assert swapping.frame_ms > identity.frame_ms  # the swap of one face is part of the cost
