@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu_suite                  # on the GPU machine; about 8 minutes at most
     python -m benchmarks.gpu_suite --list-wheels    # what to carry there beyond its image, and the pip line
+    python -m benchmarks.gpu_suite --prepare-carry  # .carry/: those wheels within 60 MiB, the photo, the command
 
 Parts, each within its share of `--budget` seconds (the elapsed time is printed as it goes):
 1. the device's measured peak (dense matmul fp32 / TF32 / fp16: `engines.flops`), the floor of every time below;
@@ -14,6 +15,9 @@ Parts, each within its share of `--budget` seconds (the elapsed time is printed 
 4. SCRFD at 640 when its weights are in the model directory (else skipped, saying so).
 Results: `benchmarks/results/gpu-<device>-<date>.json` and `.md`. Without CUDA it stops (exit 2) unless
 `--allow-cpu`, which runs the same plumbing on the CPU (with tiny settings, for tests).
+
+Real faces come from scikit-image's astronaut photo, or, where scikit-image is not installed, from the PNG that
+$DANCECAM_ASTRONAUT names (`--prepare-carry` writes it; see tests/faces.py).
 """
 
 from __future__ import annotations
@@ -82,12 +86,12 @@ def run_tests(stem: Path, timeout: float) -> dict[str, Any]:
         missing = gpu_wheels.missing_for(path)
         rel = str(path.relative_to(gpu_wheels.ROOT))
         if missing:
-            left_out[rel] = f"needs {', '.join(missing)} (carry the wheels: --list-wheels)"
+            left_out[rel] = f"needs {', '.join(missing)} (carry the wheels: --prepare-carry)"
         else:
             files.append(rel)
-    result: dict[str, Any] = {"files": files, "left_out": left_out}
+    result: dict[str, Any] = {"files": files, "left_out": left_out, "astronaut": astronaut_source()}
     if "pytest" in gpu_wheels.missing_for(gpu_wheels.ROOT / "tests" / "conftest.py"):
-        return {**result, "status": "skipped: pytest is not installed (carry the wheels: --list-wheels)"}
+        return {**result, "status": "skipped: pytest is not installed (carry the wheels: --prepare-carry)"}
     if not files:
         return {**result, "status": "skipped: no gpu test file can be imported here"}
     xml, log = stem.with_name(stem.name + "-pytest.xml"), stem.with_name(stem.name + "-pytest.log")
@@ -118,6 +122,19 @@ def run_tests(stem: Path, timeout: float) -> dict[str, Any]:
         result["status"] = "failed"
         result["tail"] = text.splitlines()[-30:]
     return result
+
+
+def astronaut_source() -> str:
+    """Where the real faces come from here (tests.faces), or why they cannot."""
+    from tests import faces
+
+    if gpu_wheels.importable("skimage"):
+        return "scikit-image"
+    try:
+        faces.astronaut_png()
+    except ImportError as e:
+        return f"missing: {e}"
+    return f"{faces.ASTRONAUT_ENV}={os.environ[faces.ASTRONAUT_ENV]}"
 
 
 def _junit(path: Path) -> dict[str, Any]:
@@ -232,6 +249,16 @@ def backend_specs(device: torch.device, wanted: list[str]) -> tuple[list[tuple[s
     return chosen, {b: r for b, r in reasons.items() if not wanted or b in wanted}
 
 
+def face_frame(width: int, height: int, faces: int) -> np.ndarray:
+    """`realtime.bench.face_frame`'s frame, built from `tests.faces` directly: that one asks for scikit-image, this
+    one also takes the astronaut PNG of $DANCECAM_ASTRONAUT."""
+    from realtime.bench import grid_placements
+    from tests.faces import Placement, compose_faces
+
+    frame, _ = compose_faces(width, height, tuple(Placement(*p) for p in grid_placements(faces)))
+    return frame
+
+
 def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from engines import flops
     from engines.errors import ModelMissingError
@@ -289,7 +316,7 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
                 if clock.left < 15:
                     run["pipeline"].append({"faces": n, "status": "skipped: budget spent"})
                     continue
-                frame, _ = bench.face_frame(*args.size, n)
+                frame = face_frame(*args.size, n)
                 case = bench.run_case(engine, device, frame, n, pipe_opts)
                 case.update(backend=backend, precision=precision, size=f"{args.size[0]}x{args.size[1]}", faces=n)
                 case["floor_ms"] = floor * case["faces_found"]["mean"]
@@ -315,12 +342,11 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
 def run_scrfd(device: torch.device, iters: int) -> dict[str, Any]:
     from engines import scrfd
     from engines.detect import image_tensor
-    from realtime.bench import face_frame
 
     path = scrfd.default_model_path()
     if not path.is_file():
         return {"status": f"skipped: weights not present ({path}; dancecam models download scrfd_10g)"}
-    frame, _ = face_frame(1280, 720, 4)
+    frame = face_frame(1280, 720, 4)
     image = image_tensor(frame, device)
     times = []
     with scrfd.SCRFD(path, device, input_size=640) as det:
@@ -376,6 +402,8 @@ def markdown(result: dict[str, Any]) -> str:
 def _md_tests(tests: dict[str, Any]) -> str:
     lines = ["## Tests (pytest -m gpu)", "", f"{tests.get('status', 'not run')}: {tests.get('counts', {})}"]
     lines += [f"- FAILED {f['test']}: {f['message']}" for f in tests.get("failures", [])]
+    if "astronaut" in tests:
+        lines.append(f"- real faces from: {tests['astronaut']}")
     lines += [f"- left out {k}: {v}" for k, v in tests.get("left_out", {}).items()]
     lines += [f"- skipped x{n}: {why}" for why, n in tests.get("skip_reasons", {}).items()]
     lines += [f"- printed: `{ln}`" for ln in tests.get("printed_accuracy", [])]
@@ -476,6 +504,10 @@ def list_wheels() -> int:
     print(gpu_wheels.download_command(wheels))
     print("\nInstall them there:")
     print(gpu_wheels.install_command(wheels))
+    print(
+        f"\nAll of them are over the {gpu_wheels.TRAVEL_LIMIT_MIB:g} MiB the device tool carries: --prepare-carry "
+        "fetches what fits its budget into .carry/, with the astronaut photo, and prints the command"
+    )
     return 0
 
 
@@ -487,6 +519,23 @@ def _size(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n")[0])
     p.add_argument("--list-wheels", action="store_true", help="print the wheels to carry and the pip line, then stop")
+    p.add_argument(
+        "--prepare-carry",
+        nargs="?",
+        const=gpu_wheels.CARRY_DIR,
+        type=Path,
+        metavar="DIR",
+        help=f"fetch the wheels beyond the device image into DIR/wheels (default {gpu_wheels.CARRY_DIR}), dropping "
+        "whole packages in a fixed order to fit --carry-budget, write DIR/astronaut.png and DIR/README.txt, print "
+        "the device command; then stop",
+    )
+    p.add_argument(
+        "--carry-budget",
+        type=float,
+        default=gpu_wheels.CARRY_BUDGET_MIB,
+        metavar="MIB",
+        help=f"the carry's size limit, MiB (default {gpu_wheels.CARRY_BUDGET_MIB:g})",
+    )
     p.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no CUDA (plumbing check)")
     p.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for everything (default {BUDGET_S:.0f})")
     p.add_argument("--no-tests", action="store_true", help="skip the pytest part")
@@ -531,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_wheels:
         return list_wheels()
+    if args.prepare_carry is not None:
+        return gpu_wheels.prepare_carry(args.prepare_carry, args.carry_budget, [Path(__file__)])
     cuda = torch.cuda.is_available() and torch.cuda.device_count() > 0
     if not cuda and not args.allow_cpu:
         print(
@@ -570,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result["tests"] = _part(clock, parts, "tests", lambda: run_tests(stem, timeout))
         clock.say(f"tests: {result['tests']['status']} {result['tests'].get('counts', '')}")
+        clock.say(f"real faces from: {result['tests'].get('astronaut', '-')}")
     result["backends"] = _part(clock, parts, "backends", lambda: run_backends(clock, args, device))
     result["scrfd"] = _part(clock, parts, "scrfd", lambda: run_scrfd(device, 30 if cuda else 2))
     clock.say(f"scrfd: {result['scrfd']['status']}")

@@ -1,13 +1,19 @@
 """Real face images for tests, with no download: scikit-image's astronaut photo, and frames composed from it
 with several faces at known positions and scales, some near or across the frame border.
 
+Where scikit-image is not installed (a bare GPU machine), the same photo comes from a PNG named by the environment
+variable DANCECAM_ASTRONAUT, written losslessly from scikit-image elsewhere (`python -m benchmarks.gpu_suite
+--prepare-carry` writes `.carry/astronaut.png`): pixel for pixel the same image, so every expectation holds.
+
 Ground truth for the astronaut comes from facenet-pytorch's MTCNN on the original image (see
 ../shared/TESTING.md); composed frames carry the same box and landmarks mapped through each placement.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,11 +26,38 @@ ASTRONAUT_LANDMARKS = np.array(
 )
 
 
-def astronaut() -> np.ndarray:
-    """The astronaut photo, 512x512 RGB uint8 (one real face)."""
-    from skimage import data
+ASTRONAUT_ENV = "DANCECAM_ASTRONAUT"
+ASTRONAUT_SHAPE = (512, 512, 3)
 
+
+def astronaut() -> np.ndarray:
+    """The astronaut photo, 512x512 RGB uint8 (one real face): scikit-image's, else the PNG of $DANCECAM_ASTRONAUT."""
+    try:
+        from skimage import data
+    except ImportError:
+        return astronaut_png()
     return np.ascontiguousarray(data.astronaut())
+
+
+def astronaut_png(path: str | Path | None = None) -> np.ndarray:
+    """The astronaut photo from a lossless PNG (`path`, else $DANCECAM_ASTRONAUT), checked to be 512x512 RGB."""
+    hint = (
+        "tests.faces needs scikit-image's astronaut photo: install scikit-image (`pip install scikit-image`, in the "
+        f"dev extra), or set {ASTRONAUT_ENV} to a PNG of it written on a machine that has scikit-image "
+        "(`python -m benchmarks.gpu_suite --prepare-carry` writes .carry/astronaut.png)"
+    )
+    name = str(path) if path is not None else os.environ.get(ASTRONAUT_ENV, "")
+    if not name:
+        raise ImportError(f"{hint}; scikit-image is not installed and {ASTRONAUT_ENV} is not set")
+    file = Path(name).expanduser()
+    if not file.is_absolute() and not file.is_file():  # relative to the checkout, wherever the tests run from
+        file = Path(__file__).resolve().parents[1] / file
+    bgr = cv2.imread(str(file), cv2.IMREAD_UNCHANGED) if file.is_file() else None
+    if bgr is None:
+        raise ImportError(f"{hint}; {name} is not a readable image")
+    if bgr.shape != ASTRONAUT_SHAPE or bgr.dtype != np.uint8:
+        raise ImportError(f"{hint}; {name} is {bgr.shape} {bgr.dtype}, not {ASTRONAUT_SHAPE} uint8")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 @dataclass(frozen=True, slots=True)
