@@ -312,8 +312,9 @@ def summarise(record: Record, track: StampedClipTrack, args: argparse.Namespace,
 # --- the server, when none is given -------------------------------------------------------------------------------
 
 
-def build_services(engine: str, random_weights: bool, device: str) -> Any:
-    """The server's models: the identity engine, FaceDancer C + ArcFace with random weights, or the real files."""
+def build_services(engine: str, random_weights: bool, device: str, backend: str = "auto") -> Any:
+    """The server's models: the identity engine, FaceDancer C + ArcFace with random weights, or the real files;
+    FaceDancer on `backend` (auto: the fastest one here)."""
     import torch
 
     from realtime.session import LiveServices
@@ -328,10 +329,10 @@ def build_services(engine: str, random_weights: bool, device: str) -> Any:
         dev = resolve_device(device)
         fd = facedancer().to(dev).eval()
         arc = ArcFace().to(dev).eval()
-        if dev.type == "cuda":
-            fd = fd.half()
-        return LiveServices(dev, MTCNN(dev), "facedancer", fd, arc)
-    return LiveServices.load(engine, device)  # type: ignore[arg-type]
+        services = LiveServices(dev, MTCNN(dev), "facedancer", fd, arc)
+        services.choose_backend(backend)
+        return services
+    return LiveServices.load(engine, device, backend=backend)  # type: ignore[arg-type]
 
 
 class ServerThread:
@@ -492,6 +493,7 @@ def markdown(result: dict) -> str:
         + ". `"
         + result["command"]
         + "`",
+        *(["", f"FaceDancer: {result['backend']}"] if result.get("backend") else []),
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
@@ -520,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         "--random-weights", action="store_true", help="FaceDancer C + ArcFace randomly initialised (same compute)"
     )
     parser.add_argument("--device", default="auto", help="the in-process server's device: auto, cpu or cuda[:N]")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
+        default="auto",
+        help="the in-process server's FaceDancer backend (default auto: the fastest one here)",
+    )
     parser.add_argument("--url", help="an already-running server (else one is started in this process)")
     parser.add_argument("--token", help="the server's token, when it needs one")
     parser.add_argument("--modes", default="off,on", help="which of off,on to run (default both)")
@@ -544,10 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=160)
 
     server: ServerThread | None = None
+    backend: str | None = None
     url = args.url
     if url is None:
         console.print(f"starting the server in this process ({args.engine}{', random weights' * args.random_weights})")
-        server = ServerThread(build_services(args.engine, args.random_weights, args.device))
+        services = build_services(args.engine, args.random_weights, args.device, args.backend)
+        backend = services.backend_message
+        if backend:
+            console.print(backend)
+        server = ServerThread(services)
         url = server.start()
     try:
         info, modes = asyncio.run(run_all(url, args, console))
@@ -574,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": engine,
         "engine_label": label,
         "random_weights": bool(args.random_weights),
+        "backend": backend,
         "size": f"{args.size[0]}x{args.size[1]}",
         "fps": args.fps,
         "seconds": args.seconds,
