@@ -98,6 +98,7 @@ class SwapOptions:
     detect_every: int = 5
     model_dir: Path | None = None
     device: str = "auto"
+    detector: str = "auto"  # mtcnn, scrfd, or auto (SCRFD on a GPU when det_10g.onnx is present, else MTCNN)
     backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
     overwrite: bool = False
 
@@ -263,14 +264,16 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     """
     from engines.arcface import load_arcface
     from engines.detect import image_tensor
+    from engines.detectors import DETECTORS, load_detector
     from engines.facedancer import load_facedancer
-    from engines.mtcnn import MTCNN
     from engines.runners.base import facedancer_io
     from engines.runners.select import BACKENDS, choose
     from realtime.context import resolve_device
 
     if options.engine not in ("facedancer", "identity"):
         raise ConfigError(f"engine must be facedancer or identity, not {options.engine!r}")
+    if options.detector not in DETECTORS:
+        raise ConfigError(f"unknown detector {options.detector!r}; choose one of: {', '.join(DETECTORS)}")
     if options.backend != "auto" and options.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {options.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
     reference_mode = options.faces == "reference"
@@ -291,7 +294,9 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     weights = dict(zip(needed, find_weights(entries, model_dir, options.model_dir is not None), strict=True))
 
     notes: list[str] = []
-    detector = MTCNN(device)
+    detector, detector_note = load_detector(options.detector, device, model_dir)
+    if options.detector != "mtcnn":
+        notes.append(detector_note)
     source_bytes = _read_bytes(source, "source photo")
     embed: Callable[[bytes], IdentityEntry] | None = None
     arcface = None

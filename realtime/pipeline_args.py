@@ -44,6 +44,13 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     run.add_argument(
+        "--detector",
+        choices=("auto", "mtcnn", "scrfd"),
+        default="auto",
+        help="face detector: auto (default: SCRFD on a GPU when det_10g.onnx is downloaded, else MTCNN), mtcnn "
+        "or scrfd",
+    )
+    run.add_argument(
         "--backend",
         choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
         default="auto",
@@ -73,5 +80,6 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         model_dir=args.model_dir,
         device=args.device,
         backend=args.backend,
+        detector=args.detector,
         **extra,
     )

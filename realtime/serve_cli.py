@@ -45,6 +45,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("facedancer", "identity"), default="facedancer")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument(
+        "--detector",
+        choices=("auto", "mtcnn", "scrfd"),
+        default="auto",
+        help="face detector: auto (default: SCRFD on a GPU when det_10g.onnx is downloaded, else MTCNN)",
+    )
+    p.add_argument(
         "--backend",
         choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
         default="auto",
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
     console.print(f"loading models ({args.engine}) ...")
-    services = LiveServices.load(args.engine, args.device, args.model_dir, args.backend)
+    services = LiveServices.load(args.engine, args.device, args.model_dir, args.backend, args.detector)
     if services.backend_message:
         console.print(services.backend_message)
     if not services.weights.ok:

@@ -211,6 +211,7 @@ class LiveServices:
         device: str = "auto",
         model_dir: Path | None = None,
         backend: str = "auto",
+        detector_name: str = "auto",
     ) -> LiveServices:
         """Load the detector and, for FaceDancer, the converted weights from the model directory.
 
@@ -219,8 +220,8 @@ class LiveServices:
         """
         from engines import registry
         from engines.arcface import load_arcface
+        from engines.detectors import load_detector
         from engines.facedancer import load_facedancer
-        from engines.mtcnn import MTCNN
         from engines.store import resolve_model_dir
         from realtime.context import resolve_device
         from realtime.filemode import find_weights
@@ -228,10 +229,11 @@ class LiveServices:
         if engine not in ("facedancer", "identity"):
             raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
         dev = resolve_device(device)
-        detector = MTCNN(dev)
+        home = resolve_model_dir(model_dir)
+        detector, detector_message = load_detector(detector_name, dev, home)
+        log.info("%s", detector_message)
         if engine == "identity":
             return cls(dev, detector, "identity")
-        home = resolve_model_dir(model_dir)
         names = ["facedancer_c_hq", "arcface_r50"]
         try:
             found = find_weights([registry.find(n) for n in names], home, model_dir is not None)
