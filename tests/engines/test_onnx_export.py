@@ -13,36 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.arcface import ArcFace
-from engines.facedancer import facedancer
 from engines.runners import onnx_export
 from engines.runners.base import IOSpec, NetworkIO, arcface_io, facedancer_io
 from engines.runners.onnx_export import cache_name, cached_onnx, check_onnx, export_onnx, max_abs_error
 
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def fd_model() -> nn.Module:
-    torch.manual_seed(0)
-    return facedancer("config_c").eval()
-
-
-@pytest.fixture(scope="module")
-def arc_model() -> nn.Module:
-    torch.manual_seed(1)
-    return ArcFace().eval()
-
-
-@pytest.fixture(scope="module")
-def fd_onnx(tmp_path_factory: pytest.TempPathFactory, fd_model: nn.Module) -> Path:
-    """Exported once for the module (a few seconds on two cores)."""
-    return export_onnx(fd_model, facedancer_io(), tmp_path_factory.mktemp("onnx") / "facedancer.onnx")
-
-
-@pytest.fixture(scope="module")
-def arc_onnx(tmp_path_factory: pytest.TempPathFactory, arc_model: nn.Module) -> Path:
-    return export_onnx(arc_model, arcface_io(), tmp_path_factory.mktemp("onnx") / "arcface.onnx")
 
 
 # --- a tiny network with FaceDancer's kinds of layers, for the cheap tests -----------------------------------

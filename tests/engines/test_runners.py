@@ -10,9 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engines.arcface import ArcFace
 from engines.errors import CheckpointFormatError, ConfigError
-from engines.facedancer import facedancer
 from engines.identity import align_crop
 from engines.runners import select
 from engines.runners.base import NetworkIO, Runner, arcface_io, facedancer_io
@@ -30,30 +28,11 @@ ARC_IO = arcface_io()
 
 
 @pytest.fixture(scope="module")
-def fd_model() -> nn.Module:
-    torch.manual_seed(0)
-    return facedancer("config_c").eval()
-
-
-@pytest.fixture(scope="module")
-def arc_model() -> nn.Module:
-    torch.manual_seed(1)
-    return ArcFace().eval()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("compiled")
-
-
-@pytest.fixture(scope="module")
-def fd_onnx(fd_model: nn.Module, cache_dir: Path) -> Path:
-    return cached_onnx(fd_model, FD_IO, cache_dir, "random")
-
-
-@pytest.fixture(scope="module")
-def arc_onnx(arc_model: nn.Module, cache_dir: Path) -> Path:
-    return cached_onnx(arc_model, ARC_IO, cache_dir, "random")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, arc_model: nn.Module) -> Path:
+    """A compiled-networks directory that already holds ArcFace's cached export (as after a first run)."""
+    path = tmp_path_factory.mktemp("compiled")
+    cached_onnx(arc_model, ARC_IO, path, "random")
+    return path
 
 
 def _crops(size: int, n: int = 8) -> np.ndarray:
@@ -245,17 +224,17 @@ def test_create_runner_says_why_not(
         select.create_runner(backend, arc_model, ARC_IO, "cpu", precision=precision, cache_dir=cache_dir)  # type: ignore[arg-type]
 
 
-def test_create_runner_defaults_on_the_cpu(arc_model: nn.Module, arc_onnx: Path, cache_dir: Path) -> None:
+def test_create_runner_defaults_on_the_cpu(arc_model: nn.Module, cache_dir: Path) -> None:
     eager = select.create_runner("eager", arc_model, ARC_IO, "cpu")
     assert isinstance(eager, EagerRunner)
     assert eager.precision == "fp32"
     assert not eager.active
     ort = select.create_runner("onnxruntime", arc_model, ARC_IO, "cpu", cache_dir=cache_dir)
     assert isinstance(ort, OnnxRuntimeRunner)
-    assert ort.path == arc_onnx
+    assert ort.path == cached_onnx(arc_model, ARC_IO, cache_dir, "random")  # the cached export, reused
 
 
-def test_choose_auto_on_the_cpu(arc_model: nn.Module, arc_onnx: Path, cache_dir: Path) -> None:
+def test_choose_auto_on_the_cpu(arc_model: nn.Module, cache_dir: Path) -> None:
     runner, message = select.choose("auto", arc_model, ARC_IO, "cpu", cache_dir=cache_dir)
     print(message)
     try:
@@ -272,7 +251,7 @@ def test_choose_auto_on_the_cpu(arc_model: nn.Module, arc_onnx: Path, cache_dir:
 
 
 def test_choose_auto_skips_a_backend_that_fails(
-    arc_model: nn.Module, arc_onnx: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+    arc_model: nn.Module, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(self: EagerRunner) -> None:
         raise RuntimeError("out of memory")
