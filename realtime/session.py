@@ -249,6 +249,7 @@ class LiveServices:
             load_arcface(af_path, dev),
             identities,
             weights_key=fd_key,
+            cache_dir=home / "compiled",  # exported and compiled networks live beside the weights they came from
         )
         services.choose_backend(backend)
         return services

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -280,3 +281,29 @@ def test_session_cost_is_measured_with_the_sessions_own_engine(detector: MTCNN) 
     services = LiveServices(torch.device("cpu"), detector, "facedancer", slow, ArcFace(ArcFaceConfig()).eval())
     swapping = measure_session_cost(services, target_fps=1.0)
     assert swapping.frame_ms > identity.frame_ms  # the swap of one face is part of the cost
+
+
+def test_services_load_converted_weights_and_choose_a_backend(tmp_path: Path) -> None:
+    from tests.realtime.test_filemode import tiny_weights
+
+    tiny_weights(tmp_path)
+    services = LiveServices.load("facedancer", "cpu", tmp_path, backend="auto")
+    assert services.ready
+    assert services.backend in ("eager", "onnxruntime")
+    assert services.backend_message is not None
+    assert services.backend_message.startswith(f"backend auto: {services.backend} fp32")
+    assert list((tmp_path / "compiled").glob("facedancer-*.onnx"))  # auto tried ONNX Runtime: its export is cached
+    source = services.set_source(png(faces.astronaut()))
+    assert list((tmp_path / "identities").glob("*.safetensors"))  # the source's identity is cached on disk
+    engine = services.make_engine(source)
+    try:
+        assert engine.runner.backend == services.backend
+        crops = torch.rand(2, 3, 256, 256) * 2 - 1
+        out = engine(crops)
+        assert out.shape == crops.shape
+        assert float(out.abs().max()) <= 1.0
+    finally:
+        engine.close()
+    missing = LiveServices.load("facedancer", "cpu", tmp_path / "empty")
+    assert not missing.ready
+    assert "dancecam models download facedancer_c_hq arcface_r50" in (missing.weights.command or "")
