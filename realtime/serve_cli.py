@@ -149,10 +149,13 @@ def _serve(
 ) -> int:
     from aiohttp import web
 
-    from realtime.server import ServeOptions, create_app
+    from realtime.server import LOOPBACK_HOSTS, ServeOptions, create_app
+
+    # on loopback, only loopback names (DNS rebinding); elsewhere the token guards every route whatever the name
+    hosts = (*LOOPBACK_HOSTS, host.strip("[]").lower()) if is_loopback(host) else None
 
     async def main() -> None:
-        app = create_app(manager, ServeOptions(token=token))
+        app = create_app(manager, ServeOptions(token=token, allowed_hosts=hosts))
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=context)

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from yarl import URL
 
 from engines.errors import ConfigError, DanceCamError, ImageError, NoFaceError, SignallingError
 from realtime import __version__
@@ -45,6 +46,8 @@ MAX_SDP_BYTES = 64 * 1024  # a browser offer with audio and video is 4-8 KiB
 MAX_JSON_BYTES = 16 * 1024  # settings objects
 MAX_VIEWERS = 8  # WHEP players per session: each costs one video encode
 SDP_TYPE = "application/sdp"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,6 +61,9 @@ class ServeOptions:
     max_viewers: int = MAX_VIEWERS
     connect_timeout: float = CONNECT_TIMEOUT_S
     idle_timeout: float = IDLE_TIMEOUT_S
+    # Host names a request may address; None: any. On a loopback bind this refuses DNS rebinding (a web page whose
+    # own name resolves to 127.0.0.1 would otherwise be "same origin" with this server and could read it).
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
 
 
 class HttpError(Exception):
@@ -65,6 +71,17 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.headers = headers or {}
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    """Whether a browser's Origin header names this server as the request addresses it (scheme, host and port)."""
+    try:
+        url = URL(origin)
+    except ValueError:
+        return False
+    if not url.is_absolute() or url.scheme not in ("http", "https"):
+        return False  # "null" (sandboxed pages, file://) and anything odd
+    return url.scheme == request.scheme and url.host == request.url.host and url.port == request.url.port
 
 
 def _status_of(error: DanceCamError) -> int:
@@ -208,6 +225,14 @@ class LiveServer:
 
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        allowed = self.options.allowed_hosts
+        if allowed is not None and (request.url.host or "").strip("[]").lower() not in allowed:
+            raise HttpError(403, f"this server answers only to {', '.join(allowed)}, not to {request.host!r}")
+        origin = request.headers.get("Origin")
+        if origin is not None and request.method not in SAFE_METHODS and not _same_origin(origin, request):
+            # browsers send Origin with every cross-site POST, PUT and DELETE: another site's page may not change
+            # the source photo or settings, or start a session, through the user's browser
+            raise HttpError(403, f"cross-origin request from {origin} refused: use the page this server serves")
         open_route = request.method in ("GET", "HEAD") and (request.path in self.page or request.path == "/healthz")
         if self._token is not None and not open_route:
             given = request.headers.get("Authorization", "")

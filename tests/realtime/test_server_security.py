@@ -633,3 +633,41 @@ async def test_an_uploaded_file_name_is_never_used(
     assert _files(tmp_path) == before_tmp
     assert _files(WEB_DIR) == before_web
     assert not _named(marker, Path("/tmp"), ROOT, ROOT.parent)
+
+
+@pytest.fixture
+async def identity_live_for_hosts(detector: MTCNN) -> AsyncIterator[Live]:
+    async with live_server(identity_services(detector)) as live:
+        yield live
+
+
+async def test_a_foreign_host_name_is_refused_on_loopback(identity_live_for_hosts: Live) -> None:
+    """DNS rebinding: a page at http://evil.example:PORT/ whose name resolves to 127.0.0.1 is same-origin with us."""
+    live = identity_live_for_hosts
+    for host in ("evil.example", f"evil.example:{live.server.port}", "127.0.0.1.evil.example"):
+        reply = await live.call("GET", "/api/info", headers={"Host": host})
+        assert reply.status == 403, host
+        assert "answers only to 127.0.0.1, localhost, ::1" in reply.error
+    for host in (f"127.0.0.1:{live.server.port}", f"localhost:{live.server.port}", "LOCALHOST"):
+        assert (await live.call("GET", "/api/info", headers={"Host": host})).status == 200, host
+
+
+async def test_cross_origin_changes_are_refused(identity_live_for_hosts: Live) -> None:
+    """CSRF: another site's page may post a form to 127.0.0.1 (no preflight for multipart); Origin gives it away."""
+    live = identity_live_for_hosts
+    port = live.server.port
+    form = aiohttp.FormData()
+    form.add_field("image", b"not an image", filename="x.png", content_type="image/png")
+    for origin in ("http://evil.example", f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", "null"):
+        reply = await live.call("POST", "/api/source", data=form, headers={"Origin": origin})
+        assert reply.status == 403, origin
+        assert "cross-origin request" in reply.error
+        reply = await live.call("PUT", "/api/settings", json={"swap": False}, headers={"Origin": origin})
+        assert reply.status == 403, origin
+    assert live.manager.defaults.swap is True
+    # the page's own requests (same origin) and clients that send no Origin (OBS, aiortc) go through
+    same = await live.call("PUT", "/api/settings", json={"swap": False}, headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert same.status == 200
+    assert (await live.call("PUT", "/api/settings", json={"swap": True})).status == 200
+    # reading is not changing: a GET with a foreign Origin is answered (without CORS headers, the browser hides it)
+    assert (await live.call("GET", "/api/settings", headers={"Origin": "http://evil.example"})).status == 200
