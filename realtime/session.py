@@ -360,7 +360,10 @@ class RateMeter:
         self._times: deque[float] = deque(maxlen=1024)
 
     def tick(self) -> None:
-        self._times.append(self.clock())
+        now = self.clock()
+        self._times.append(now)
+        while now - self._times[0] > self.window:  # keep only the window: `rate` then walks ~window * fps entries
+            self._times.popleft()
 
     def rate(self) -> float:
         now = self.clock()
@@ -384,6 +387,7 @@ class SessionPipeline:
         self.inner, self._source_version = services.new_pipeline(session.settings)
         self.profiler = self.inner.profiler
         self.controller = DegradationController(session.settings.target_fps)
+        self._config_for: tuple[LiveSettings, int] | None = None  # what `inner.config` was made from
         self.output_rate = RateMeter()
         self.size: tuple[int, int] | None = None
 
@@ -405,7 +409,9 @@ class SessionPipeline:
             self._source_version = source.version
         if self.controller.target_fps != settings.target_fps:
             self.controller.target_fps = settings.target_fps
-        self.inner.config = self.controller.apply(settings.pipeline_config())
+        if self._config_for != (settings, self.controller.level):  # rebuilt only when settings or level change
+            self.inner.config = self.controller.apply(settings.pipeline_config())
+            self._config_for = (settings, self.controller.level)
         start = time.perf_counter()
         result = self.inner.process_yuv420p(image, t) if yuv else self.inner.process(image, t)
         ms = (time.perf_counter() - start) * 1e3

@@ -275,9 +275,6 @@ async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check:
         await pc.setLocalDescription(answer)  # gathers the local candidates into the SDP (no trickle)
     except Exception as e:
         raise SignallingError(f"no answer is possible for this offer: {str(e) or type(e).__name__}") from None
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind == "video" and transceiver.currentDirection in (None, "inactive"):
-            raise SignallingError("no video codec in common: offer VP8 or H.264")
     return pc.localDescription.sdp
 
 
