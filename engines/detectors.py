@@ -2,7 +2,10 @@
 
 MTCNN is embedded (its weights ship in the facenet-pytorch wheel) and cheap on a CPU. SCRFD-10GF (`det_10g.onnx`,
 `dancecam models download scrfd_10g`) is one network pass instead of a cascade with host round trips, so it is
-the faster one on a GPU. `auto` takes SCRFD on a CUDA device when its file is in the model directory, else MTCNN.
+the faster one on a GPU, but only where ONNX Runtime can run it there (the CUDA provider, onnxruntime-gpu): with
+the CPU provider every detection would copy the frame to the host and run the network on the CPU, slower than MTCNN
+on the GPU. `auto` takes SCRFD on a CUDA device when its file is in the model directory and that provider is
+present, else MTCNN.
 """
 
 from __future__ import annotations
@@ -29,17 +32,24 @@ def scrfd_path(model_dir: Path) -> Path:
     return path
 
 
-def decide(name: str, device_type: str, scrfd_present: bool) -> tuple[str, str]:
-    """(mtcnn or scrfd, why) for a requested `name`; ConfigError for an unknown one."""
+def decide(name: str, device_type: str, scrfd_present: bool, scrfd_on_gpu: bool = True) -> tuple[str, str]:
+    """(mtcnn or scrfd, why) for a requested `name`; ConfigError for an unknown one.
+
+    `scrfd_on_gpu`: whether ONNX Runtime can run SCRFD on the GPU here (its CUDA provider is present).
+    """
     if name not in DETECTORS:
         raise ConfigError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTORS)}")
+    if name == "scrfd" and device_type == "cuda" and not scrfd_on_gpu:
+        return name, "asked for; onnxruntime has no CUDA provider here, so it runs on the CPU"
     if name != "auto":
         return name, "asked for"
-    if device_type == "cuda" and scrfd_present:
-        return "scrfd", "a GPU and det_10g.onnx present"
-    if device_type == "cuda":
+    if device_type != "cuda":
+        return "mtcnn", "the cheaper one on a CPU"
+    if not scrfd_present:
         return "mtcnn", "SCRFD is faster on a GPU: `dancecam models download scrfd_10g` to use it"
-    return "mtcnn", "the cheaper one on a CPU"
+    if not scrfd_on_gpu:
+        return "mtcnn", "SCRFD would run on the CPU: onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"
+    return "scrfd", "a GPU, det_10g.onnx and onnxruntime's CUDA provider present"
 
 
 def load_detector(name: str, device: torch.device, model_dir: Path) -> tuple[FaceDetector, str]:
@@ -48,7 +58,12 @@ def load_detector(name: str, device: torch.device, model_dir: Path) -> tuple[Fac
     SCRFD asked for by name without its file: `ModelMissingError` naming the download command.
     """
     path = scrfd_path(model_dir)
-    name, why = decide(name, device.type, path.is_file())
+    on_gpu = False
+    if device.type == "cuda":
+        from engines.runners.onnxruntime import cuda_provider_present
+
+        on_gpu = cuda_provider_present()
+    name, why = decide(name, device.type, path.is_file(), on_gpu)
     if name == "scrfd":
         from engines.scrfd import SCRFD
 

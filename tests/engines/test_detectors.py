@@ -17,8 +17,17 @@ from tests import faces
 from tests.engines.test_scrfd import build_fake_scrfd
 
 
-def test_auto_takes_scrfd_only_on_a_gpu_with_its_file() -> None:
-    assert decide("auto", "cuda", scrfd_present=True) == ("scrfd", "a GPU and det_10g.onnx present")
+def test_auto_takes_scrfd_only_on_a_gpu_with_its_file_and_onnxruntime_there() -> None:
+    assert decide("auto", "cuda", scrfd_present=True, scrfd_on_gpu=True) == (
+        "scrfd",
+        "a GPU, det_10g.onnx and onnxruntime's CUDA provider present",
+    )
+    name, why = decide("auto", "cuda", scrfd_present=True, scrfd_on_gpu=False)
+    assert name == "mtcnn"
+    assert "onnxruntime has no CUDA provider" in why
+    name, why = decide("scrfd", "cuda", scrfd_present=True, scrfd_on_gpu=False)
+    assert name == "scrfd"  # asked for by name: the user gets it, and is told where it runs
+    assert "runs on the CPU" in why
     name, why = decide("auto", "cuda", scrfd_present=False)
     assert name == "mtcnn"
     assert "dancecam models download scrfd_10g" in why
