@@ -48,7 +48,7 @@ def decide(name: str, device_type: str, scrfd_present: bool, scrfd_on_gpu: bool 
     if not scrfd_present:
         return "mtcnn", "SCRFD is faster on a GPU: `dancecam models download scrfd_10g` to use it"
     if not scrfd_on_gpu:
-        return "mtcnn", "SCRFD would run on the CPU: onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"
+        return "mtcnn", "SCRFD would run on the CPU: onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
     return "scrfd", "a GPU, det_10g.onnx and onnxruntime's CUDA provider present"
 
 

@@ -1,9 +1,10 @@
 """SCRFD-10GF with 5 landmarks, the face detector of insightface's buffalo_l pack (`det_10g.onnx`).
 
-Two parts, so that a TensorRT backend can later replace only the network call:
+Two parts, so that another backend can replace only the network call:
 
-- a runner turns the (1, 3, S, S) float32 input into the 9 raw outputs. `OnnxRuntimeRunner` is the one here; its
-  input/output contract (names, shapes, element type) is checked when the model is loaded.
+- a runner (`engines.runners`' interface, described by `scrfd_io`) turns the (1, 3, S, S) float32 input into the 9
+  raw outputs. ONNX Runtime's is the one here; the file's inputs and outputs (names, order, element type, static
+  dimensions) are checked when it is loaded, the anchor counts on every call.
 - letterboxing before and decoding + NMS after run in torch on the detector's device, and give `Detections` in
   the original image's pixel coordinates, best score first.
 
@@ -23,18 +24,16 @@ Facts matched to insightface's `model_zoo/scrfd.py` (the reference the tests com
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engines.detect import Detections
-from engines.errors import CheckpointFormatError, ImageError, ModelMissingError
+from engines.errors import ImageError, ModelMissingError
 from engines.nms import nms
+from engines.runners.base import IOSpec, NetworkIO, Runner
 
 MODEL_NAME = "scrfd_10g"
 STRIDES = (8, 16, 32)
@@ -49,185 +48,24 @@ KPS_NAMES = ("454", "477", "500")
 CHANNELS = {"score": 1, "box": 4, "kps": 10}
 
 
-# --- contract ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]  # at the detector's input size
-    dtype: str = "tensor(float)"  # ONNX Runtime's type string
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkContract:
-    """What the network must take and give, by name; outputs in decoding order (scores, boxes, keypoints)."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.outputs)
+# --- network I/O ------------------------------------------------------------------------------------------
 
 
 def anchor_count(input_size: int, stride: int) -> int:
     return (input_size // stride) ** 2 * NUM_ANCHORS
 
 
-def scrfd_contract(input_size: int = 640) -> NetworkContract:
-    """det_10g's contract at an S x S input: `input.1` (1, 3, S, S) -> 9 rank-2 outputs (anchors, channels)."""
+def scrfd_io(input_size: int = 640) -> NetworkIO:
+    """det_10g at an S x S input: `input.1` (1, 3, S, S) -> 9 outputs (anchors, channels), in decoding order
+    (scores, boxes, keypoints; strides 8, 16, 32 each). No batch axis: one image per call."""
     if input_size % max(STRIDES):
         raise ValueError(f"input_size must be a multiple of {max(STRIDES)}, got {input_size}")
     outputs = [
-        TensorSpec(name, (anchor_count(input_size, stride), CHANNELS[kind]))
+        IOSpec(name, (anchor_count(input_size, stride), CHANNELS[kind]))
         for kind, names in (("score", SCORE_NAMES), ("box", BOX_NAMES), ("kps", KPS_NAMES))
         for name, stride in zip(names, STRIDES, strict=True)
     ]
-    return NetworkContract((TensorSpec(INPUT_NAME, (1, 3, input_size, input_size)),), tuple(outputs))
-
-
-def _static(dim: Any) -> int | None:
-    return int(dim) if isinstance(dim, (int, np.integer)) and int(dim) > 0 else None
-
-
-def check_contract(
-    contract: NetworkContract, inputs: Sequence[Any], outputs: Sequence[Any], source: str = "model"
-) -> None:
-    """Raise CheckpointFormatError unless the declared tensors (objects with .name, .shape, .type, as ONNX Runtime
-    reports them) fit the contract.
-
-    Symbolic dims are accepted. When the model's input size is symbolic (det_10g's is), the anchor counts its
-    outputs declare are only the export-time annotation and are checked at run time instead; channel counts
-    are always checked.
-    """
-    problems: list[str] = []
-
-    def names(items: Sequence[Any]) -> list[str]:
-        return [t.name for t in items]
-
-    want_in = [t.name for t in contract.inputs]
-    if names(inputs) != want_in:
-        problems.append(f"inputs {names(inputs)}, expected {want_in}")
-    if sorted(names(outputs)) != sorted(contract.output_names):
-        problems.append(f"outputs {names(outputs)}, expected {list(contract.output_names)}")
-    if problems:
-        raise CheckpointFormatError(f"{source} is not SCRFD-10GF with keypoints (det_10g.onnx): " + "; ".join(problems))
-
-    declared = {t.name: t for t in (*inputs, *outputs)}
-    dynamic_input = any(_static(d) is None for d in declared[contract.inputs[0].name].shape[2:])
-    checks = [(spec, False) for spec in contract.inputs] + [(spec, dynamic_input) for spec in contract.outputs]
-    for spec, skip_anchor_axis in checks:
-        got = declared[spec.name]
-        shape = list(got.shape)
-        if got.type != spec.dtype:
-            problems.append(f"{spec.name}: element type {got.type}, expected {spec.dtype}")
-        if len(shape) != len(spec.shape):
-            problems.append(f"{spec.name}: shape {shape}, expected {list(spec.shape)}")
-            continue
-        for axis, (dim, want) in enumerate(zip(shape, spec.shape, strict=True)):
-            if not (skip_anchor_axis and axis == 0) and _static(dim) not in (None, want):
-                problems.append(f"{spec.name}: shape {shape}, expected {list(spec.shape)}")
-                break
-    if problems:
-        raise CheckpointFormatError(f"{source} does not match SCRFD's contract: " + "; ".join(problems))
-
-
-# --- runners ----------------------------------------------------------------------------------------------
-
-
-class Runner(Protocol):
-    """A network backend: device tensors in and out, by name."""
-
-    contract: NetworkContract
-
-    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
-
-    def close(self) -> None: ...
-
-
-class OnnxRuntimeRunner:
-    """ONNX Runtime behind the runner interface. CPU provider; on a CUDA device, the CUDA provider when this
-    onnxruntime build has it (inputs and outputs bound to torch's device memory, no host copies), else the CPU
-    provider with one copy each way.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        contract: NetworkContract,
-        device: torch.device | str = "cpu",
-        session_options: Any = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        self.contract = contract
-        self.device = torch.device(device)
-        on_cuda = self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-        providers: list[Any] = ["CPUExecutionProvider"]
-        self._stream: torch.cuda.Stream | None = None
-        if on_cuda:
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            self.device = torch.device("cuda", index)
-            self._stream = torch.cuda.current_stream(self.device)
-            # ORT queues its kernels on torch's stream, so no synchronisation is needed between them.
-            cuda_options = {"device_id": index, "user_compute_stream": str(self._stream.cuda_stream)}
-            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        try:
-            self._session: Any = ort.InferenceSession(str(self.path), sess_options=session_options, providers=providers)
-        except Exception as e:  # ORT raises its own exception types for unreadable or invalid graphs
-            raise CheckpointFormatError(f"{self.path}: ONNX Runtime cannot load it: {e}") from e
-        check_contract(contract, self._session.get_inputs(), self._session.get_outputs(), str(self.path))
-        self.providers: list[str] = list(self._session.get_providers())
-        self._io_binding = on_cuda and self.providers[0] == "CUDAExecutionProvider"
-
-    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        for spec in self.contract.inputs:
-            t = feeds[spec.name]
-            if tuple(t.shape) != spec.shape or t.dtype != torch.float32:
-                raise ValueError(f"{spec.name}: expected float32 {spec.shape}, got {t.dtype} {tuple(t.shape)}")
-        if self._session is None:
-            raise RuntimeError("runner is closed")
-        out = self._infer_bound(feeds) if self._io_binding else self._infer_host(feeds)
-        for spec in self.contract.outputs:
-            if tuple(out[spec.name].shape) != spec.shape:
-                raise CheckpointFormatError(
-                    f"{self.path}: output {spec.name} has shape {tuple(out[spec.name].shape)}, expected {spec.shape}"
-                )
-        return out
-
-    def _infer_host(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        arrays = {k: v.detach().to("cpu").contiguous().numpy() for k, v in feeds.items()}
-        results = self._session.run(list(self.contract.output_names), arrays)
-        return {
-            name: torch.from_numpy(r).to(self.device, non_blocking=True)
-            for name, r in zip(self.contract.output_names, results, strict=True)
-        }
-
-    def _infer_bound(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        index = self.device.index
-        current = torch.cuda.current_stream(self.device)
-        if current != self._stream:  # inputs were written on another stream than the one ORT uses
-            current.synchronize()
-        binding = self._session.io_binding()
-        inputs = {k: v.to(self.device).contiguous() for k, v in feeds.items()}
-        for name, t in inputs.items():
-            binding.bind_input(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
-        out = {s.name: torch.empty(s.shape, dtype=torch.float32, device=self.device) for s in self.contract.outputs}
-        for name, t in out.items():
-            binding.bind_output(name, "cuda", index, np.float32, tuple(t.shape), t.data_ptr())
-        self._session.run_with_iobinding(binding)
-        return out
-
-    def close(self) -> None:
-        self._session = None
-
-    def __enter__(self) -> OnnxRuntimeRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return NetworkIO("scrfd", (IOSpec(INPUT_NAME, (1, 3, input_size, input_size)),), tuple(outputs), max_batch=1)
 
 
 # --- pre- and post-processing -----------------------------------------------------------------------------
@@ -350,19 +188,22 @@ class SCRFD:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.max_num = int(max_num)
-        contract = scrfd_contract(self.input_size)
+        io = scrfd_io(self.input_size)
         if runner is None:
+            from engines.runners.onnxruntime import OnnxRuntimeRunner
+
             path = Path(model_path) if model_path is not None else default_model_path()
             if not path.is_file():
                 raise ModelMissingError(
                     f"SCRFD model {path} is missing: run `dancecam models download {MODEL_NAME}` "
                     f"(or place det_10g.onnx there)"
                 )
-            runner = OnnxRuntimeRunner(path, contract, self.device)
-        elif runner.contract != contract:
-            raise ValueError("the runner's contract does not match this detector's input size")
+            runner = OnnxRuntimeRunner(path, io, self.device)
+        elif runner.io != io:
+            raise ValueError(f"the runner is for {runner.io.network} {runner.io.inputs}, not SCRFD at {input_size}")
+        runner.activate()  # load now: a bad file fails here, not on the first frame
         self.runner = runner
-        self.contract = contract
+        self.io = io
         self._anchors = [anchor_centers(self.input_size, s, self.device) for s in STRIDES]
 
     def __call__(self, image: torch.Tensor) -> Detections:
@@ -371,10 +212,8 @@ class SCRFD:
         if image.device != self.device:
             raise ValueError(f"image is on {image.device}, the detector on {self.device}")
         blob, scale = letterbox(image, self.input_size)
-        out = self.runner.infer({self.contract.inputs[0].name: blob})
-        boxes, scores, landmarks = decode(
-            [out[n] for n in self.contract.output_names], self._anchors, self.score_threshold
-        )
+        out = self.runner.infer({INPUT_NAME: blob})
+        boxes, scores, landmarks = decode([out[n] for n in self.io.output_names], self._anchors, self.score_threshold)
         if scores.numel() == 0:
             return Detections.empty(self.device)
         # Back to image pixels before NMS: the +1 area convention makes NMS scale-dependent, as in the reference.

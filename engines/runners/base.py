@@ -21,15 +21,27 @@ import torch
 
 Precision = Literal["fp32", "fp16"]
 BackendName = Literal["eager", "cuda-graphs", "tensorrt", "onnxruntime"]
-NetworkName = Literal["facedancer", "arcface"]
+NetworkName = Literal["facedancer", "arcface", "scrfd"]
 
 
 @dataclass(frozen=True, slots=True)
 class IOSpec:
-    """One named tensor of a network: its shape with -1 for the (dynamic) batch axis."""
+    """One named tensor of a network: its shape with -1 for the (dynamic) batch axis.
+
+    A shape without -1 is fixed: that tensor has no batch axis (SCRFD's (anchors, channels) outputs) or only ever
+    batch 1 (SCRFD's input).
+    """
 
     name: str
     shape: tuple[int, ...]
+
+    @property
+    def batched(self) -> bool:
+        return self.shape[0] == -1
+
+    def at_batch(self, batch: int) -> tuple[int, ...]:
+        """The concrete shape of this tensor in a call with `batch` items."""
+        return (batch, *self.shape[1:]) if self.batched else self.shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,8 @@ class NetworkIO:
                 raise ValueError(
                     f"{spec.name}: expected float32 of rank {len(spec.shape)}, got {t.dtype} {tuple(t.shape)}"
                 )
+            if not spec.batched and tuple(t.shape) != spec.shape:
+                raise ValueError(f"{spec.name}: expected {spec.shape}, got {tuple(t.shape)}")
             if tuple(t.shape[1:]) != spec.shape[1:]:
                 raise ValueError(
                     f"{spec.name}: expected (N, {', '.join(map(str, spec.shape[1:]))}), got {tuple(t.shape)}"

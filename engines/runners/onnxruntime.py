@@ -1,8 +1,9 @@
-"""ONNX Runtime behind the runner interface: an exported graph (`engines.runners.onnx_export`), fp32, dynamic batch.
+"""ONNX Runtime behind the runner interface: an exported graph (`engines.runners.onnx_export`, fp32, dynamic batch)
+or a foreign one (SCRFD's det_10g.onnx, fixed shapes).
 
 On the CPU, the CPU provider. On a CUDA device, the CUDA provider when this onnxruntime build has it: inputs and
-outputs are bound to torch's device memory and ORT's kernels are queued on torch's current stream (as
-`engines.scrfd`'s runner does), so nothing is copied or synchronised. Without it, the CPU provider with one copy
+outputs are bound to torch's device memory and ORT's kernels are queued on torch's current stream, so nothing is
+copied or synchronised. Without it, the CPU provider with one copy
 each way.
 """
 
@@ -32,7 +33,9 @@ def cuda_provider_present() -> bool:
 
 def check_session_io(declared: Sequence[Any], specs: Sequence[IOSpec], kind: str, source: str) -> None:
     """The session's inputs or outputs (objects with .name, .shape, .type, as ORT reports them) against the io:
-    names in order, float32, and every static dimension but the batch axis."""
+    names in order, float32, and every static dimension but the first. The first is checked at run time: it is
+    the batch axis, or it depends on an input size the graph leaves symbolic (SCRFD's anchor counts, which the
+    file declares only as an export-time annotation)."""
     names = [d.name for d in declared]
     if names != [s.name for s in specs]:
         raise CheckpointFormatError(f"{source}: {kind} {names}, expected {[s.name for s in specs]}")
@@ -110,7 +113,7 @@ class OnnxRuntimeRunner(RunnerBase):
         batch = int(feeds[self.io.inputs[0].name].shape[0])
         out = self._infer_bound(feeds, batch) if self._stream is not None else self._infer_host(feeds)
         for spec in self.io.outputs:
-            want = (batch, *spec.shape[1:])
+            want = spec.at_batch(batch)
             if tuple(out[spec.name].shape) != want:
                 raise CheckpointFormatError(
                     f"{self.path}: {spec.name} has shape {tuple(out[spec.name].shape)}, expected {want}"
@@ -130,7 +133,7 @@ class OnnxRuntimeRunner(RunnerBase):
         index = self.device.index
         current = torch.cuda.current_stream(self.device)
         inputs = {name: feeds[name].to(self.device).contiguous() for name in self.io.input_names}
-        out = {s.name: torch.empty((batch, *s.shape[1:]), device=self.device) for s in self.io.outputs}
+        out = {s.name: torch.empty(s.at_batch(batch), device=self.device) for s in self.io.outputs}
         other_stream = current != self._stream
         if other_stream:  # the caller moved to another stream: order the two on the device, not on the host
             self._stream.wait_stream(current)

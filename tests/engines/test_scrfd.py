@@ -9,6 +9,7 @@ boxes are a few strides wide, so thresholding and NMS both have real work to do.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -25,6 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines.detect import Detections, image_tensor
 from engines.errors import CheckpointFormatError, ModelMissingError
+from engines.runners.base import Runner
+from engines.runners.onnxruntime import OnnxRuntimeRunner
 from engines.scrfd import (
     BOX_NAMES,
     INPUT_NAME,
@@ -32,12 +35,11 @@ from engines.scrfd import (
     SCORE_NAMES,
     SCRFD,
     STRIDES,
-    OnnxRuntimeRunner,
     anchor_centers,
     letterbox,
     letterbox_size,
     resize_levels,
-    scrfd_contract,
+    scrfd_io,
 )
 from tests import faces
 
@@ -260,29 +262,31 @@ def test_anchor_centres_are_location_major() -> None:
     torch.testing.assert_close(c[40], torch.tensor([0.0, 32.0]))  # second row
 
 
-def test_contract_names_and_shapes() -> None:
-    contract = scrfd_contract(640)
-    assert contract.inputs[0].name == "input.1"
-    assert contract.inputs[0].shape == (1, 3, 640, 640)
-    assert contract.output_names == ("448", "471", "494", "451", "474", "497", "454", "477", "500")
-    assert [o.shape for o in contract.outputs] == [
+def test_io_names_and_shapes() -> None:
+    io = scrfd_io(640)
+    assert io.network == "scrfd"
+    assert io.input_names == ("input.1",)
+    assert io.inputs[0].shape == (1, 3, 640, 640)
+    assert io.max_batch == 1
+    assert io.output_names == ("448", "471", "494", "451", "474", "497", "454", "477", "500")
+    assert [o.shape for o in io.outputs] == [
         (12800, 1), (3200, 1), (800, 1), (12800, 4), (3200, 4), (800, 4), (12800, 10), (3200, 10), (800, 10)
     ]  # fmt: skip
     with pytest.raises(ValueError, match="multiple of 32"):
-        scrfd_contract(650)
+        scrfd_io(650)
 
 
-def test_contract_rejects_wrong_outputs(tmp_path: Path) -> None:
+def test_load_rejects_files_that_are_not_det_10g(tmp_path: Path) -> None:
     renamed = build_fake_scrfd(
         tmp_path / "renamed.onnx", names={"score": ("s8", "s16", "s32"), "box": BOX_NAMES, "kps": KPS_NAMES}
     )
     with pytest.raises(CheckpointFormatError, match=r"outputs .*s8.*expected"):
         SCRFD(renamed)
     no_kps = build_fake_scrfd(tmp_path / "no_kps.onnx", channels={"score": 1, "box": 4, "kps": 8})
-    with pytest.raises(CheckpointFormatError, match=r"454: shape \[12800, 8\], expected \[12800, 10\]"):
+    with pytest.raises(CheckpointFormatError, match=r"454 is tensor\(float\) \[12800, 8\], expected .*\[12800, 10\]"):
         SCRFD(no_kps)
     fixed_320 = build_fake_scrfd(tmp_path / "fixed_320.onnx", static_input=320)
-    with pytest.raises(CheckpointFormatError, match=r"input.1: shape \[1, 3, 320, 320\]"):
+    with pytest.raises(CheckpointFormatError, match=r"input.1 is tensor\(float\) \[1, 3, 320, 320\], expected"):
         SCRFD(fixed_320)
     assert len(SCRFD(fixed_320, input_size=320)(torch.zeros((240, 320, 3), dtype=torch.uint8))) == 0
     garbage = tmp_path / "garbage.onnx"
@@ -293,11 +297,21 @@ def test_contract_rejects_wrong_outputs(tmp_path: Path) -> None:
 
 def test_runner_checks_run_time_shapes(fake_model: Path) -> None:
     # A dynamic-input model declares its anchor counts only as an annotation: checked on the actual outputs.
-    with OnnxRuntimeRunner(fake_model, scrfd_contract(640)) as runner:
+    with OnnxRuntimeRunner(fake_model, scrfd_io(640)) as runner:
+        assert isinstance(runner, Runner)
         outputs = runner.infer({INPUT_NAME: torch.zeros(1, 3, 640, 640)})
-        assert [tuple(outputs[n].shape) for n in runner.contract.output_names][:3] == [(12800, 1), (3200, 1), (800, 1)]
-        with pytest.raises(ValueError, match="expected float32"):
+        assert [tuple(outputs[n].shape) for n in runner.io.output_names][:3] == [(12800, 1), (3200, 1), (800, 1)]
+        with pytest.raises(ValueError, match=r"input.1: expected \(1, 3, 640, 640\), got \(1, 3, 320, 320\)"):
             runner.infer({INPUT_NAME: torch.zeros(1, 3, 320, 320)})
+        with pytest.raises(ValueError, match=r"expected \(1, 3, 640, 640\), got \(2, 3, 640, 640\)"):
+            runner.infer({INPUT_NAME: torch.zeros(2, 3, 640, 640)})
+    # Outputs that do not have the anchor counts the io expects (here: a 640 input, 320's counts) are refused.
+    wrong = dataclasses.replace(scrfd_io(640), outputs=scrfd_io(320).outputs)
+    with OnnxRuntimeRunner(fake_model, wrong) as runner, pytest.raises(CheckpointFormatError, match=r"448 has shape"):
+        runner.infer({INPUT_NAME: torch.zeros(1, 3, 640, 640)})
+    # A runner made for another input size than the detector's is refused.
+    with pytest.raises(ValueError, match="not SCRFD at 640"):
+        SCRFD(runner=OnnxRuntimeRunner(fake_model, scrfd_io(320)))
 
 
 def test_missing_file_says_how_to_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
