@@ -2,10 +2,10 @@
 
 MTCNN is embedded (its weights ship in the facenet-pytorch wheel) and cheap on a CPU. SCRFD-10GF (`det_10g.onnx`,
 `dancecam models download scrfd_10g`) is one network pass instead of a cascade with host round trips, so it is
-the faster one on a GPU, but only where ONNX Runtime can run it there (the CUDA provider, onnxruntime-gpu): with
-the CPU provider every detection would copy the frame to the host and run the network on the CPU, slower than MTCNN
-on the GPU. `auto` takes SCRFD on a CUDA device when its file is in the model directory and that provider is
-present, else MTCNN.
+the faster one on a GPU, but only where something runs it there: TensorRT (an fp16 engine built from the file,
+`engines.runners.tensorrt_onnx`) or ONNX Runtime's CUDA provider (onnxruntime-gpu). With neither, every detection
+would copy the frame to the host and run the network on the CPU, slower than MTCNN on the GPU. `auto` takes SCRFD
+on a CUDA device when its file is in the model directory and one of those is present, else MTCNN.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def scrfd_path(model_dir: Path) -> Path:
 def decide(name: str, device_type: str, scrfd_present: bool, scrfd_on_gpu: bool = True) -> tuple[str, str]:
     """(mtcnn or scrfd, why) for a requested `name`; ConfigError for an unknown one.
 
-    `scrfd_on_gpu`: whether ONNX Runtime can run SCRFD on the GPU here (its CUDA provider is present).
+    `scrfd_on_gpu`: whether SCRFD can run on the GPU here (TensorRT, or onnxruntime's CUDA provider).
     """
     if name not in DETECTORS:
         raise ConfigError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTORS)}")
     if name == "scrfd" and device_type == "cuda" and not scrfd_on_gpu:
-        return name, "asked for; onnxruntime has no CUDA provider here, so it runs on the CPU"
+        return name, "asked for; no TensorRT and no CUDA provider in onnxruntime here, so it runs on the CPU"
     if name != "auto":
         return name, "asked for"
     if device_type != "cuda":
@@ -48,26 +48,67 @@ def decide(name: str, device_type: str, scrfd_present: bool, scrfd_on_gpu: bool 
     if not scrfd_present:
         return "mtcnn", "SCRFD is faster on a GPU: `dancecam models download scrfd_10g` to use it"
     if not scrfd_on_gpu:
-        return "mtcnn", "SCRFD would run on the CPU: onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
-    return "scrfd", "a GPU, det_10g.onnx and onnxruntime's CUDA provider present"
+        return "mtcnn", "SCRFD would run on the CPU: no TensorRT, no CUDA provider in onnxruntime (onnxruntime-gpu)"
+    return "scrfd", "a GPU, det_10g.onnx and a GPU runtime for it"
 
 
-def load_detector(name: str, device: torch.device, model_dir: Path) -> tuple[FaceDetector, str]:
-    """The detector `name` on `device`, and a line that says which (and why, for auto).
+def scrfd_backend(backend: str, device: torch.device) -> tuple[str, str | None]:
+    """(tensorrt or onnxruntime, why not TensorRT) for SCRFD under the user's `--backend`.
 
-    SCRFD asked for by name without its file: `ModelMissingError` naming the download command.
+    TensorRT (fp16, built from the ONNX file) when asked for, or for auto on a GPU where it is usable; ONNX Runtime
+    otherwise: SCRFD is an ONNX graph, so the torch backends (eager, CUDA graphs) do not apply to it.
+    """
+    if device.type != "cuda" or backend not in ("auto", "tensorrt"):
+        return "onnxruntime", None
+    from engines.runners.tensorrt_onnx import unavailable_reason
+
+    reason = unavailable_reason()
+    return ("onnxruntime", reason) if reason else ("tensorrt", None)
+
+
+def _scrfd(path: Path, device: torch.device, backend: str, cache_dir: Path) -> tuple[FaceDetector, str]:
+    from engines.runners.onnxruntime import OnnxRuntimeRunner
+    from engines.scrfd import SCRFD, scrfd_io
+
+    io = scrfd_io()
+    chosen, why_not = scrfd_backend(backend, device)
+    note = ""
+    if chosen == "tensorrt":
+        from engines.runners.tensorrt_onnx import TensorRTOnnxRunner
+
+        runner = TensorRTOnnxRunner(path, io, device, cache_dir=cache_dir, precision="fp16")
+        try:
+            return SCRFD(device=device, runner=runner), "on tensorrt fp16"
+        except Exception as e:  # a failed engine build costs the fast detector, not the session
+            runner.close()
+            note = f"; TensorRT failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    elif backend == "tensorrt" and why_not:
+        note = f"; not TensorRT: {why_not}"
+    return SCRFD(device=device, runner=OnnxRuntimeRunner(path, io, device)), f"on onnxruntime{note}"
+
+
+def load_detector(
+    name: str, device: torch.device, model_dir: Path, backend: str = "auto", cache_dir: Path | None = None
+) -> tuple[FaceDetector, str]:
+    """The detector `name` on `device`, and a line that says which, where it runs (and why, for auto).
+
+    SCRFD runs on TensorRT or ONNX Runtime per `scrfd_backend` (engines cached in `cache_dir`, by default
+    `<model_dir>/compiled`). SCRFD asked for by name without its file: `ModelMissingError` naming the download
+    command.
     """
     path = scrfd_path(model_dir)
     on_gpu = False
     if device.type == "cuda":
         from engines.runners.onnxruntime import cuda_provider_present
 
-        on_gpu = cuda_provider_present()
+        on_gpu = cuda_provider_present() or scrfd_backend(backend, device)[0] == "tensorrt"
     name, why = decide(name, device.type, path.is_file(), on_gpu)
     if name == "scrfd":
-        from engines.scrfd import SCRFD
+        from engines.scrfd import require_model
 
-        return SCRFD(path, device), f"detector scrfd ({why})"
+        require_model(path)
+        detector, where = _scrfd(path, device, backend, cache_dir or model_dir / "compiled")
+        return detector, f"detector scrfd {where} ({why})"
     from engines.mtcnn import MTCNN
 
     return MTCNN(device), f"detector mtcnn ({why})"

@@ -167,6 +167,14 @@ def default_model_path() -> Path:
     return path
 
 
+def require_model(path: Path) -> None:
+    """ModelMissingError naming the download command unless det_10g.onnx is at `path`."""
+    if not path.is_file():
+        raise ModelMissingError(
+            f"SCRFD model {path} is missing: run `dancecam models download {MODEL_NAME}` (or place det_10g.onnx there)"
+        )
+
+
 class SCRFD:
     """SCRFD face detector (FaceDetector protocol): faces in one (H, W, 3) uint8 RGB image on `device`."""
 
@@ -193,11 +201,7 @@ class SCRFD:
             from engines.runners.onnxruntime import OnnxRuntimeRunner
 
             path = Path(model_path) if model_path is not None else default_model_path()
-            if not path.is_file():
-                raise ModelMissingError(
-                    f"SCRFD model {path} is missing: run `dancecam models download {MODEL_NAME}` "
-                    f"(or place det_10g.onnx there)"
-                )
+            require_model(path)
             runner = OnnxRuntimeRunner(path, io, self.device)
         elif runner.io != io:
             raise ValueError(f"the runner is for {runner.io.network} {runner.io.inputs}, not SCRFD at {input_size}")

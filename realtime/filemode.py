@@ -294,7 +294,9 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     weights = dict(zip(needed, find_weights(entries, model_dir, options.model_dir is not None), strict=True))
 
     notes: list[str] = []
-    detector, detector_note = load_detector(options.detector, device, model_dir)
+    detector, detector_note = load_detector(
+        options.detector, device, model_dir, options.backend, model_dir / "compiled"
+    )
     if options.detector != "mtcnn":
         notes.append(detector_note)
     source_bytes = _read_bytes(source, "source photo")

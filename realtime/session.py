@@ -230,7 +230,7 @@ class LiveServices:
             raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
         dev = resolve_device(device)
         home = resolve_model_dir(model_dir)
-        detector, detector_message = load_detector(detector_name, dev, home)
+        detector, detector_message = load_detector(detector_name, dev, home, backend, home / "compiled")
         log.info("%s", detector_message)
         if engine == "identity":
             return cls(dev, detector, "identity")

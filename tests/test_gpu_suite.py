@@ -75,6 +75,24 @@ def test_allow_cpu_writes_the_report(report: dict[str, Any]) -> None:
     assert result["scrfd"]["status"].startswith("skipped: weights not present")
 
 
+def test_scrfd_part_times_each_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines import scrfd
+    from tests.engines.test_scrfd import build_fake_scrfd
+
+    monkeypatch.setenv("DANCECAM_HOME", str(tmp_path))
+    path = scrfd.default_model_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_fake_scrfd(path)
+    result = gpu_suite.run_scrfd(torch.device("cpu"), 2)
+    [ort] = result["backends"]  # no TensorRT on a CPU
+    assert (ort["backend"], ort["status"], ort["precision"]) == ("onnxruntime", "ok", "fp32")
+    assert ort["providers"] == ["CPUExecutionProvider"]
+    assert ort["faces"] > 0
+    assert 0 < ort["p50_ms"] <= ort["p99_ms"]
+    line = gpu_suite._scrfd_line(result)
+    assert line.startswith("- onnxruntime fp32 (CPUExecutionProvider): p50 ")
+
+
 @pytest.mark.skipif(not NO_CUDA, reason="the CPU plumbing run is for machines without CUDA")
 def test_markdown_has_every_section(report: dict[str, Any]) -> None:
     md = report["path"].with_suffix(".md").read_text()
