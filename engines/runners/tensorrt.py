@@ -77,16 +77,20 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
 
 
-def unavailable_reason() -> str | None:
-    """Why the TensorRT backend cannot run here, or None when it can."""
+def unavailable_reason(*, compiler: bool = True) -> str | None:
+    """Why TensorRT cannot run here, or None when it can: an NVIDIA GPU and the `tensorrt` package, and with
+    `compiler` (torch modules, this file) torch-tensorrt >= MIN_VERSION too; ONNX graphs need only `tensorrt`."""
     if not torch.cuda.is_available():
         return "TensorRT needs an NVIDIA GPU with CUDA, and torch sees none"
     try:
         import tensorrt  # noqa: F401  (torch-tensorrt needs it; its version is part of the cache key)
-        import torch_tensorrt
+
+        if compiler:
+            import torch_tensorrt
     except Exception as e:  # ImportError, or OSError from a wheel whose CUDA libraries do not load
-        return f"torch-tensorrt is not usable ({type(e).__name__}: {e}); {_install_hint()}"
-    if _version(torch_tensorrt.__version__) < MIN_VERSION:
+        package = "torch-tensorrt" if compiler else "tensorrt"
+        return f"{package} is not usable ({type(e).__name__}: {e}); {_install_hint()}"
+    if compiler and _version(torch_tensorrt.__version__) < MIN_VERSION:
         want = ".".join(map(str, MIN_VERSION))
         return f"torch-tensorrt {torch_tensorrt.__version__} is older than {want}; {_install_hint()}"
     return None
@@ -169,6 +173,16 @@ def explicit_reduction_casts(ep: Any) -> Any:
 
 
 # --- the runner ---------------------------------------------------------------------------------------------
+
+
+def say(progress: Progress | None, message: str) -> None:
+    """A line of build progress: to `progress`, or dimmed on stderr."""
+    if progress is not None:
+        progress(message)
+    else:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[dim]{message}[/dim]")
 
 
 class TensorRTRunner(RunnerBase):
@@ -289,12 +303,7 @@ class TensorRTRunner(RunnerBase):
     # --- progress ---------------------------------------------------------------------------------------------
 
     def _say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(message)
-        else:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[dim]{message}[/dim]")
+        say(self.progress, message)
 
     @contextmanager
     def _step(self, message: str) -> Iterator[None]:

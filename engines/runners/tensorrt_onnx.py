@@ -37,22 +37,17 @@ from typing import Any
 import torch
 
 from engines.errors import CheckpointFormatError, ConfigError
+from engines.runners import tensorrt as torch_tensorrt_runner
 from engines.runners.base import NetworkIO, Precision, RunnerBase
-from engines.runners.tensorrt import DTYPES, Progress, _install_hint
+from engines.runners.tensorrt import DTYPES, Progress, say
 
 FORMAT = "dancecam-tensorrt-onnx/1"  # part of the cache key: bump it when the build options change
 WORKSPACE_BYTES = 1 << 30  # SCRFD's tactics need far less; a cap keeps the builder from taking the GPU's memory
 
 
 def unavailable_reason() -> str | None:
-    """Why an ONNX graph cannot be built with TensorRT here, or None when it can."""
-    if not torch.cuda.is_available():
-        return "TensorRT needs an NVIDIA GPU with CUDA, and torch sees none"
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as e:  # ImportError, or OSError from a wheel whose CUDA libraries do not load
-        return f"tensorrt is not usable ({type(e).__name__}: {e}); {_install_hint()}"
-    return None
+    """Why an ONNX graph cannot be built with TensorRT here, or None when it can (torch-tensorrt not needed)."""
+    return torch_tensorrt_runner.unavailable_reason(compiler=False)
 
 
 # --- the graph ----------------------------------------------------------------------------------------------
@@ -303,9 +298,4 @@ class TensorRTOnnxRunner(RunnerBase):
         self._context = self._engine = None
 
     def _say(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress(message)
-        else:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[dim]{message}[/dim]")
+        say(self.progress, message)
