@@ -1,4 +1,4 @@
-"""`dancecam models list | download | verify | path`: the model manager's command line."""
+"""`dancecam models list | download | verify | convert | export | path`: the model manager's command line."""
 
 from __future__ import annotations
 
@@ -61,6 +61,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_convert)
 
+    p = leaf(
+        "export",
+        "write converted networks as ONNX files (FaceDancer: generator and mapping; ArcFace), each checked against "
+        "PyTorch with ONNX Runtime (all converted ones by default)",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-o", "--out", type=Path, default=Path("."), help="folder for the .onnx files (default: here)")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(handler=cmd_export)
+
     p = leaf("path", "print the model directory, or where each NAME's file goes (to place files fetched elsewhere)")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.set_defaults(handler=cmd_path)
@@ -70,6 +80,16 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 13 <= value <= 20:  # InstanceNormalization and dynamic axes need 13; the TorchScript exporter stops at 20
+        raise argparse.ArgumentTypeError(f"opset must be an integer from 13 to 20, got {text!r}")
     return value
 
 
@@ -262,6 +282,56 @@ def cmd_convert(args: argparse.Namespace) -> int:
         what = "converted" if fresh else "already converted"
         out.print(f"[green]✓[/] {entry.name}: {what}, {len(state)} tensors, {params:,} parameters → {path}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engines.arcface import load_arcface
+    from engines.facedancer import load_facedancer
+    from engines.runners.onnx_export import export_for_users
+    from realtime.filemode import find_weights
+
+    model_dir = store.resolve_model_dir(args.model_dir)
+    if args.names:
+        entries = _entries(args.names)
+        for e in entries:
+            if e.converter is None:
+                raise DanceCamError(f"{e.name} is not a network DanceCam exports; exportable: {_convertible_names()}")
+    else:
+        entries = [e for e in registry.MODELS if e.converter and _converted(e, model_dir)]
+        if not entries:
+            raise ModelMissingError(
+                f"no converted network is in {model_dir}: download and convert one first, e.g. "
+                f"`dancecam models download facedancer_c_hq` then `dancecam models convert` ({_convertible_names()})"
+            )
+    # every file checked before the first (slow) export: a missing one fails now, naming the commands
+    weights = find_weights(entries, model_dir, args.model_dir is not None)
+    if args.out.exists() and not args.out.is_dir():
+        raise DanceCamError(f"--out {args.out} is a file, not a folder")
+    out = _out()
+    loaders = {"facedancer": load_facedancer, "arcface": load_arcface}
+    for entry, (path, _key) in zip(entries, weights, strict=True):
+        assert entry.converter is not None
+        model = loaders[entry.converter](path)
+        with Console(stderr=True).status(f"exporting {entry.name} (opset {args.opset})"):
+            graphs = export_for_users(model, args.out, entry.name, args.opset)
+        for g in graphs:
+            signature = f"{', '.join(g.io.input_names)} → {', '.join(g.io.output_names)}"
+            error = max(g.max_abs_error.values())
+            out.print(
+                f"[green]✓[/] {escape(str(g.path))}: {g.io.network} ({signature}, batch 1..{g.io.max_batch}); "
+                f"ONNX Runtime vs PyTorch max abs error {error:.1e}"
+            )
+    return 0
+
+
+def _converted(entry: ModelEntry, model_dir: Path) -> bool:
+    from realtime.filemode import find_weights
+
+    try:
+        find_weights([entry], model_dir)
+    except ModelMissingError:
+        return False
+    return True
 
 
 def _convertible_names() -> str:

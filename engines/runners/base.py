@@ -21,7 +21,7 @@ import torch
 
 Precision = Literal["fp32", "fp16"]
 BackendName = Literal["eager", "cuda-graphs", "tensorrt", "onnxruntime"]
-NetworkName = Literal["facedancer", "arcface", "scrfd"]
+NetworkName = Literal["facedancer", "mapping", "arcface", "scrfd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,11 @@ def facedancer_io(mapping_width: int = 256, image_size: int = 256, max_batch: in
         (IOSpec("swapped", (-1, 3, image_size, image_size)),),
         max_batch,
     )
+
+
+def mapping_io(z_dim: int = 512, mapping_width: int = 256, max_batch: int = 8) -> NetworkIO:
+    """FaceDancer's mapping network: ArcFace embeddings (raw, as the official code feeds them) → w."""
+    return NetworkIO("mapping", (IOSpec("z_id", (-1, z_dim)),), (IOSpec("w", (-1, mapping_width)),), max_batch)
 
 
 def arcface_io(max_batch: int = 8) -> NetworkIO:

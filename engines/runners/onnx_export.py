@@ -21,6 +21,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,3 +239,42 @@ def max_abs_error(
             want, got = eager.infer(feeds), ort.infer(feeds)
             errors[batch] = max(float((got[n] - want[n]).abs().max()) for n in io.output_names)
     return errors
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedGraph:
+    path: Path
+    io: NetworkIO
+    max_abs_error: dict[int, float]  # ONNX Runtime vs torch fp32 per batch size
+
+
+def export_for_users(
+    model: nn.Module, out_dir: str | os.PathLike[str], stem: str, opset: int = 17, check_batches: Sequence[int] = (1, 3)
+) -> list[ExportedGraph]:
+    """A converted FaceDancer or ArcFace as standalone ONNX files in `out_dir`, each checked against torch.
+
+    FaceDancer gives two graphs: `<stem>.onnx` (target crops + w → swapped crops) and `<stem>-mapping.onnx`
+    (ArcFace z_id → w, run once per source); ArcFace gives `<stem>.onnx` (aligned 112x112 faces → z_id).
+    Dynamic batch 1..max_batch, float32, the names of `engines.runners.base`.
+    """
+    from engines.arcface import ArcFace
+    from engines.facedancer import FaceDancer
+    from engines.runners.base import arcface_io, facedancer_io, mapping_io
+
+    out = Path(out_dir)
+    graphs: list[tuple[nn.Module, NetworkIO, Path]]
+    if isinstance(model, FaceDancer):
+        cfg = model.config
+        graphs = [
+            (model, facedancer_io(cfg.mapping_width, cfg.image_size), out / f"{stem}.onnx"),
+            (model.mapping, mapping_io(cfg.z_dim, cfg.mapping_width), out / f"{stem}-mapping.onnx"),
+        ]
+    elif isinstance(model, ArcFace):
+        graphs = [(model, arcface_io(), out / f"{stem}.onnx")]
+    else:
+        raise TypeError(f"exports FaceDancer or ArcFace, not {type(model).__name__}")
+    done = []
+    for network, io, path in graphs:
+        export_onnx(network, io, path, opset)
+        done.append(ExportedGraph(path, io, max_abs_error(network, io, path, check_batches)))
+    return done

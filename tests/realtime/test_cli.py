@@ -331,6 +331,74 @@ def test_convert_arcface_through_the_cli(
     assert store.TrustStore(model_home).get(path.name) is not None
 
 
+# --- export ---------------------------------------------------------------------------------------------------
+
+
+def test_export_writes_checked_onnx_graphs(
+    capsys: pytest.CaptureFixture[str], model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converted FaceDancer and ArcFace → three standalone graphs that ONNX Runtime runs like PyTorch does: the
+    generator and the mapping chained reproduce FaceDancer(target, mapping(z_id))."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from engines.facedancer import load_facedancer
+    from tests.realtime.test_filemode import tiny_weights
+
+    tiny_weights(model_home)
+    out_dir = tmp_path / "onnx"
+    assert main(["models", "export", "-o", str(out_dir)]) == 0
+    text = capsys.readouterr().out
+    files = sorted(p.name for p in out_dir.iterdir())
+    assert files == ["arcface_r50.onnx", "facedancer_c_hq-mapping.onnx", "facedancer_c_hq.onnx"]
+    assert "facedancer (target, w → swapped, batch 1..8)" in text
+    assert "mapping (z_id → w, batch 1..8)" in text
+    assert "arcface (face → embedding, batch 1..8)" in text
+    errors = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "max abs error" in line]
+    assert len(errors) == 3
+    assert max(errors) <= 1e-4
+
+    model = load_facedancer(model_home / "FaceDancer_config_c_HQ.safetensors")
+    z_id = torch.randn(1, 512) * 10
+    target = torch.rand(3, 3, 256, 256) * 2 - 1
+    mapping = ort.InferenceSession(str(out_dir / "facedancer_c_hq-mapping.onnx"))
+    generator = ort.InferenceSession(str(out_dir / "facedancer_c_hq.onnx"))
+    (w,) = mapping.run(None, {"z_id": z_id.numpy()})
+    (swapped,) = generator.run(None, {"target": target.numpy(), "w": np.repeat(w, 3, axis=0)})
+    with torch.no_grad():
+        want = model(target, model.map_identity(z_id))
+    assert np.abs(swapped - want.numpy()).max() <= 1e-4
+
+    # by name, into the current folder by default
+    monkeypatch.chdir(tmp_path)
+    assert main(["models", "export", "arcface_r50", "--opset", "18"]) == 0
+    assert (tmp_path / "arcface_r50.onnx").is_file()
+
+
+def test_export_errors_are_clear(capsys: pytest.CaptureFixture[str], model_home: Path, tmp_path: Path) -> None:
+    assert main(["models", "export"]) == 1
+    err = capsys.readouterr().err
+    assert "no converted network" in err
+    assert "dancecam models download facedancer_c_hq" in err
+    assert main(["models", "export", "facedancer_c_hq"]) == 1
+    assert "dancecam models download facedancer_c_hq" in capsys.readouterr().err
+    assert main(["models", "export", "mtcnn_pnet"]) == 1
+    assert "not a network DanceCam exports" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["models", "export", "--opset", "9"])
+    assert e.value.code == 2
+    assert "opset must be an integer from 13 to 20" in capsys.readouterr().err
+
+    from tests.realtime.test_filemode import tiny_weights
+
+    tiny_weights(model_home)
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    assert main(["models", "export", "arcface_r50", "-o", str(a_file)]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 # --- the shipped registry end to end, through HF_ENDPOINT ---------------------------------------------------
 
 
