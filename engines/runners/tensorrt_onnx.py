@@ -14,8 +14,8 @@ Written against the TensorRT 10.x/11.x Python API documentation (docs.nvidia.com
   ignored on 11.x where every network is strongly typed), `OnnxParser(network, logger).parse(bytes)` with
   `get_error(i)` for `num_errors`, one optimisation profile pinning the input shapes (det_10g leaves height and
   width symbolic), `config.progress_monitor` for progress, `build_serialized_network(network, config)`;
-- run: `Runtime(logger).deserialize_cuda_engine(plan)`, `create_execution_context()`, `set_input_shape`,
-  `set_tensor_address` by name, `execute_async_v3(stream)`: no host synchronisation anywhere.
+- run: `Runtime(logger).deserialize_cuda_engine(plan)`, `create_execution_context()` (one per calling thread),
+  `set_input_shape`, `set_tensor_address` by name, `execute_async_v3(stream)`: no host synchronisation anywhere.
 
 Precision. Strong typing runs every layer in the type the graph gives it, and TensorRT 11 removed the fp16
 builder flag (weak typing, deprecated since 10.12). So fp16 means an fp16 graph: the fp32 file is converted with
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from functools import cache
@@ -204,7 +205,7 @@ class TensorRTOnnxRunner(RunnerBase):
         self.engine_path: Path | None = None
         self._dtype = DTYPES[precision]
         self._engine: Any = None
-        self._context: Any = None
+        self._local = threading.local()
 
     def _activate(self) -> None:
         reason = unavailable_reason()
@@ -264,7 +265,7 @@ class TensorRTOnnxRunner(RunnerBase):
             tmp.unlink(missing_ok=True)
 
     def _bind(self, trt: Any, engine: Any) -> None:
-        """Check the engine's tensors against the io (names, modes, dtype) and fix the input shapes once."""
+        """Check the engine's tensors against the io (names, modes, dtype); make the activating thread's context."""
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -277,25 +278,36 @@ class TensorRTOnnxRunner(RunnerBase):
         wrong = [n for n in names if engine.get_tensor_dtype(n) != want]
         if wrong:
             raise CheckpointFormatError(f"{self.path}: tensors {wrong} are not {self.precision} in the engine")
-        context = engine.create_execution_context()
-        for spec in self.io.inputs:
-            if not context.set_input_shape(spec.name, spec.shape):
-                raise CheckpointFormatError(f"{self.path}: the engine does not take {spec.name} of {spec.shape}")
-        self._engine, self._context = engine, context
+        self._engine = engine
+        self._local = threading.local()
+        self._context()  # the activating thread's: a profile that does not take the shapes fails here
+
+    def _context(self) -> Any:
+        """This thread's execution context. Sessions share one detector from their own worker threads, each on its
+        own stream, and a context (its bindings and scratch memory) must not serve two streams at once."""
+        context = getattr(self._local, "context", None)
+        if context is None:
+            context = self._engine.create_execution_context()
+            for spec in self.io.inputs:
+                if not context.set_input_shape(spec.name, spec.shape):
+                    raise CheckpointFormatError(f"{self.path}: the engine does not take {spec.name} of {spec.shape}")
+            self._local.context = context
+        return context
 
     def _infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        assert self._context is not None
+        context = self._context()
         stream = torch.cuda.current_stream(self.device)  # the caller's: queued after its work, read by it
         inputs = {n: feeds[n].to(self.device, self._dtype).contiguous() for n in self.io.input_names}
         out = {s.name: torch.empty(s.shape, dtype=self._dtype, device=self.device) for s in self.io.outputs}
         for name, t in (*inputs.items(), *out.items()):
-            self._context.set_tensor_address(name, t.data_ptr())
-        if not self._context.execute_async_v3(stream.cuda_stream):
+            context.set_tensor_address(name, t.data_ptr())
+        if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT could not enqueue {self.io.network}")
         return {name: t.float() for name, t in out.items()}
 
     def _close(self) -> None:
-        self._context = self._engine = None
+        self._engine = None
+        self._local = threading.local()  # this thread's context goes now, other threads' with their threads
 
     def _say(self, message: str) -> None:
         say(self.progress, message)

@@ -150,7 +150,33 @@ def test_build_calls_the_documented_api(fake_trt: ModuleType, fake_model: Path, 
     assert list(out) == list(scrfd_io(640).output_names)
     assert all(t.dtype == torch.float32 for t in out.values())
     assert [tuple(t.shape) for t in out.values()][:3] == [(12800, 1), (3200, 1), (800, 1)]
-    assert r._context.streams == [STREAM]
+    assert r._context().streams == [STREAM]
+
+
+def test_each_thread_gets_its_own_context(fake_trt: ModuleType, fake_model: Path, tmp_path: Path) -> None:
+    """Sessions share the detector from their worker threads: one context per thread, never one for two streams."""
+    import threading
+
+    r = runner(fake_model, tmp_path)
+    r.activate()
+    x = {INPUT_NAME: torch.rand(1, 3, 640, 640) * 2 - 1}
+    want = r.infer(x)
+    seen: list[Any] = []
+    results: list[dict[str, torch.Tensor]] = []
+
+    def work() -> None:
+        seen.append(r._context())
+        results.append(r.infer(x))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in [r._context(), *seen]}) == 3
+    for got in results:
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
 
 
 def test_restart_loads_the_cached_engine(fake_trt: ModuleType, fake_model: Path, tmp_path: Path) -> None:
