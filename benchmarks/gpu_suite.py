@@ -282,7 +282,9 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
     pipe_opts = bench.BenchOptions(
         sizes=(args.size,), faces=tuple(args.faces), frames=args.frames, warmup=args.warmup, random_weights=True
     )
-    out: dict[str, Any] = {"model": label, "weights": key, "missing": missing, "runs": []}
+    detector, detector_line = bench.load_bench_detector(pipe_opts, device, ["auto"])  # what the product runs here
+    clock.say(detector_line)
+    out: dict[str, Any] = {"model": label, "weights": key, "missing": missing, "detector": detector_line, "runs": []}
     for backend, precision in specs:
         if clock.left < 20:
             out["runs"].append({"backend": backend, "precision": precision, "status": "skipped: budget spent"})
@@ -317,7 +319,7 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
                     run["pipeline"].append({"faces": n, "status": "skipped: budget spent"})
                     continue
                 frame = face_frame(*args.size, n)
-                case = bench.run_case(engine, device, frame, n, pipe_opts)
+                case = bench.run_case(engine, device, frame, n, pipe_opts, detector)
                 case.update(backend=backend, precision=precision, size=f"{args.size[0]}x{args.size[1]}", faces=n)
                 case["floor_ms"] = floor * case["faces_found"]["mean"]
                 del case["timeline_ms"]  # the bench command plots it; here the summary is enough
@@ -417,7 +419,7 @@ def markdown(result: dict[str, Any]) -> str:
         "\n".join(head),
         _md_tests(result.get("tests", {})),
         _md_facedancer(back, runs),
-        _md_pipeline(runs),
+        _md_pipeline(runs, back.get("detector")),
         "## SCRFD 640 on a 1280x720 frame\n\n" + _scrfd_line(result.get("scrfd", {})),
         _md_targets(runs),
         "## Parts\n\n"
@@ -469,7 +471,7 @@ def _md_facedancer(back: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines + md_table(["backend", "precision", "mean abs", "max abs", "PSNR dB"], acc))
 
 
-def _md_pipeline(runs: list[dict[str, Any]]) -> str:
+def _md_pipeline(runs: list[dict[str, Any]], detector: str | None = None) -> str:
     from realtime.bench import SUMMARY_HEAD, summary_rows
 
     rows = []
@@ -479,7 +481,8 @@ def _md_pipeline(runs: list[dict[str, Any]]) -> str:
         rows.append([*row[:7], _f(dev.get("p50")), _f(dev.get("p99")), *row[7:]])
     head = [*SUMMARY_HEAD[:7], "device p50", "device p99", *SUMMARY_HEAD[7:]]
     title = "## Pipeline (latency: host wall per frame; device: CUDA events, upload to download)"
-    return "\n".join([title, "", *md_table(head, rows)])
+    note = [f"{detector[0].upper()}{detector[1:]}.", ""] if detector else []
+    return "\n".join([title, "", *note, *md_table(head, rows)])
 
 
 def _scrfd_line(sc: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """`dancecam bench`: end-to-end latency of the frame pipeline per backend, resolution and face count, with the
 compute floor, the machine and its library versions, so that runs on different machines compare.
 
-Each case builds the pipeline the way file mode does (MTCNN every `detect_every` frames, tracking, align,
+Each case builds the pipeline the way file mode does (the detector `--detector` picks, by default the one the
+product would run here, every `detect_every` frames; tracking, align,
 FaceDancer on the chosen backend, paste-back) on a frame of real faces, warms up, then times `frames` frames:
 the latency is the host wall time of one `process()` call (on CUDA it ends with the frame's download, so it is
 the time a caller waits); the stage breakdown comes from the pipeline's profiler (CUDA events on a GPU). The
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.detect import FaceDetector
 from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.facedancer import FaceDancer
 from engines.runners.base import facedancer_io
@@ -51,6 +53,7 @@ class BenchOptions:
     detect_every: int = 5
     device: str = "auto"
     precision: str | None = None  # None: each backend's default (fp16 for CUDA graphs and TensorRT on a GPU)
+    detector: str = "auto"  # auto: what swap, cam and serve would run here (engines.detectors)
     random_weights: bool = False
     model_dir: Path | None = None
     command: str = "dancecam bench"
@@ -70,6 +73,10 @@ class BenchOptions:
                 raise ConfigError(f"face count {n}: must be 1..{MAX_FACES} (the largest batch of every backend)")
         if not 1 <= self.detect_every <= 120:
             raise ConfigError(f"--detect-every must be 1..120 frames, got {self.detect_every}")
+        from engines.detectors import DETECTORS
+
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"unknown detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}")
         if self.precision not in (None, "fp32", "fp16"):
             raise ConfigError(f"--precision must be fp32 or fp16, got {self.precision!r}")
 
@@ -304,17 +311,26 @@ def _pct(values: list[float]) -> dict[str, float]:
 
 
 def run_case(
-    engine: SwapEngine, device: torch.device, frame: np.ndarray, faces: int, options: BenchOptions
+    engine: SwapEngine,
+    device: torch.device,
+    frame: np.ndarray,
+    faces: int,
+    options: BenchOptions,
+    detector: FaceDetector | None = None,
 ) -> dict[str, Any]:
-    """Warm up, then time `options.frames` frames of one configuration through a fresh pipeline."""
-    from engines.mtcnn import MTCNN
+    """Warm up, then time `options.frames` frames of one configuration through a fresh pipeline (MTCNN when no
+    `detector` is given)."""
     from realtime.context import DeviceContext
     from realtime.face_choice import FaceChoice
     from realtime.pipeline import FramePipeline, PipelineConfig
 
+    if detector is None:
+        from engines.mtcnn import MTCNN
+
+        detector = MTCNN(device)
     config = PipelineConfig(detect_every=options.detect_every, choice=FaceChoice(max_faces=faces))
     checked = _Checked(engine)
-    pipe = FramePipeline(MTCNN(device), checked, config, context=DeviceContext(device))
+    pipe = FramePipeline(detector, checked, config, context=DeviceContext(device))
     try:
         for k in range(options.warmup):
             pipe.process(frame, k / 30)
@@ -352,6 +368,16 @@ def run_case(
     }
 
 
+def load_bench_detector(options: BenchOptions, device: torch.device, backends: list[str]) -> tuple[FaceDetector, str]:
+    """The detector the cases share, chosen as the product chooses it (SCRFD follows the one backend asked for)."""
+    from engines.detectors import load_detector
+    from engines.store import resolve_model_dir
+
+    model_dir = resolve_model_dir(options.model_dir)
+    backend = backends[0] if len(backends) == 1 else "auto"
+    return load_detector(options.detector, device, model_dir, backend, model_dir / "compiled")
+
+
 def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Every backend x size x face count; the result as a JSON-able dict (see `save`)."""
     from engines import flops
@@ -362,6 +388,8 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
     names, missing = backend_names(options, device)
     frames = {(w, h, n): face_frame(w, h, n) for w, h in options.sizes for n in options.faces}
     model, key, label = load_model(options, device)
+    detector, detector_line = load_bench_detector(options, device, names)
+    say(detector_line)
     say(f"measuring the peak of {device_name(device)} (dense matmul) ...")
     peaks = flops.device_peaks(device)
     gflop = flops.facedancer_flops(model.config) / 1e9
@@ -382,7 +410,7 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
         try:
             for (w, h, n), (frame, _) in frames.items():
                 say(f"{backend.name} {backend.precision}: {w}x{h}, {n} face(s), {options.frames} frames ...")
-                case = run_case(backend.engine, device, frame, n, options)  # type: ignore[arg-type]
+                case = run_case(backend.engine, device, frame, n, options, detector)  # type: ignore[arg-type]
                 case.update(backend=backend.name, precision=backend.precision, size=f"{w}x{h}", faces=n)
                 cases.append(case)
         except Exception as e:  # with several backends, the others still run; the cases done so far stay
@@ -408,7 +436,7 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
             "frames": options.frames,
             "warmup": options.warmup,
             "detect_every": options.detect_every,
-            "detector": "mtcnn",
+            "detector": detector_line,
             "frame_source": next(iter(frames.values()))[1],
         },
         "backends": [
@@ -522,8 +550,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Versions: {versions}",
         f"- Model: {model['label']}, {model['gflop_per_face']:.2f} GFLOP per 256x256 face ({model['flop_counting']})",
         f"- Measured peak: {peaks}",
-        f"- Per case: {settings['warmup']} warm-up frames, then {settings['frames']} timed frames; MTCNN every "
-        f"{settings['detect_every']} frames; frames from {settings['frame_source']}",
+        f"- Per case: {settings['warmup']} warm-up frames, then {settings['frames']} timed frames; "
+        f"{settings['detector']}, every {settings['detect_every']} frames; frames from {settings['frame_source']}",
         "",
         "Latency: host wall time of one frame through the pipeline (upload to download). Floor: FaceDancer FLOPs of "
         "the faces found over the measured peak of the precision the backend runs in (fp32 on CUDA: TF32 when cuDNN "

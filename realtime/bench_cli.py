@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engines.detectors import DETECTORS
+
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
     sizes = []
@@ -59,6 +61,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--precision", choices=("fp32", "fp16"), help="default: each backend's own")
     p.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default="auto",
+        help="face detector: auto (default; what swap, cam and serve would run here), mtcnn or scrfd",
+    )
+    p.add_argument(
         "--random-weights",
         action="store_true",
         help="randomly initialised FaceDancer (the same compute); default: your converted weights",
@@ -83,6 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         detect_every=args.detect_every,
         device=args.device,
         precision=args.precision,
+        detector=args.detector,
         random_weights=args.random_weights,
         model_dir=args.model_dir,
         command=_command(args),
@@ -103,7 +112,7 @@ def _command(args: argparse.Namespace) -> str:
     """The run as one explicit command line (every setting spelled out), for the record."""
     words = ["dancecam", "bench", "--sizes", ",".join(f"{w}x{h}" for w, h in args.sizes)]
     words += ["--faces", ",".join(map(str, args.faces)), "--frames", str(args.frames), "--warmup", str(args.warmup)]
-    words += ["--detect-every", str(args.detect_every), "--device", args.device]
+    words += ["--detect-every", str(args.detect_every), "--detector", args.detector, "--device", args.device]
     words += ["--backend", args.backend] if args.backend else []
     words += ["--precision", args.precision] if args.precision else []
     words += ["--random-weights"] if args.random_weights else []

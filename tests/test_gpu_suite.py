@@ -73,6 +73,7 @@ def test_allow_cpu_writes_the_report(report: dict[str, Any]) -> None:
     assert case["faces_found"]["min"] == 1
     assert case["floor_ms"] == pytest.approx(row["floor_ms"])
     assert result["scrfd"]["status"].startswith("skipped: weights not present")
+    assert result["backends"]["detector"] == "detector mtcnn (the cheaper one on a CPU)"
 
 
 def test_scrfd_part_times_each_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

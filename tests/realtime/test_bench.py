@@ -65,6 +65,7 @@ def test_numbers_are_sane(run: dict[str, Any]) -> None:
     assert case["fail_closed"] == 0
     assert {"upload", "track", "align", "swap", "paste", "download"} <= set(case["stages"])
     assert case["stages"]["swap"]["p50"] <= lat["p99"]
+    assert result["settings"]["detector"] == "detector mtcnn (the cheaper one on a CPU)"  # what swap would run here
 
 
 def test_floor_beside_every_time(run: dict[str, Any]) -> None:
@@ -120,6 +121,31 @@ def test_missing_weights_say_how(
     assert "dancecam models download facedancer_c_hq" in err
     assert "--random-weights" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_detector_is_chosen_like_the_products(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines.detectors import scrfd_path
+    from tests.engines.test_scrfd import build_fake_scrfd
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("DANCECAM_HOME", str(home))
+    args = ["bench", *TINY, "--random-weights", "--backend", "eager", "--detector", "scrfd"]
+    assert main([*args, "--out", str(tmp_path / "none")]) == 1
+    assert "dancecam models download scrfd_10g" in capsys.readouterr().err.replace("\n", " ")
+    path = scrfd_path(home)
+    path.parent.mkdir(parents=True)
+    build_fake_scrfd(path)
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    [json_path] = (tmp_path / "out").glob("bench-*.json")
+    result = json.loads(json_path.read_text())
+    assert result["settings"]["detector"] == "detector scrfd on onnxruntime (asked for)"
+    assert "--detector scrfd" in result["command"]
+    md = json_path.with_suffix(".md").read_text()
+    assert "detector scrfd on onnxruntime (asked for), every 5 frames" in md
+    with pytest.raises(SystemExit):
+        main(["bench", *TINY, "--detector", "yolo"])
 
 
 def test_help_lists_bench(capsys: pytest.CaptureFixture[str]) -> None:
