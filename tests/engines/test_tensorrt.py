@@ -438,6 +438,32 @@ def test_failed_save_keeps_the_engine_and_leaves_no_file(fake_trt: FakeTorchTens
     torch.testing.assert_close(runner.infer(f)["swapped"], fp16_reference(model, f), rtol=0, atol=2e-3)
 
 
+@pytest.mark.gpu
+def test_real_tensorrt_matches_eager(tmp_path: Path) -> None:
+    """Where torch-tensorrt is installed: the real fp16 engine against eager fp32 on the CPU, batches 1, 3 and 8,
+    and a restart that loads the saved program instead of building."""
+    reason = trt.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    model, io = tiny()
+    messages: list[str] = []
+    with trt.TensorRTRunner(model, io, "cuda", cache_dir=tmp_path, weights_key="tiny", progress=messages.append) as r:
+        for batch in (1, 3, 8):
+            f = feeds(io, batch)
+            with torch.no_grad():
+                want = model(f["target"], f["w"])
+            got = r.infer({k: v.cuda() for k, v in f.items()})["swapped"]
+            assert (got.dtype, got.device.type) == (torch.float32, "cuda")
+            error = (got.cpu() - want).abs()
+            assert float(error.mean()) <= 2e-3
+            assert float(error.max()) <= 3e-2
+    assert any("building the TensorRT engine" in m for m in messages)
+    messages.clear()
+    with trt.TensorRTRunner(model, io, "cuda", cache_dir=tmp_path, weights_key="tiny", progress=messages.append) as r:
+        assert any("loading the TensorRT" in m for m in messages)
+        assert not any("building" in m for m in messages)
+
+
 def test_the_double_is_strict(fake_trt: FakeTorchTensorRT) -> None:
     """The double refuses what the real API does not document, so the tests above can fail."""
     ep = torch.export.export(torch.nn.Linear(2, 2), (torch.randn(2, 2),))

@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from engines.detect import image_tensor
+from engines.detect import Detections, image_tensor
 from engines.errors import CheckpointFormatError, ConfigError
 from engines.runners import tensorrt_onnx as tro
 from engines.runners.base import Runner
@@ -96,15 +96,10 @@ def test_fp32_engine_gives_onnxruntimes_detections(
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", FRAMES)
-def test_fp16_engine_detects_the_same_faces(fake_trt: ModuleType, fake_model: Path, tmp_path: Path, kind: str) -> None:
-    """fp16 weights and activations (ONNX Runtime runs the fp16 graph here, as the engine would on the GPU): the
-    same faces, boxes and landmarks within a fraction of a pixel, scores within fp16's resolution near 0.5..1."""
-    image = image_tensor(frame(kind), "cpu")
-    ours = SCRFD(runner=runner(fake_model, tmp_path, "fp16"))(image)
-    ref = SCRFD(fake_model)(image)
+def assert_same_faces(ours: Detections, ref: Detections) -> None:
+    """fp16 against fp32: the same faces, boxes and landmarks within a pixel, scores within fp16's resolution; a
+    candidate within rounding of the 0.5 threshold may flip."""
     assert ours.boxes.dtype == ours.scores.dtype == ours.landmarks.dtype == torch.float32
-    # a candidate within fp16's rounding of the 0.5 threshold may flip; every other face must match
     assert abs(len(ours) - len(ref)) <= 1
     assert len(ref) >= 1
     matched = 0
@@ -117,6 +112,25 @@ def test_fp16_engine_detects_the_same_faces(fake_trt: ModuleType, fake_model: Pa
         assert abs(float(ref.scores[best] - score)) <= 2e-3
         assert float((ref.landmarks[best] - points).abs().max()) <= 1.0
     assert matched >= len(ref) - 1
+
+
+@pytest.mark.parametrize("kind", FRAMES)
+def test_fp16_engine_detects_the_same_faces(fake_trt: ModuleType, fake_model: Path, tmp_path: Path, kind: str) -> None:
+    """fp16 weights and activations (ONNX Runtime runs the fp16 graph here, as the engine would on the GPU)."""
+    image = image_tensor(frame(kind), "cpu")
+    assert_same_faces(SCRFD(runner=runner(fake_model, tmp_path, "fp16"))(image), SCRFD(fake_model)(image))
+
+
+@pytest.mark.gpu
+def test_real_tensorrt_matches_onnxruntime(fake_model: Path, tmp_path: Path) -> None:
+    """Where TensorRT is installed: the real engine on the GPU against ONNX Runtime fp32 on the CPU."""
+    reason = tro.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    gpu = SCRFD(device="cuda", runner=tro.TensorRTOnnxRunner(fake_model, scrfd_io(640), "cuda", cache_dir=tmp_path))
+    cpu = SCRFD(fake_model)
+    for kind in FRAMES:
+        assert_same_faces(gpu(image_tensor(frame(kind), "cuda")).to("cpu"), cpu(image_tensor(frame(kind), "cpu")))
 
 
 # --- the calls into tensorrt --------------------------------------------------------------------------------
