@@ -8,6 +8,14 @@ into its static inputs (cast and re-laid out in the same copy), fills the spare 
 they are valid inputs, and harmless: every op here is per sample), replays the graph on the caller's current stream
 and returns float32 copies of the real rows. Nothing on that path waits for the device.
 
+Capture is serialised across the process (`_CAPTURE_LOCK`): a live server activates a session's runner on that
+session's worker thread while other sessions run, and PyTorch allows one capture at a time. The graphs are captured
+with `capture_begin`/`capture_end` on the side stream rather than the `torch.cuda.graph` context manager, whose
+entry synchronises the whole device and empties the allocator's cache: a stall for every live session, and an
+internal assertion if another capture is under way. Activation builds its buffers outside inference mode and
+autocast (they are the caller's thread-local modes), so a first call made under either leaves no trace; a failed
+activation leaves the runner as it was, to report the error again rather than half-built.
+
 Sharing one pool is safe though the buckets replay in any order (pytorch/pytorch#166975): a graph's output buffer
 may be overwritten by another bucket's replay, but each replay's output is copied out right after it, in stream
 order, before anything else can run. One runner's buffers are single-use, so calls from different streams or
@@ -32,6 +40,7 @@ from engines.runners.base import NetworkIO, Precision, RunnerBase
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
 WARMUP_ITERS = 3  # PyTorch's CUDA-graph notes warm up with a few iterations before capture
+_CAPTURE_LOCK = threading.Lock()  # one capture in the process at a time (PyTorch's CUDA-graph constraints)
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -74,6 +83,8 @@ class CudaGraphRunner(RunnerBase):
         super().__init__()
         if precision not in _DTYPES:
             raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+        if not all(s.batched for s in (*io.inputs, *io.outputs)):
+            raise ValueError(f"{io.network}: CUDA-graph buckets need a batch axis on every input and output")
         self.io = io
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
@@ -95,14 +106,21 @@ class CudaGraphRunner(RunnerBase):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"CUDA graphs need a CUDA device; {self.device} is not usable here")
         assert self._source is not None
-        # always our own copy: a graph reads the weights by address, so nobody else may move or free them
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        model = copy.deepcopy(self._source).to(device=self.device, dtype=self._dtype, memory_format=fmt)
-        self._model = model.eval().requires_grad_(False)
+        # the caller's thread-local modes must not leak into buffers and graphs that outlive this call
+        with torch.inference_mode(False), torch.autocast(self.device.type, enabled=False):
+            # always our own copy: a graph reads the weights by address, so nobody else may move or free them
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            model = copy.deepcopy(self._source).to(device=self.device, dtype=self._dtype, memory_format=fmt)
+            self._model = model.eval().requires_grad_(False)
+            try:
+                self._slots = {size: _Bucket(size, self._static_inputs(size)) for size in self.buckets}
+                if self.device.type == "cuda":
+                    with _CAPTURE_LOCK:
+                        self._capture()
+            except BaseException:
+                self._model, self._slots, self._done = None, {}, None
+                raise
         self._source = None
-        self._slots = {size: _Bucket(size, self._static_inputs(size)) for size in self.buckets}
-        if self.device.type == "cuda":
-            self._capture()
 
     def _static_inputs(self, size: int) -> tuple[torch.Tensor, ...]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -128,25 +146,29 @@ class CudaGraphRunner(RunnerBase):
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))  # the static inputs' zero fill
             order = sorted(self._slots, reverse=True)  # largest first: smaller graphs fit in its freed blocks
-            cudnn.benchmark = self.cudnn_benchmark or benchmark
+            cudnn.benchmark = self.cudnn_benchmark or benchmark  # restored below, under the capture lock
             try:
                 with torch.cuda.stream(side):
                     for size in order:
                         for _ in range(WARMUP_ITERS):
                             self._run(self._slots[size].inputs)
-                pool = torch.cuda.graph_pool_handle()
-                for size in order:
-                    slot = self._slots[size]
-                    graph = torch.cuda.CUDAGraph()
-                    # the warm-up stream again (cuBLAS workspaces are per stream); "thread_local": other threads
-                    # of the server may keep using CUDA while this one captures
-                    with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
-                        slot.outputs = self._run(slot.inputs)
-                    slot.graph = graph
+                    pool = torch.cuda.graph_pool_handle()
+                    for size in order:
+                        slot = self._slots[size]
+                        graph = torch.cuda.CUDAGraph()
+                        # the warm-up stream again (cuBLAS workspaces are per stream); "thread_local": other
+                        # threads of the server may keep using CUDA while this one captures
+                        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+                        try:
+                            slot.outputs = self._run(slot.inputs)
+                        finally:
+                            graph.capture_end()
+                        slot.graph = graph
             finally:
                 cudnn.benchmark = benchmark
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self._done = torch.cuda.Event()
+            done = torch.cuda.Event()
+            done.record(side)  # the first call, on whichever stream, waits for the warm-up
+            self._done = done
 
     # --- inference ----------------------------------------------------------------------------------------
 
@@ -180,8 +202,9 @@ class CudaGraphRunner(RunnerBase):
         return result
 
     def _close(self) -> None:
-        if self.device.type == "cuda" and self._slots and torch.cuda.is_available():
-            torch.cuda.synchronize(self.device)  # queued replays may still read the buffers freed below
-        self._slots = {}
-        self._model = self._source = None
-        self._done = None
+        with self._lock:  # a call under way finishes queuing before the buffers go
+            if self.device.type == "cuda" and self._slots and torch.cuda.is_available():
+                torch.cuda.synchronize(self.device)  # queued replays may still read the buffers freed below
+            self._slots = {}
+            self._model = self._source = None
+            self._done = None

@@ -97,6 +97,46 @@ def test_pads_to_the_bucket_with_the_last_row_and_returns_the_true_batch() -> No
     torch.testing.assert_close(out["code"], code, rtol=0, atol=1e-6)
 
 
+def test_first_call_under_inference_mode_leaves_the_runner_usable_outside_it() -> None:
+    """Activation happens inside the first call and must not take on that caller's inference mode: its static
+    buffers would be inference tensors that no later call outside the mode could write."""
+    with CudaGraphRunner(Probe(), PROBE_IO, "cpu", buckets=(4,), precision="fp32") as runner:
+        pass  # activated and closed outside any mode: fine either way
+    runner = CudaGraphRunner(Probe(), PROBE_IO, "cpu", buckets=(4,), precision="fp32")
+    with torch.inference_mode():
+        runner.infer(_probe_feeds(2))
+    out = runner.infer(_probe_feeds(3, seed=1))
+    torch.testing.assert_close(out["code"], _probe_expected(_probe_feeds(3, seed=1))[1], rtol=0, atol=1e-6)
+    runner.close()
+
+
+def test_failed_activation_leaves_the_runner_to_try_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CudaGraphRunner(Probe(), PROBE_IO, "cpu", buckets=(4,), precision="fp32")
+    real = runner._static_inputs
+    calls = iter([RuntimeError("CUDA out of memory"), None])
+
+    def flaky(size: int) -> tuple[torch.Tensor, ...]:
+        error = next(calls)
+        if error is not None:
+            raise error
+        return real(size)
+
+    monkeypatch.setattr(runner, "_static_inputs", flaky)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.infer(_probe_feeds(1))
+    assert not runner.active
+    assert runner._model is None  # nothing half-built left behind
+    out = runner.infer(_probe_feeds(1))  # the same error again would be reported the same way; here it passes
+    torch.testing.assert_close(out["code"], _probe_expected(_probe_feeds(1))[1], rtol=0, atol=1e-6)
+    runner.close()
+
+
+def test_networks_without_a_batch_axis_are_refused() -> None:
+    fixed = NetworkIO("scrfd", (IOSpec("input.1", (1, 3, 64, 64)),), (IOSpec("448", (128, 1)),), max_batch=1)
+    with pytest.raises(ValueError, match="batch axis"):
+        CudaGraphRunner(Probe(), fixed, "cpu", buckets=(1,))
+
+
 def test_every_batch_uses_its_bucket() -> None:
     with CudaGraphRunner(Probe(), PROBE_IO, "cpu", buckets=(1, 2, 4, 8), precision="fp32") as runner:
         sizes = []
