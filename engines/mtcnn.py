@@ -24,6 +24,7 @@ Read top to bottom: networks → checkpoint loading → pyramid layouts → dete
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ PIXEL_MEAN = 127.5
 PIXEL_SCALE = 0.0078125  # 1 / 128
 PNET_STRIDE = 2
 PNET_CELL = 12
+LAYOUT_CACHE = 16  # pyramid layouts kept per detector (one per frame size seen recently)
 
 
 # --- networks -----------------------------------------------------------------------------------------------
@@ -365,6 +367,7 @@ class MTCNN:
         self.rnet = load_network("rnet", rnet, self.device)
         self.onet = load_network("onet", onet, self.device)
         self._layouts: OrderedDict[tuple[int, int], _SeparateLayout | _MosaicLayout] = OrderedDict()
+        self._layouts_lock = threading.Lock()
 
     def __call__(self, image: torch.Tensor) -> Detections:
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -469,17 +472,20 @@ class MTCNN:
 
     def _layout(self, h: int, w: int) -> _SeparateLayout | _MosaicLayout | None:
         key = (h, w)
-        if key in self._layouts:
-            self._layouts.move_to_end(key)
-            return self._layouts[key]
+        with self._layouts_lock:  # live sessions share one detector from their own threads
+            if key in self._layouts:
+                self._layouts.move_to_end(key)
+                return self._layouts[key]
         scales = pyramid_scales(h, w, self.min_face_size, self.factor)
         if not scales:
             return None
         make = _mosaic_layout if self.batched else _separate_layout
         layout = make(h, w, scales, self.device)
-        self._layouts[key] = layout
-        if len(self._layouts) > 4:  # a session sees one or two frame sizes; keep a few
-            self._layouts.popitem(last=False)
+        with self._layouts_lock:
+            self._layouts[key] = layout
+            # each session: its frame size, half of it when degraded, and source photos; several sessions
+            if len(self._layouts) > LAYOUT_CACHE:
+                self._layouts.popitem(last=False)
         return layout
 
 

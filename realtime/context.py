@@ -43,6 +43,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+MASK_CACHE = 8  # blend masks kept per context (one per crop size and mask setting in use)
+
+
 @dataclass(slots=True)
 class FrameBuffers:
     """Everything sized by the frame: reused frame after frame at one resolution."""
@@ -64,6 +67,10 @@ class DeviceContext:
                 "the CUDA pipeline needs CuPy (the gpu extra): run ./scripts/setup.sh on this machine, or "
                 "pip install 'dancecam[gpu]'; or use --device cpu"
             )
+        if self.is_cuda:
+            from realtime import warp_cuda
+
+            warp_cuda.compile_kernels()  # once per process (cached): fail now, not on the first face
         self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.is_cuda else None
         self._buffers: FrameBuffers | None = None
         self._masks: dict[tuple[int, MaskSpec], torch.Tensor] = {}
@@ -129,7 +136,11 @@ class DeviceContext:
         """The (size, size) float32 blend mask on the device, built once per size and spec."""
         key = (size, spec)
         if key not in self._masks:
-            self._masks[key] = torch.from_numpy(np.array(build_mask(size, spec))).to(self.device)
+            if len(self._masks) >= MASK_CACHE:  # live settings change the spec: keep the recent ones
+                self._masks.pop(next(iter(self._masks)))
+            host = torch.from_numpy(np.array(build_mask(size, spec)))
+            # from pinned memory without blocking: a pageable copy would wait for the stream mid-frame
+            self._masks[key] = host.pin_memory().to(self.device, non_blocking=True) if self.is_cuda else host
         return self._masks[key]
 
     def close(self) -> None:

@@ -75,6 +75,10 @@ class FaceDancerSwap:
             runner = EagerRunner(model, facedancer_io(model.config.mapping_width), self.device)
         self.runner = runner
         self.w = self.w.to(runner.device)
+        if self.w.is_cuda:
+            # made on this thread's current stream, read on the pipeline's, which nothing orders after it: one
+            # wait per source identity (never per frame)
+            torch.cuda.current_stream(self.w.device).synchronize()
 
     def with_source(self, z_id: torch.Tensor) -> FaceDancerSwap:
         """The same generator and runner (no new compile or capture) with another source identity."""

@@ -137,15 +137,36 @@ def _module() -> Any:
     return cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=_NAMES)
 
 
+_SUFFIXES = {torch.float32: "<float>", torch.float16: "<__half>"}
+
+
 def _kernel(name: str, dtype: torch.dtype) -> Any:
-    suffix = "<float>" if dtype == torch.float32 else "<__half>"
-    return _module().get_function(name + suffix)
+    if dtype not in _SUFFIXES:
+        raise ValueError(f"crops must be float32 or float16, not {dtype}")
+    return _module().get_function(name + _SUFFIXES[dtype])
+
+
+def compile_kernels() -> None:
+    """Compile the module now (NVRTC, about a second): at a pipeline's start rather than on its first face, and
+    loudly when the CUDA headers NVRTC needs are missing."""
+    try:
+        for dtype in _SUFFIXES:
+            _kernel("align_kernel", dtype)
+            _kernel("paste_kernel", dtype)
+    except Exception as e:  # CuPy's CompileException / NVRTC errors
+        raise RuntimeError(
+            f"the CUDA warp kernels do not compile here ({type(e).__name__}: {str(e).splitlines()[0]}); with CUDA "
+            "12.2 or newer NVRTC needs the CUDA runtime headers: pip install nvidia-cuda-runtime-cu12 (or -cu13)"
+        ) from e
 
 
 def _cp(t: torch.Tensor) -> Any:
+    """A CuPy view of a CUDA tensor through the CUDA array interface (version 2: no stream handshake). DLPack's
+    exchange would make CuPy's current stream wait on torch's with an event per tensor, or, outside the
+    ExternalStream block, queue that wait on the legacy default stream every thread shares."""
     import cupy
 
-    return cupy.from_dlpack(t.detach())
+    return cupy.asarray(t.detach())
 
 
 def _affines(matrices: torch.Tensor | np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,11 +239,13 @@ def paste_faces(
     mask = mask.to(device=frame.device, dtype=torch.float32).contiguous()
     h, w = frame.shape[:2]
     size = crops.shape[-1]
+    if crops.ndim != 4 or crops.shape[1:] != (3, size, size) or mask.shape != (size, size):
+        raise ValueError(f"crops {tuple(crops.shape)} and mask {tuple(mask.shape)} must be (N, 3, S, S) and (S, S)")
     grid = ((uw * uh + _THREADS - 1) // _THREADS,)
-    args = (
-        _cp(frame), np.int32(w), np.int32(h), _cp(fwd), _cp(box_t), np.int32(len(boxes)),
-        np.int32(ux), np.int32(uy), np.int32(uw), np.int32(uh), _cp(crops), _cp(mask), np.int32(size),
-    )  # fmt: skip
     with cupy.cuda.ExternalStream(torch.cuda.current_stream(frame.device).cuda_stream):
+        args = (
+            _cp(frame), np.int32(w), np.int32(h), _cp(fwd), _cp(box_t), np.int32(len(boxes)),
+            np.int32(ux), np.int32(uy), np.int32(uw), np.int32(uh), _cp(crops), _cp(mask), np.int32(size),
+        )  # fmt: skip
         _kernel("paste_kernel", crops.dtype)(grid, (_THREADS,), args)
     return frame

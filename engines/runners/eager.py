@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -36,11 +37,22 @@ def prepared_model(
     return model.eval()
 
 
+_TF32_LOCK = threading.RLock()  # reentrant: a runner's fp32 section may call another's
+
+
 @contextlib.contextmanager
 def ieee_fp32_convolutions() -> Iterator[None]:
     """cuDNN convolutions in full fp32 for the duration: torch lets them use TF32 by default (~1e-3 relative
     error on Ampere and later), which the fp32 reference must not. Flips a process-wide flag, so the runner that
-    uses it must not share cuDNN with another thread meanwhile (the pipeline runs networks on one worker)."""
+    uses it must not share cuDNN with another thread meanwhile (the pipeline runs networks on one worker).
+    Several sessions' eager fp32 runners would otherwise interleave the saves and restores and leave the flag
+    flipped for good: `_TF32_LOCK` makes their fp32 sections take turns."""
+    with _TF32_LOCK, _ieee_fp32():
+        yield
+
+
+@contextlib.contextmanager
+def _ieee_fp32() -> Iterator[None]:
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's precision API
         old = conv.fp32_precision

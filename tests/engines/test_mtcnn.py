@@ -343,3 +343,38 @@ def test_cuda_matches_cpu(
     assert_empty(cuda(torch.full((480, 640, 3), 128, dtype=torch.uint8, device="cuda")), cuda.device)
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
     assert_empty(cuda(noise.cuda()), cuda.device)
+
+
+def test_threads_sharing_one_detector_get_the_same_answers(astronaut: np.ndarray) -> None:
+    """Live sessions share the detector from their worker threads, at different frame sizes (more of them than
+    the layout cache holds, so layouts are evicted while others are being used)."""
+    import threading
+
+    import cv2
+
+    from engines.mtcnn import LAYOUT_CACHE
+
+    detector = MTCNN("cpu")
+    sizes = [(160 + 8 * k, 160 + 8 * k) for k in range(LAYOUT_CACHE + 4)]
+    images = [torch.from_numpy(cv2.resize(astronaut, size)) for size in sizes]
+    want = [MTCNN("cpu")(image) for image in images]
+    errors: list[BaseException] = []
+    got: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def work(worker: int) -> None:
+        try:
+            for k in range(len(images)):
+                i = (k + worker * 5) % len(images)
+                got[(worker, i)] = [detector(images[i]).boxes]
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(detector._layouts) <= LAYOUT_CACHE
+    for (_, i), [boxes] in got.items():
+        torch.testing.assert_close(boxes, want[i].boxes, rtol=0, atol=1e-4)

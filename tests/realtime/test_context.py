@@ -65,6 +65,20 @@ def test_mask_is_built_once_per_size_and_spec() -> None:
     assert np.array_equal(m.numpy(), build_mask(256))
 
 
+def test_mask_cache_keeps_only_the_recent_specs() -> None:
+    """Live settings change the feather and erosion freely: the cache stays bounded, the newest spec stays."""
+    from realtime.context import MASK_CACHE
+
+    ctx = DeviceContext("cpu")
+    specs = [MaskSpec(feather_px=float(f)) for f in range(1, 2 * MASK_CACHE)]
+    for spec in specs:
+        ctx.mask(64, spec)
+    assert len(ctx._masks) == MASK_CACHE
+    newest = ctx.mask(64, specs[-1])
+    assert newest is ctx.mask(64, specs[-1])
+    assert np.array_equal(newest.numpy(), build_mask(64, specs[-1]))
+
+
 def test_device_resolution() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

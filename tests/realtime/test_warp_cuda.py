@@ -25,6 +25,12 @@ def test_importable_without_a_gpu_and_refuses_host_tensors() -> None:
         warp_cuda.paste_faces(frame, torch.zeros(1, 3, 4, 4), np.eye(2, 3)[None], torch.ones(4, 4), [(0, 0, 8, 8)])
 
 
+def test_only_float32_and_float16_crops() -> None:
+    # checked before anything is compiled: runs without CuPy
+    with pytest.raises(ValueError, match=r"float32 or float16, not torch\.bfloat16"):
+        warp_cuda._kernel("align_kernel", torch.bfloat16)
+
+
 def _matrices(placed: list[faces.PlacedFace]) -> np.ndarray:
     return estimate_norm(torch.tensor(np.stack([p.landmarks for p in placed]), dtype=torch.float64), 256).numpy()
 
