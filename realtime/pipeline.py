@@ -242,7 +242,8 @@ class FramePipeline:
                     landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
                     matrices = estimate_norm(landmarks, cfg.crop_size).numpy()
                     boxes = warp.face_boxes(matrices, cfg.crop_size, width, height)
-                    crops = warp.align(frame_t, matrices, cfg.crop_size)
+                    geometry = warp.upload_geometry(matrices, boxes, frame_t.device)  # one copy for align and paste
+                    crops = warp.align(frame_t, matrices, cfg.crop_size, geometry=geometry)
                     mask = ctx.mask(cfg.crop_size, cfg.mask)
                 with _stage(record, stages, "swap"):
                     swapped, good = self._swap(crops, [tr.id for tr in chosen], index)
@@ -251,7 +252,7 @@ class FramePipeline:
                     with _stage(record, stages, "colour"):
                         swapped = colour_transfer(swapped, crops, mask)
                 with _stage(record, stages, "paste"):
-                    warp.paste(frame_t, swapped, matrices, mask, boxes)
+                    warp.paste(frame_t, swapped, matrices, mask, boxes, geometry)
                 good_host = good.to("cpu", non_blocking=True) if good is not None else None
                 if yuv:
                     with _stage(record, stages, "to_yuv"):

@@ -6,10 +6,15 @@ pipeline is written once. The two paths agree within the tolerance the parity te
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from realtime import warp_cpu
+
+if TYPE_CHECKING:
+    from realtime.warp_cuda import FaceGeometry
 
 Box = tuple[int, int, int, int]
 
@@ -19,24 +24,44 @@ def face_boxes(matrices: np.ndarray, size: int, width: int, height: int) -> list
     return [warp_cpu.face_box(m, size, width, height) for m in matrices]
 
 
-def align(frame: torch.Tensor, matrices: np.ndarray, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def upload_geometry(matrices: np.ndarray, boxes: list[Box | None], device: torch.device) -> FaceGeometry | None:
+    """On CUDA, the faces' matrices and boxes in one upload, for `align` and `paste` to share; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    from realtime import warp_cuda
+
+    return warp_cuda.upload_geometry(matrices, boxes, device)
+
+
+def align(
+    frame: torch.Tensor,
+    matrices: np.ndarray,
+    size: int,
+    dtype: torch.dtype = torch.float32,
+    geometry: FaceGeometry | None = None,
+) -> torch.Tensor:
     """(N, 3, size, size) crops in [-1, 1] of `dtype` on the frame's device."""
     if frame.device.type == "cuda":
         from realtime import warp_cuda
 
-        return warp_cuda.align_faces(frame, matrices, size, dtype)
+        return warp_cuda.align_faces(frame, matrices, size, dtype, geometry)
     crops = warp_cpu.align_faces(frame.numpy(), matrices, size)
     return torch.from_numpy(crops).to(dtype)
 
 
 def paste(
-    frame: torch.Tensor, crops: torch.Tensor, matrices: np.ndarray, mask: torch.Tensor, boxes: list[Box | None]
+    frame: torch.Tensor,
+    crops: torch.Tensor,
+    matrices: np.ndarray,
+    mask: torch.Tensor,
+    boxes: list[Box | None],
+    geometry: FaceGeometry | None = None,
 ) -> torch.Tensor:
     """Blend the crops back into `frame` in place, touching only the faces' boxes; returns `frame`."""
     if frame.device.type == "cuda":
         from realtime import warp_cuda
 
-        return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes)
+        return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes, geometry)
     keep = [i for i, b in enumerate(boxes) if b is not None]
     if len(keep) < len(boxes):  # only then select: indexing copies the crops
         crops, matrices = crops[keep], matrices[keep]

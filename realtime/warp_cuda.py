@@ -15,6 +15,7 @@ tolerance.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -169,30 +170,61 @@ def _cp(t: torch.Tensor) -> Any:
     return cupy.asarray(t.detach())
 
 
-def _affines(matrices: torch.Tensor | np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 6) float32 forward (frame→crop) and inverse matrices on the device.
+@dataclass(frozen=True, slots=True)
+class FaceGeometry:
+    """One frame's faces on the device, from one upload: what align and paste-back both read."""
 
-    Computed on the host (the pipeline's matrices come from host-side landmarks) and uploaded from pinned memory
-    without blocking: `torch.linalg.inv` on the device would check its result and synchronise.
-    """
+    fwd: torch.Tensor  # (N, 6) float32, frame → crop
+    inv: torch.Tensor  # (N, 6) float32, crop → frame
+    boxes: torch.Tensor  # (N, 4) int32 frame regions; (0, 0, 0, 0) for a face that is skipped
+
+    @classmethod
+    def from_buffer(cls, t: torch.Tensor, n: int) -> FaceGeometry:
+        """Views into one float32 buffer laid out by `geometry_buffer` (on any device)."""
+        return cls(t[: 6 * n].view(n, 6), t[6 * n : 12 * n].view(n, 6), t[12 * n :].view(torch.int32).view(n, 4))
+
+
+def geometry_buffer(
+    matrices: torch.Tensor | np.ndarray, boxes: list[tuple[int, int, int, int] | None] | None
+) -> tuple[np.ndarray, int]:
+    """The faces' forward matrices, inverses and boxes packed in one float32 array (the int32 boxes bit for bit),
+    and the face count. Inverses on the host: `torch.linalg.inv` on the device would check its result and
+    synchronise. `boxes` None: empty boxes (align alone does not read them)."""
     m = np.asarray(torch.as_tensor(matrices).cpu() if isinstance(matrices, torch.Tensor) else matrices, np.float64)
     m = m.reshape(-1, 2, 3)
-    full = np.concatenate([m, np.broadcast_to([[[0.0, 0.0, 1.0]]], (len(m), 1, 3))], axis=1)
-    inv = np.linalg.inv(full)[:, :2] if len(m) else np.zeros((0, 2, 3))
-    both = torch.from_numpy(np.stack([m.reshape(-1, 6), inv.reshape(-1, 6)]).astype(np.float32))
-    both = both.pin_memory().to(device, non_blocking=True)
-    return both[0], both[1]
+    n = len(m)
+    full = np.concatenate([m, np.broadcast_to([[[0.0, 0.0, 1.0]]], (n, 1, 3))], axis=1)
+    inv = np.linalg.inv(full)[:, :2] if n else np.zeros((0, 2, 3))
+    rows = [b or (0, 0, 0, 0) for b in boxes] if boxes is not None else [(0, 0, 0, 0)] * n
+    box = np.array(rows, np.int32) if rows else np.zeros((0, 4), np.int32)
+    if box.shape != (n, 4):
+        raise ValueError(f"{len(box)} boxes for {n} faces")
+    parts = (m.reshape(-1).astype(np.float32), inv.reshape(-1).astype(np.float32), box.view(np.float32).reshape(-1))
+    return np.concatenate(parts), n
+
+
+def upload_geometry(
+    matrices: torch.Tensor | np.ndarray, boxes: list[tuple[int, int, int, int] | None] | None, device: torch.device
+) -> FaceGeometry:
+    """The faces' geometry on the device in one non-blocking copy from pinned memory."""
+    packed, n = geometry_buffer(matrices, boxes)
+    return FaceGeometry.from_buffer(torch.from_numpy(packed).pin_memory().to(device, non_blocking=True), n)
 
 
 def align_faces(
-    frame: torch.Tensor, matrices: torch.Tensor | np.ndarray, size: int = 256, dtype: torch.dtype = torch.float32
+    frame: torch.Tensor,
+    matrices: torch.Tensor | np.ndarray,
+    size: int = 256,
+    dtype: torch.dtype = torch.float32,
+    geometry: FaceGeometry | None = None,
 ) -> torch.Tensor:
-    """(N, 3, size, size) crops in [-1, 1] from an (H, W, 3) uint8 RGB CUDA frame; one kernel launch."""
+    """(N, 3, size, size) crops in [-1, 1] from an (H, W, 3) uint8 RGB CUDA frame; one kernel launch. `geometry`:
+    the frame's faces already uploaded (`upload_geometry`), else uploaded here."""
     if frame.device.type != "cuda" or frame.dtype != torch.uint8 or frame.ndim != 3:
         raise ValueError("align_faces needs an (H, W, 3) uint8 CUDA tensor")
     import cupy
 
-    _, inv = _affines(matrices, frame.device)
+    inv = (geometry or upload_geometry(matrices, None, frame.device)).inv
     n = inv.shape[0]
     out = torch.empty((n, 3, size, size), dtype=dtype, device=frame.device)
     if n == 0:
@@ -213,11 +245,13 @@ def paste_faces(
     matrices: torch.Tensor | np.ndarray,
     mask: torch.Tensor,
     boxes: list[tuple[int, int, int, int] | None],
+    geometry: FaceGeometry | None = None,
 ) -> torch.Tensor:
     """Blend (N, 3, S, S) crops in [-1, 1] back into the (H, W, 3) uint8 CUDA frame, in place; one launch.
 
     `boxes` are the faces' frame regions from `realtime.warp_cpu.face_box` (computed on the host from the matrices
-    the host already has, so no device value is read back here); None skips a face.
+    the host already has, so no device value is read back here); None skips a face. `geometry`: the same
+    matrices and boxes already uploaded (`upload_geometry`), else uploaded here.
     """
     if frame.device.type != "cuda" or frame.dtype != torch.uint8 or not frame.is_contiguous():
         raise ValueError("paste_faces needs a contiguous (H, W, 3) uint8 CUDA tensor")
@@ -228,14 +262,11 @@ def paste_faces(
         return frame
     if len(boxes) != crops.shape[0]:
         raise ValueError(f"{len(boxes)} boxes for {crops.shape[0]} crops")
-    fwd, _ = _affines(matrices, frame.device)
+    geo = geometry or upload_geometry(matrices, boxes, frame.device)
     crops = crops.contiguous()
     ux, uy = min(b[0] for b in kept), min(b[1] for b in kept)
     uw = max(b[2] for b in kept) - ux
     uh = max(b[3] for b in kept) - uy
-    # a skipped face gets an empty box, which no pixel falls in; uploaded from pinned memory, no sync
-    box_t = torch.tensor([b or (0, 0, 0, 0) for b in boxes], dtype=torch.int32).pin_memory()
-    box_t = box_t.to(frame.device, non_blocking=True)
     mask = mask.to(device=frame.device, dtype=torch.float32).contiguous()
     h, w = frame.shape[:2]
     size = crops.shape[-1]
@@ -244,7 +275,7 @@ def paste_faces(
     grid = ((uw * uh + _THREADS - 1) // _THREADS,)
     with cupy.cuda.ExternalStream(torch.cuda.current_stream(frame.device).cuda_stream):
         args = (
-            _cp(frame), np.int32(w), np.int32(h), _cp(fwd), _cp(box_t), np.int32(len(boxes)),
+            _cp(frame), np.int32(w), np.int32(h), _cp(geo.fwd), _cp(geo.boxes), np.int32(len(boxes)),
             np.int32(ux), np.int32(uy), np.int32(uw), np.int32(uh), _cp(crops), _cp(mask), np.int32(size),
         )  # fmt: skip
         _kernel("paste_kernel", crops.dtype)(grid, (_THREADS,), args)

@@ -31,6 +31,30 @@ def test_only_float32_and_float16_crops() -> None:
         warp_cuda._kernel("align_kernel", torch.bfloat16)
 
 
+def test_geometry_buffer_round_trip() -> None:
+    """Matrices, host-computed inverses and int32 boxes in one float32 buffer, viewed back exactly (CPU views of
+    the same layout the device gets)."""
+    m = np.array([[[1.5, 0.2, -30.0], [-0.2, 1.5, 12.0]], [[0.5, 0.0, 4.0], [0.0, 0.5, -8.0]]])
+    boxes = [(10, 20, 300, 400), None]
+    packed, n = warp_cuda.geometry_buffer(m, boxes)
+    assert (packed.dtype, n) == (np.float32, 2)
+    geo = warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n)
+    np.testing.assert_allclose(geo.fwd.numpy(), m.reshape(2, 6), rtol=1e-6)
+    for k in range(2):
+        full = np.vstack([m[k], [0, 0, 1]])
+        np.testing.assert_allclose(
+            np.vstack([geo.inv[k].numpy().reshape(2, 3), [0, 0, 1]]) @ full, np.eye(3), atol=1e-5
+        )
+    assert geo.boxes.dtype == torch.int32
+    assert geo.boxes.tolist() == [[10, 20, 300, 400], [0, 0, 0, 0]]  # a skipped face: an empty box
+    assert warp_cuda.geometry_buffer(m, None)[0][-8:].view(np.int32).tolist() == [0] * 8
+    with pytest.raises(ValueError, match="1 boxes for 2 faces"):
+        warp_cuda.geometry_buffer(m, [(0, 0, 1, 1)])
+    empty, n = warp_cuda.geometry_buffer(np.zeros((0, 2, 3)), [])
+    assert n == 0
+    assert warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(empty), 0).boxes.shape == (0, 4)
+
+
 def _matrices(placed: list[faces.PlacedFace]) -> np.ndarray:
     return estimate_norm(torch.tensor(np.stack([p.landmarks for p in placed]), dtype=torch.float64), 256).numpy()
 
