@@ -137,12 +137,20 @@ class RunnerBase:
         self.last_ms = 0.0
         self.active = False
         self.closed = False
+        self.failure: BaseException | None = None  # why activation failed: it is not tried again
 
     def activate(self) -> None:
         if self.closed:
             raise RuntimeError(f"{self.backend} runner is closed")
+        if self.failure is not None:
+            # a capture or an engine build that failed once fails again, and costs seconds each time: never per frame
+            raise RuntimeError(f"{self.backend} runner could not be activated: {self.failure}") from self.failure
         if not self.active:
-            self._activate()
+            try:
+                self._activate()
+            except Exception as e:
+                self.failure = e
+                raise
             self.active = True
 
     def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,8 @@ with `capture_begin`/`capture_end` on the side stream rather than the `torch.cud
 entry synchronises the whole device and empties the allocator's cache: a stall for every live session, and an
 internal assertion if another capture is under way. Activation builds its buffers outside inference mode and
 autocast (they are the caller's thread-local modes), so a first call made under either leaves no trace; a failed
-activation leaves the runner as it was, to report the error again rather than half-built.
+activation leaves nothing half-built (and `RunnerBase` reports it again without retrying). `close` waits for the
+runner's last call by its event, not with a device-wide synchronize, and returns the graphs' memory pool.
 
 Sharing one pool is safe though the buckets replay in any order (pytorch/pytorch#166975): a graph's output buffer
 may be overwritten by another bucket's replay, but each replay's output is copied out right after it, in stream
@@ -202,9 +203,14 @@ class CudaGraphRunner(RunnerBase):
         return result
 
     def _close(self) -> None:
-        with self._lock:  # a call under way finishes queuing before the buffers go
-            if self.device.type == "cuda" and self._slots and torch.cuda.is_available():
-                torch.cuda.synchronize(self.device)  # queued replays may still read the buffers freed below
+        # the capture lock: no capture is under way in the process meanwhile, which CUDA requires of the event wait
+        # and PyTorch of empty_cache (a device-wide synchronize would fail under another thread's capture)
+        with _CAPTURE_LOCK, self._lock:  # and a call under way finishes queuing before the buffers go
+            captured = self.device.type == "cuda" and bool(self._slots) and torch.cuda.is_available()
+            if captured and self._done is not None:
+                self._done.synchronize()  # the last call's replay and copies out; they read the buffers freed below
             self._slots = {}
             self._model = self._source = None
             self._done = None
+            if captured:
+                torch.cuda.empty_cache()  # the graphs' private pool is only returned to the device this way

@@ -85,6 +85,10 @@ class OnnxRuntimeRunner(RunnerBase):
         on_cuda = self.device.type == "cuda" and cuda_provider_present()
         if on_cuda:
             stream = torch.cuda.current_stream(self.device)
+            if stream.cuda_stream == 0:
+                # ORT takes a handle of 0 for "no stream" and would run on one of its own, ordered with nothing:
+                # activated on the legacy default stream (a server's main thread), ORT gets a stream of ours
+                stream = torch.cuda.Stream(self.device)
             # ORT queues its kernels on torch's stream: ordered with the caller's work, no synchronisation needed
             options = {"device_id": str(self.device.index), "user_compute_stream": str(stream.cuda_stream)}
             if _version(ort.__version__) >= (1, 18):

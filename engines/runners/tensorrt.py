@@ -132,7 +132,16 @@ def cache_key(weights_key: str, io: NetworkIO, precision: Precision, device: tor
 
 
 def cache_path(cache_dir: str | os.PathLike[str], network: str, key: str) -> Path:
-    return Path(cache_dir) / "tensorrt" / f"{network}-{key[:16]}.ep"
+    # .pt2: torch's archive loader warns about any other suffix on every save and load
+    return Path(cache_dir) / "tensorrt" / f"{network}-{key[:16]}.pt2"
+
+
+def timing_cache_path(cache_dir: str | os.PathLike[str], device: torch.device) -> Path:
+    """TensorRT's timing cache per TensorRT version and GPU: one made elsewhere is refused (and then overwritten),
+    so machines sharing a model directory would take turns losing theirs."""
+    env = environment(device)
+    tag = hashlib.sha256(json.dumps([env["tensorrt"], env["gpu"], env["compute_capability"]]).encode()).hexdigest()
+    return Path(cache_dir) / "tensorrt" / f"timing_cache-{tag[:12]}.bin"
 
 
 # --- export -------------------------------------------------------------------------------------------------
@@ -263,7 +272,10 @@ class TensorRTRunner(RunnerBase):
         # another profile) much faster than the first build
         with self._step(f"building the TensorRT engine for {self.io.network}: several minutes, once per GPU"):
             trt_gm = torch_tensorrt.dynamo.compile(
-                ep, arg_inputs=inputs, device=self.device, timing_cache_path=str(path.parent / "timing_cache.bin")
+                ep,
+                arg_inputs=inputs,
+                device=self.device,
+                timing_cache_path=str(timing_cache_path(self.cache_dir, self.device)),
             )
         self._save(torch_tensorrt, trt_gm, path, example, shapes)
         return trt_gm

@@ -25,6 +25,7 @@ from float32 at its edges on the caller's stream, as every fp16 runner here does
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,9 +83,29 @@ def graph_bytes(path: Path, precision: Precision) -> bytes:
         model = onnx.load(str(path))
     except Exception as e:  # onnx raises DecodeError and friends for garbage
         raise CheckpointFormatError(f"{path}: not a readable ONNX graph: {e}") from e
+    _constants_to_initializers(model)
     # keep_io_types=False: onnxconverter-common names the casts it would insert after an input after the input,
     # so an input feeding several nodes gets duplicate node names (an invalid graph); fp16 I/O avoids them
     return float16.convert_float_to_float16(model, keep_io_types=False).SerializeToString()
+
+
+def _constants_to_initializers(model: Any) -> None:
+    """`Constant` nodes become initializers, in place. The converter casts a Constant's output to fp16 and back,
+    which turns the empty `roi`/`scales` inputs of a PyTorch-exported Resize (opset 13+) into non-empty tensors:
+    the graph then gives both `scales` and `sizes`, which ONNX forbids. Initializers it leaves to its own rules."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and len(node.attribute) == 1:
+            tensor = numpy_helper.from_array(numpy_helper.to_array(value.t), node.output[0])
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -207,16 +228,24 @@ class TensorRTOnnxRunner(RunnerBase):
         self._engine: Any = None
         self._local = threading.local()
 
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """TensorRT makes engines and contexts on the thread's current device: make it ours (cuda:N, any thread)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _activate(self) -> None:
         reason = unavailable_reason()
         if reason:
             raise ConfigError(f"backend tensorrt: {reason}")
-        import tensorrt as trt
-
         if not self.path.is_file():
             raise CheckpointFormatError(f"{self.path} does not exist")
         if self.device.type == "cuda" and self.device.index is None:  # the key names one GPU
             self.device = torch.device("cuda", torch.cuda.current_device())
+        with self._on_device():
+            self._load_or_build()
+
+    def _load_or_build(self) -> None:
+        import tensorrt as trt
+
         stat = self.path.stat()
         key = cache_key(
             file_sha256(self.path.resolve(), stat.st_size, stat.st_mtime_ns),
@@ -287,14 +316,25 @@ class TensorRTOnnxRunner(RunnerBase):
         own stream, and a context (its bindings and scratch memory) must not serve two streams at once."""
         context = getattr(self._local, "context", None)
         if context is None:
-            context = self._engine.create_execution_context()
+            with self._on_device():
+                context = self._engine.create_execution_context()
             for spec in self.io.inputs:
                 if not context.set_input_shape(spec.name, spec.shape):
                     raise CheckpointFormatError(f"{self.path}: the engine does not take {spec.name} of {spec.shape}")
+            for spec in self.io.outputs:  # the buffers `_enqueue` binds are sized from the io
+                shape = tuple(context.get_tensor_shape(spec.name))
+                if shape != spec.shape:
+                    raise CheckpointFormatError(
+                        f"{self.path}: {spec.name} is {shape} in the engine, expected {spec.shape}"
+                    )
             self._local.context = context
         return context
 
     def _infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with self._on_device():
+            return self._enqueue(feeds)
+
+    def _enqueue(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         context = self._context()
         stream = torch.cuda.current_stream(self.device)  # the caller's: queued after its work, read by it
         inputs = {n: feeds[n].to(self.device, self._dtype).contiguous() for n in self.io.input_names}

@@ -196,6 +196,16 @@ class ExecutionContext:
         self.input_shapes[name] = tuple(shape)
         return True
 
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        """An input's set shape; an output's as the graph gives it at the set input shapes (-1 before they are)."""
+        if name in self.engine.inputs:
+            return self.input_shapes.get(name, (-1,))
+        if set(self.input_shapes) != set(self.engine.inputs):
+            return (-1,)
+        feeds = {n: np.zeros(s, NUMPY[self.engine.dtypes[n]]) for n, s in self.input_shapes.items()}
+        outputs = self.engine.session.run(None, feeds)
+        return tuple(outputs[self.engine.outputs.index(name)].shape)
+
     def set_tensor_address(self, name: str, memory: int) -> bool:
         assert isinstance(memory, int)
         self.addresses[name] = memory

@@ -294,7 +294,7 @@ def test_cache_key_is_stable_and_changes_with_every_ingredient(monkeypatch: pyte
 
 def test_cache_path(tmp_path: Path) -> None:
     key = "0123456789abcdef" + "f" * 48
-    assert trt.cache_path(tmp_path, "facedancer", key) == tmp_path / "tensorrt" / "facedancer-0123456789abcdef.ep"
+    assert trt.cache_path(tmp_path, "facedancer", key) == tmp_path / "tensorrt" / "facedancer-0123456789abcdef.pt2"
 
 
 # --- availability -------------------------------------------------------------------------------------------
@@ -353,7 +353,8 @@ def test_build_calls_the_documented_api(
     assert all(kw.get("dtype") is None for t, _, _, kw in graph_dtypes(ep) if t in REDUCTIONS)
     assert (compile_args["inputs"], compile_args["kwarg_inputs"]) == (None, None)
     assert compile_args["device"] == torch.device("cpu")
-    assert compile_args["timing_cache_path"] == str(tmp_path / "tensorrt" / "timing_cache.bin")
+    assert compile_args["timing_cache_path"] == str(trt.timing_cache_path(tmp_path, torch.device("cpu")))
+    assert Path(compile_args["timing_cache_path"]).name.startswith("timing_cache-")
     shapes = [(i.min_shape, i.opt_shape, i.max_shape, i.dtype) for i in compile_args["arg_inputs"]]
     assert shapes == [
         ((1, 3, 64, 64), (1, 3, 64, 64), (8, 3, 64, 64), torch.float16),

@@ -74,6 +74,30 @@ def test_fp16_graph_is_float16_throughout(fake_model: Path) -> None:
     assert tro.graph_bytes(fake_model, "fp32") == fake_model.read_bytes()
 
 
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_fp16_graph_keeps_pytorch_exported_resizes_valid(tmp_path: Path, opset: int) -> None:
+    """torch's export of an upsample gives Resize(x, Constant roi=[], Constant scales=[], sizes). The converter
+    would cast those empty Constants to fp16 and back into non-empty tensors, giving scales and sizes at once,
+    which ONNX forbids from opset 13; as initializers they stay empty."""
+    import onnxruntime as ort
+
+    class Up(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.interpolate(x, size=(x.shape[2] * 2, x.shape[3] * 2), mode="nearest")
+            return torch.sigmoid(y * 3.0)
+
+    path = tmp_path / f"up{opset}.onnx"
+    x = torch.rand(1, 3, 8, 8)
+    torch.onnx.export(Up(), (x,), str(path), dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"])
+    assert any(n.op_type == "Constant" for n in onnx.load(str(path)).graph.node)  # what the fix is for
+    graph = tro.graph_bytes(path, "fp16")
+    onnx.checker.check_model(onnx.load_from_string(graph), full_check=True)
+    (got,) = ort.InferenceSession(graph).run(None, {"x": x.numpy().astype(np.float16)})
+    (want,) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
+    assert got.shape == want.shape == (1, 3, 16, 16)
+    assert np.abs(got.astype(np.float32) - want).max() <= 2e-3
+
+
 def test_unreadable_graph_is_a_format_error(tmp_path: Path) -> None:
     garbage = tmp_path / "det_10g.onnx"
     garbage.write_bytes(b"not a model")
@@ -248,6 +272,17 @@ def test_engine_with_other_tensors_is_refused(fake_trt: ModuleType, tmp_path: Pa
     )
     with pytest.raises(CheckpointFormatError, match=r"gives \[.*'s8'.*expected"):
         runner(other, tmp_path / "cache").activate()
+
+
+def test_engine_with_other_output_shapes_is_refused(fake_trt: ModuleType, fake_model: Path, tmp_path: Path) -> None:
+    """An engine whose outputs are not the io's shapes (the io's anchor counts for 320 on a 640 input) would
+    have its outputs written past the buffers sized from the io: refused when the context is made."""
+    import dataclasses
+
+    wrong = dataclasses.replace(scrfd_io(640), outputs=scrfd_io(320).outputs)
+    r = tro.TensorRTOnnxRunner(fake_model, wrong, "cpu", cache_dir=tmp_path, progress=lambda m: None)
+    with pytest.raises(CheckpointFormatError, match=r"448 is \(12800, 1\) in the engine, expected \(3200, 1\)"):
+        r.activate()
 
 
 def test_cache_key_changes_with_every_ingredient() -> None:
