@@ -23,6 +23,7 @@ $DANCECAM_ASTRONAUT names (`--prepare-carry` writes it; see tests/faces.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -47,13 +48,15 @@ from realtime.bench import md_table
 BUDGET_S = 480.0  # 8 minutes, everything included
 TEST_SHARE_S = 240.0  # the most the tests may take
 RESERVE_S = 120.0  # kept for the timings when the tests start
+# the fast backends first: the budget runs out at the end of this list (the fp32 reference is timed apart)
 CUDA_SPECS = (
-    ("eager", "fp32"),
-    ("eager", "fp16"),
     ("cuda-graphs", "fp16"),
     ("tensorrt", "fp16"),
+    ("eager", "fp16"),
+    ("eager", "fp32"),
     ("onnxruntime", "fp32"),
 )
+BACKEND_MIN_S = 60.0  # a backend is started only with this much left (activation, batches, pipeline)
 CPU_SPECS = (("eager", "fp32"), ("onnxruntime", "fp32"))
 
 
@@ -106,8 +109,15 @@ def run_tests(stem: Path, timeout: float) -> dict[str, Any]:
         try:
             rc = proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            # SIGINT first: pytest then stops and still writes its junit report (the per-test results)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             rc = None
     result.update(seconds=time.perf_counter() - t0, returncode=rc, log=log.name, junit=xml.name)
     result.update(_junit(xml))
@@ -179,11 +189,14 @@ def real_crops(device: torch.device, count: int = 4) -> torch.Tensor:
     frame, placed = compose_faces(1280, 720)
     placed = placed[:count]
     landmarks = torch.tensor(np.stack([p.landmarks for p in placed]), dtype=torch.float64)
-    ctx = DeviceContext(device)
-    with ctx.activate():
+    # cropped on the CPU (OpenCV): the crops are the same input for every backend and the reference, and the
+    # timings need no CuPy kernel (a compile failure there is the pipeline's to report, not theirs)
+    ctx = DeviceContext("cpu")
+    try:
         crops = warp.align(ctx.upload(frame), estimate_norm(landmarks, 256).numpy(), 256).float().clone()
-    ctx.close()
-    return crops
+    finally:
+        ctx.close()
+    return crops.to(device)
 
 
 def reference_output(model: torch.nn.Module, crops: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -269,7 +282,7 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
 
     try:
         model, key, label = bench.load_model(bench.BenchOptions(random_weights=args.random_weights), device)
-    except ModelMissingError:  # the same compute; accuracy numbers of random weights say less, and the report says so
+    except (ModelMissingError, ImportError):  # the same compute; random weights' accuracy says less, the report says so
         model, key, label = bench.load_model(bench.BenchOptions(random_weights=True), device)
         label += " (no converted weights here)"
     specs, missing = backend_specs(device, args.backends)
@@ -282,11 +295,14 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
     pipe_opts = bench.BenchOptions(
         sizes=(args.size,), faces=tuple(args.faces), frames=args.frames, warmup=args.warmup, random_weights=True
     )
-    detector, detector_line = bench.load_bench_detector(pipe_opts, device, ["auto"])  # what the product runs here
+    try:
+        detector, detector_line = bench.load_bench_detector(pipe_opts, device, ["auto"])  # what the product runs
+    except Exception as e:  # MTCNN's weights come with facenet-pytorch: without it, timings only, no pipeline
+        detector, detector_line = None, f"no detector ({type(e).__name__}: {e}): pipeline cases skipped"
     clock.say(detector_line)
     out: dict[str, Any] = {"model": label, "weights": key, "missing": missing, "detector": detector_line, "runs": []}
     for backend, precision in specs:
-        if clock.left < 20:
+        if clock.left < BACKEND_MIN_S:
             out["runs"].append({"backend": backend, "precision": precision, "status": "skipped: budget spent"})
             continue
         run: dict[str, Any] = {"backend": backend, "precision": precision}
@@ -315,8 +331,9 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
             run["pipeline"] = []
             engine = FaceDancerSwap(model, z_id, runner)
             for n in args.faces:
-                if clock.left < 15:
-                    run["pipeline"].append({"faces": n, "status": "skipped: budget spent"})
+                if detector is None or clock.left < 15:
+                    status = detector_line if detector is None else "skipped: budget spent"
+                    run["pipeline"].append({"faces": n, "status": status})
                     continue
                 frame = face_frame(*args.size, n)
                 case = bench.run_case(engine, device, frame, n, pipe_opts, detector)
@@ -411,7 +428,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"- Versions: {versions}",
         f"- Measured peak: {peaks}; FaceDancer {result['gflop_per_face']:.2f} GFLOP per face (2 x MAC); floor = "
-        "FLOPs / peak of the precision (fp32 on CUDA: TF32)",
+        "FLOPs / peak of the precision (fp32: IEEE, TF32 off)",
     ]
     back = result.get("backends", {})
     runs = back.get("runs", [])

@@ -11,9 +11,11 @@ arithmetic, the same count as a real forward.
 The peak is what this device reaches on a dense square matmul, measured once per process and precision (a few
 hundred ms; the best of several trials): fp32 (TF32 off), fp32 with TF32 allowed and fp16 on CUDA; fp32 alone on
 the CPU, where a 1x1 convolution (oneDNN) is timed beside the matmul (MKL) and the faster one counts. A network's
-floor uses the peak of the precision it runs in; fp32 convolutions on CUDA run in TF32 when cuDNN allows it
-(PyTorch's default), so their floor uses the TF32 peak. No real network reaches the floor (convolutions with few
-channels, memory-bound element-wise work, launches): it says how far from the hardware's limit a time is.
+floor uses the peak of the precision it runs in. fp32 means IEEE fp32 on CUDA here: the eager reference and
+CUDA graphs run their fp32 convolutions with TF32 off and ONNX Runtime's CUDA provider is told `use_tf32=0`, so an
+fp32 floor uses the fp32 peak (the TF32 peak is measured and reported beside it). No real network reaches the
+floor (convolutions with few channels, memory-bound element-wise work, launches): it says how far from the
+hardware's limit a time is.
 """
 
 from __future__ import annotations
@@ -105,9 +107,7 @@ def peak_kind(device: torch.device | str, precision: str) -> PeakKind:
         raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
     if torch.device(device).type != "cuda":
         return "fp32"
-    if precision == "fp16":
-        return "fp16"
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    return "fp16" if precision == "fp16" else "fp32"  # fp32 runners here keep TF32 off (module docstring)
 
 
 def floor_ms(flops: float, device: torch.device | str, precision: str = "fp32") -> float:

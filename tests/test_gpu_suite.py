@@ -76,6 +76,26 @@ def test_allow_cpu_writes_the_report(report: dict[str, Any]) -> None:
     assert result["backends"]["detector"] == "detector mtcnn (the cheaper one on a CPU)"
 
 
+def test_backends_are_timed_without_a_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTCNN's weights come with facenet-pytorch, which a device may lack: the network timings do not need it."""
+    from engines.errors import ModelMissingError
+    from realtime import bench
+
+    def missing(*args: object) -> None:
+        raise ModelMissingError("MTCNN pnet weights pnet.pt not found (facenet-pytorch is not installed)")
+
+    monkeypatch.setattr(bench, "load_bench_detector", missing)
+    monkeypatch.setenv("DANCECAM_HOME", str(tmp_path / "home"))
+    assert gpu_suite.main([*TINY, "--no-tests", "--out", str(tmp_path)]) == 0
+    [path] = tmp_path.glob("gpu-*.json")
+    backends = json.loads(path.read_text())["backends"]
+    assert backends["detector"].startswith("no detector (ModelMissingError: MTCNN pnet weights")
+    [run] = backends["runs"]
+    assert run["status"] == "ok"
+    assert run["facedancer"][0]["p50_ms"] > 0  # timed all the same
+    assert run["pipeline"] == [{"faces": 1, "status": backends["detector"]}]
+
+
 def test_scrfd_part_times_each_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from engines import scrfd
     from tests.engines.test_scrfd import build_fake_scrfd

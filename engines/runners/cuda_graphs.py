@@ -29,6 +29,7 @@ the bucketing, padding and precision logic without a GPU; `select.available()` d
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from engines.runners.base import NetworkIO, Precision, RunnerBase
+from engines.runners.eager import ieee_fp32_convolutions
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
 WARMUP_ITERS = 3  # PyTorch's CUDA-graph notes warm up with a few iterations before capture
@@ -116,7 +118,9 @@ class CudaGraphRunner(RunnerBase):
             try:
                 self._slots = {size: _Bucket(size, self._static_inputs(size)) for size in self.buckets}
                 if self.device.type == "cuda":
-                    with _CAPTURE_LOCK:
+                    # fp32 means IEEE fp32, as for the eager reference: the kernels picked now are the ones replayed
+                    exact = ieee_fp32_convolutions() if self.precision == "fp32" else contextlib.nullcontext()
+                    with _CAPTURE_LOCK, exact:
                         self._capture()
             except BaseException:
                 self._model, self._slots, self._done = None, {}, None
