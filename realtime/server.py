@@ -30,6 +30,7 @@ from realtime.identity_cache import MAX_IMAGE_BYTES
 from realtime.session import (
     SETTING_LIMITS,
     CapacityError,
+    EngineStartError,
     LiveSettings,
     NotReadyError,
     Session,
@@ -87,7 +88,7 @@ def _same_origin(origin: str, request: web.Request) -> bool:
 def _status_of(error: DanceCamError) -> int:
     if isinstance(error, SignallingError):
         return 400
-    if isinstance(error, CapacityError):
+    if isinstance(error, (CapacityError, EngineStartError)):
         return 503
     if isinstance(error, NotReadyError):
         return error.status
@@ -325,7 +326,7 @@ class LiveServer:
     # --- sessions ---------------------------------------------------------------------------------------------
 
     async def _start(self, kind: SessionKind, sdp: object, settings: LiveSettings) -> tuple[Session, str]:
-        session = self.manager.create(kind, settings)
+        session = await self.manager.open(kind, settings)  # built off the loop
         assert session.pipeline is not None
         publisher = Publisher(
             session.pipeline,

@@ -11,6 +11,7 @@ The WebRTC side (peer connections, tracks) lives in `realtime.transport`; the HT
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -48,6 +49,10 @@ class SettingsError(ConfigError):
 
 class CapacityError(DanceCamError):
     """The server runs as many sessions as it can hold."""
+
+
+class EngineStartError(DanceCamError):
+    """A session's swap engine could not be made ready (out of device memory, a failed capture or engine load)."""
 
 
 class NotReadyError(DanceCamError):
@@ -345,6 +350,16 @@ class LiveServices:
             settings.pipeline_config(),
             profiler=Profiler(self.device, window=300),
         )
+        runner = getattr(pipeline.engine, "runner", None)
+        if runner is not None:
+            # now, not on the first face: a CUDA-graph capture or a TensorRT load takes seconds, and a failure
+            # here refuses the session instead of leaving it showing stand-ins
+            try:
+                with pipeline.context.activate():
+                    runner.activate()
+            except Exception as e:
+                pipeline.close()
+                raise EngineStartError(f"the {runner.backend} backend could not start this session: {e}") from e
         return pipeline, source.version if source else 0
 
 
@@ -499,9 +514,11 @@ def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repea
     """
     settings = LiveSettings()
     cuda = services.device.type == "cuda"
+    free_before = 0
     if cuda:
         torch.cuda.synchronize(services.device)
         torch.cuda.reset_peak_memory_stats(services.device)
+        free_before = torch.cuda.mem_get_info(services.device)[0]
     before = torch.cuda.memory_allocated(services.device) if cuda else 0
     engine: Any = None
     if services.ready:  # a session's own engine, on the chosen backend (its runner, graphs or engine included)
@@ -521,9 +538,12 @@ def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repea
             torch.cuda.synchronize(services.device)
         return (detect / settings.detect_every + time.perf_counter() - start) * 1e3
 
+    free_during = free_before
     try:
         once()  # warm-up: first calls allocate, capture or compile
         frame_ms = float(np.median([once() for _ in range(repeats)]))
+        if cuda:
+            free_during = torch.cuda.mem_get_info(services.device)[0]
     finally:
         close = getattr(engine, "close", None)
         if close is not None:
@@ -531,8 +551,11 @@ def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repea
     memory_mib = 0.0
     by_memory = 1 << 30
     if cuda:
-        peak = torch.cuda.max_memory_allocated(services.device)
-        memory_mib = max(peak - before, 0) / 2**20 + 3 * 1920 * 1080 * 3 / 2**20  # plus frame buffers at 1080p
+        # torch's allocator sees its own tensors; the driver also sees TensorRT's and ONNX Runtime's memory and
+        # torch's reservations: the larger of the two is what a session takes
+        used = max(torch.cuda.max_memory_allocated(services.device) - before, free_before - free_during, 0)
+        memory_mib = used / 2**20 + 1920 * 1080 * 3 / 2**20  # plus the device frame buffer at 1080p
+        torch.cuda.empty_cache()  # what the probe and the backends tried at start left cached is free for sessions
         free, _ = torch.cuda.mem_get_info(services.device)
         by_memory = max(1, int(0.8 * free / 2**20 / memory_mib))
     by_time = max(1, int((1000.0 / target_fps) / max(frame_ms, 1e-3)))
@@ -541,6 +564,15 @@ def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repea
     reason += f" and {memory_mib:.0f} MiB" if cuda else ""
     reason += f"; {limit} fit {target_fps:.0f} fps"
     return SessionCost(frame_ms, memory_mib, limit, reason)
+
+
+def _close_built(build: asyncio.Future[Session]) -> None:
+    """Close a session built for a request that was cancelled meanwhile (its device memory, off the loop)."""
+    if build.cancelled() or build.exception() is not None:
+        return
+    pipeline = build.result().pipeline
+    if pipeline is not None:
+        asyncio.get_running_loop().run_in_executor(None, pipeline.close)
 
 
 class SessionManager:
@@ -554,17 +586,42 @@ class SessionManager:
         self.defaults = defaults or LiveSettings()
         self.sessions: dict[str, Session] = {}
         self.ended = 0
+        self._building = 0  # sessions whose pipelines are being built off the loop: they count against the limit
 
     def create(self, kind: SessionKind, settings: LiveSettings | None = None) -> Session:
-        """A new session with its own pipeline; `CapacityError` or `NotReadyError` when it cannot start."""
-        if len(self.sessions) >= self.max_sessions:
+        """A new session with its own pipeline, built on this thread; `CapacityError`, `NotReadyError` or
+        `EngineStartError` when it cannot start."""
+        self._admit()
+        session = self._build(kind, settings)
+        self.sessions[session.id] = session
+        return session
+
+    async def open(self, kind: SessionKind, settings: LiveSettings | None = None) -> Session:
+        """`create` for the event loop: the pipeline is built on a worker thread (its engine, device context and
+        the backend's activation take from milliseconds to seconds), while the capacity is checked and held here."""
+        self._admit()
+        self._building += 1
+        build = asyncio.ensure_future(asyncio.to_thread(self._build, kind, settings))
+        try:
+            session = await asyncio.shield(build)
+        except asyncio.CancelledError:  # the request went away: whatever the thread builds is closed, not kept
+            build.add_done_callback(_close_built)
+            raise
+        finally:
+            self._building -= 1
+        self.sessions[session.id] = session
+        return session
+
+    def _admit(self) -> None:
+        if len(self.sessions) + self._building >= self.max_sessions:
             raise CapacityError(
                 f"the server is at its limit of {self.max_sessions} session(s); try again when one ends"
             )
         self.services.check_can_swap()
+
+    def _build(self, kind: SessionKind, settings: LiveSettings | None) -> Session:
         session = Session(kind, settings or self.defaults)
         session.pipeline = SessionPipeline(session, self.services)
-        self.sessions[session.id] = session
         return session
 
     def get(self, session_id: str) -> Session | None:

@@ -194,6 +194,7 @@ class LiveSession:
 # --- peers ----------------------------------------------------------------------------------------------------
 
 CONNECT_TIMEOUT_S = 20.0  # an answered offer whose peer never connects is given up after this long
+FAILED_FRAMES_TO_END = 30  # frames in a row the pipeline raised on (a broken device): the session ends, saying why
 IDLE_TIMEOUT_S = 15.0  # a connected peer that sends no video for this long has gone
 
 
@@ -384,6 +385,12 @@ class Publisher:
             if now - self._last_input > self._idle_timeout:
                 await self._end(f"no video for {self._idle_timeout:.0f} s")
                 return
+            worker = self.worker
+            if worker is not None and worker.consecutive_errors >= FAILED_FRAMES_TO_END:
+                await self._end(
+                    f"the pipeline failed on {worker.consecutive_errors} frames in a row: {worker.last_error}"
+                )
+                return
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -407,13 +414,15 @@ class Publisher:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-        if self.live is not None:
-            await self.live.close()
-        for sink in self._sinks:
-            await sink.stop()
-        await self.pc.close()
-        for track in self._tracks:
-            track.stop()
+        try:
+            if self.live is not None:
+                await self.live.close()
+        finally:  # whatever the pipeline's teardown does, the connection and its tracks go
+            for sink in self._sinks:
+                await sink.stop()
+            await self.pc.close()
+            for track in self._tracks:
+                track.stop()
 
 
 class Viewer:

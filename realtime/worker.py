@@ -97,6 +97,8 @@ class PipelineWorker:
         self._sequence = 0
         self._consumed = 0
         self.errors = 0
+        self.consecutive_errors = 0  # frames in a row the pipeline raised on: a broken device fails every one
+        self.last_error = ""
         self.latencies: deque[float] = deque(maxlen=300)  # submission to processed, ms: the server's share of latency
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
@@ -140,7 +142,10 @@ class PipelineWorker:
             if self._thread.is_alive():
                 log.error("pipeline worker did not stop within %.1f s", timeout)
                 return
-        self.pipeline.close()
+        try:
+            self.pipeline.close()
+        except Exception:  # a broken device may fail this too: the caller still has its own teardown to do
+            log.exception("closing the pipeline failed")
 
     def _run(self) -> None:
         while (item := self._mailbox.get()) is not None:
@@ -149,11 +154,15 @@ class PipelineWorker:
                     result = self.pipeline.process_yuv420p(item.image, item.t)
                 else:
                     result = self.pipeline.process(item.image, item.t)
-            except Exception:  # one bad frame must not end the session; it is not emitted (fail closed)
+            except Exception as e:  # one bad frame must not end the session; it is not emitted (fail closed)
                 self.errors += 1
+                self.consecutive_errors += 1
+                self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 self.pipeline.profiler.count("pipeline_errors")
-                log.exception("frame dropped: the pipeline failed on it")
+                if self.consecutive_errors <= 3:  # a broken device would fill the log at the frame rate
+                    log.exception("frame dropped: the pipeline failed on it")
                 continue
+            self.consecutive_errors = 0
             latency = (time.perf_counter() - item.submitted) * 1e3
             self.latencies.append(latency)
             with self._lock:
