@@ -23,6 +23,7 @@ Read top to bottom: networks → checkpoint loading → pyramid layouts → dete
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import OrderedDict
@@ -379,6 +380,16 @@ class MTCNN:
 
     # The host waits on the device only where the number of surviving boxes is decided: candidate extraction,
     # each NMS (one copy each way), and the RNet and ONet thresholds. Everything in between stays on the device.
+    def _exact(self) -> contextlib.AbstractContextManager[None]:
+        """IEEE fp32 convolutions on CUDA around a network call (kernel launches only, no waits inside): TF32,
+        PyTorch's default there, would move scores near the thresholds, and whether it is on would depend on what
+        other sessions' fp32 runners are doing with the process-wide flag at that moment."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from engines.runners.eager import ieee_fp32_convolutions
+
+        return ieee_fp32_convolutions()
+
     def _detect(self, image: torch.Tensor) -> Detections:
         h, w = image.shape[:2]
         layout = self._layout(h, w)
@@ -391,7 +402,8 @@ class MTCNN:
         sat = _summed_area_table(image) if self.batched else None
 
         crops, ok = self._crops(img, sat, boxes, 24)
-        prob, reg = self.rnet(crops)
+        with self._exact():
+            prob, reg = self.rnet(crops)
         keep = torch.nonzero((prob > self.thresholds[1]) & ok).squeeze(1)
         boxes, prob, reg = boxes[keep], prob[keep], reg[keep]
         keep = nms(boxes, prob, 0.7)
@@ -400,7 +412,8 @@ class MTCNN:
             return Detections.empty(self.device)
 
         crops, ok = self._crops(img, sat, boxes, 48)
-        prob, reg, marks = self.onet(crops)
+        with self._exact():
+            prob, reg, marks = self.onet(crops)
         keep = torch.nonzero((prob > self.thresholds[2]) & ok).squeeze(1)
         boxes, prob, reg, marks = boxes[keep], prob[keep], reg[keep], marks[keep]
         # landmarks are relative to the crop box before its regression, in "+1" sizes and 1-based pixels
@@ -418,14 +431,16 @@ class MTCNN:
             for lv in layout.levels:
                 canvas[:, :, lv.y : lv.y + lv.h, lv.x : lv.x + lv.w] = F.adaptive_avg_pool2d(img, (lv.h, lv.w))
             canvas = _normalise(canvas).contiguous(memory_format=torch.channels_last)
-            prob, reg = self.pnet(canvas, layout.pool_bias)
+            with self._exact():
+                prob, reg = self.pnet(canvas, layout.pool_bias)
             prob, reg = prob.flatten(), reg[0].flatten(1).t()
         else:
             probs, regs = [], []
             for lv in layout.levels:
                 level = _normalise(F.adaptive_avg_pool2d(img, (lv.h, lv.w)))
                 # channels-last: PNet's conv1 and max pool run about 3x faster on it on CPU
-                p, r = self.pnet(level.contiguous(memory_format=torch.channels_last))
+                with self._exact():
+                    p, r = self.pnet(level.contiguous(memory_format=torch.channels_last))
                 probs.append(p.flatten())
                 regs.append(r[0].flatten(1).t())
             prob, reg = torch.cat(probs), torch.cat(regs)

@@ -26,7 +26,6 @@ Overlap = Literal["iou", "min"]
 
 # Pairs evaluated per block: bounds the temporaries to a few tens of MB for any N.
 _BLOCK_ELEMENTS = 1 << 22
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.unpackbits' big-endian bit order
 
 
 def nms(
@@ -151,26 +150,30 @@ class _Pairs:
         return torch.tensor(keep, dtype=torch.long)
 
     def greedy_packed(self) -> torch.Tensor:
-        """Accelerators: every row on the device, packed to bits, one copy to the host, the greedy pass there."""
+        """Accelerators: every row on the device, packed to bits, one copy to the host, the greedy pass there.
+
+        Each row keeps only its later columns (masked on the device), so a row without a bit cannot suppress
+        anything and the host visits only rows that have one; a box is kept when no kept earlier box hit it.
+        """
         n = self.n
         device = self.x0.device
         nbytes = (n + 7) // 8
-        weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
+        # np.unpackbits' big-endian bit order; made on the device (a tensor from a list would be a blocking copy)
+        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
         packed = torch.zeros((n, nbytes), dtype=torch.uint8, device=device)
         for r0 in range(0, n, self.block_rows):
             r1 = min(n, r0 + self.block_rows)
             c0 = (r0 // 8) * 8  # only later boxes matter: start at the byte holding column r0
-            hit = torch.nn.functional.pad(self.hits(slice(r0, r1), c0).to(torch.uint8), (0, nbytes * 8 - n))
-            bits = hit.view(r1 - r0, -1, 8).mul_(weights).sum(2, dtype=torch.uint8)
-            packed[r0:r1, c0 // 8 :] = bits
+            hit = self.hits(slice(r0, r1), c0)
+            later = torch.arange(c0, n, device=device)[None, :] > torch.arange(r0, r1, device=device)[:, None]
+            hit = torch.nn.functional.pad((hit & later).to(torch.uint8), (0, nbytes * 8 - n))
+            packed[r0:r1, c0 // 8 :] = (hit.view(r1 - r0, -1, 8) << shifts).sum(2, dtype=torch.uint8)
         rows = packed.cpu().numpy()
         removed = np.zeros(nbytes * 8, dtype=bool)
-        keep: list[int] = []
-        for i in range(n):
+        for i in np.flatnonzero(rows.any(axis=1)).tolist():  # ascending: every earlier suppressor seen first
             if removed[i]:
                 continue
-            keep.append(i)
-            # bits for columns <= i only mark boxes already decided: harmless, and cheaper than masking them
             start = i >> 3
             removed[start * 8 :] |= np.unpackbits(rows[i, start:]).view(bool)
-        return torch.tensor(keep, dtype=torch.long).to(device, non_blocking=True)
+        keep = np.flatnonzero(~removed[:n])
+        return torch.from_numpy(keep.astype(np.int64)).to(device, non_blocking=True)

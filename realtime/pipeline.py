@@ -177,6 +177,7 @@ class FramePipeline:
         self.clock = clock
         self.frame_index = 0
         self.fail_closed_events = 0
+        self.swap_errors = 0  # engine calls that raised or gave the wrong shape (faces shown as stand-ins)
         self._memory: dict[int, _Remembered] = {}
         self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
         self._resolution: tuple[int, int] | None = None
@@ -252,11 +253,12 @@ class FramePipeline:
                     with _stage(record, stages, "colour"):
                         swapped = colour_transfer(swapped, crops, mask)
                 with _stage(record, stages, "paste"):
+                    before = _box_pixels(frame_t, boxes) if yuv else []
                     warp.paste(frame_t, swapped, matrices, mask, boxes, geometry)
                 good_host = good.to("cpu", non_blocking=True) if good is not None else None
                 if yuv:
                     with _stage(record, stages, "to_yuv"):
-                        _write_boxes_yuv(frame_t, planes, boxes)
+                        _write_boxes_yuv(frame_t, planes, boxes, before)
             with _stage(record, stages, "download"):
                 out = ctx.download(staged)
             record.finish()
@@ -266,12 +268,12 @@ class FramePipeline:
             ok = [False] * len(chosen) if good_host is None else good_host.tolist()
             failed = all_failed or not all(ok)
             for i, (track, fine) in enumerate(zip(chosen, ok, strict=True)):
-                if fine:
-                    self._memory[track.id] = _Remembered(swapped[i], index)
-            self._forget(index)
+                if fine:  # a copy: a view would keep the frame's whole batch of crops alive
+                    self._memory[track.id] = _Remembered(swapped[i].clone(), index)
             if failed:
                 self.fail_closed_events += 1
                 self.profiler.count("fail_closed")
+        self._forget(index)  # every frame: a face that left stops holding its crop
         if detect:
             self.profiler.count("detections")
         return FrameResult(out, len(chosen), failed, detect, stages)
@@ -304,7 +306,12 @@ class FramePipeline:
                 shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
                 raise ValueError(f"swap engine returned {shape}, expected {tuple(crops.shape)}")
         except Exception as e:  # fail closed whatever the engine raised: never paste the real face
-            log.warning("swap failed on frame %d (%s): faces repeated or hidden", index, e)
+            self.swap_errors += 1
+            self.profiler.count("swap_errors")
+            if self.swap_errors <= 3 or self.swap_errors % 300 == 0:  # a dead engine would log at the frame rate
+                log.warning(
+                    "swap failed on frame %d (%s): faces repeated or hidden (%d so far)", index, e, self.swap_errors
+                )
             return self._stand_ins(crops, ids, index), None
         result = result.to(crops.device, crops.dtype)
         good = torch.isfinite(result).flatten(1).all(1)
@@ -374,21 +381,52 @@ def _split_planes(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     )
 
 
-def _write_boxes_yuv(
-    rgb: torch.Tensor, planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor], boxes: list[warp.Box | None]
-) -> None:
-    """Convert only the pasted boxes (grown to even coordinates) back into the yuv planes."""
-    y, u, v = planes
+def _even_box(box: warp.Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """A face box grown to even coordinates (whole 2x2 chroma blocks), inside the frame."""
+    x0, y0 = box[0] - box[0] % 2, box[1] - box[1] % 2
+    return x0, y0, min(width, box[2] + box[2] % 2), min(height, box[3] + box[3] % 2)
+
+
+def _box_pixels(rgb: torch.Tensor, boxes: list[warp.Box | None]) -> list[torch.Tensor | None]:
+    """Copies of the boxes' RGB before the paste: what `_write_boxes_yuv` compares against."""
     h, w = rgb.shape[:2]
+    out: list[torch.Tensor | None] = []
     for box in boxes:
         if box is None:
+            out.append(None)
             continue
-        x0, y0 = box[0] - box[0] % 2, box[1] - box[1] % 2
-        x1, y1 = min(w, box[2] + box[2] % 2), min(h, box[3] + box[3] % 2)
-        by, bu, bv = rgb_to_yuv420p(rgb[y0:y1, x0:x1])
-        y[y0:y1, x0:x1] = by
-        u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = bu
-        v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] = bv
+        x0, y0, x1, y1 = _even_box(box, w, h)
+        out.append(rgb[y0:y1, x0:x1].clone())
+    return out
+
+
+def _write_boxes_yuv(
+    rgb: torch.Tensor,
+    planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    boxes: list[warp.Box | None],
+    before: list[torch.Tensor | None],
+) -> None:
+    """Write back into the yuv planes only what the paste changed: the luma of changed pixels and the chroma
+    samples whose (1, 3, 3, 1) x (1, 1) support holds one. The rest of a box keeps its original samples: a YUV →
+    RGB → YUV round trip is not the identity (limited-range clipping, chroma filtering), and would draw the box."""
+    y, u, v = planes
+    h, w = rgb.shape[:2]
+    for box, old in zip(boxes, before, strict=True):
+        if box is None or old is None:
+            continue
+        x0, y0, x1, y1 = _even_box(box, w, h)
+        sub = rgb[y0:y1, x0:x1]
+        changed = (sub != old).any(-1)  # (bh, bw)
+        pairs = changed[:, 0::2] | changed[:, 1::2]  # (bh, bw / 2): the two columns of a chroma sample
+        bh = pairs.shape[0]
+        edge = torch.zeros_like(pairs[:1])
+        padded = torch.cat((edge, pairs, edge))  # rows 2i-1 .. 2i+2 feed chroma row i, as in rgb_to_yuv420p
+        blocks = padded[0:bh:2] | padded[1 : bh + 1 : 2] | padded[2 : bh + 2 : 2] | padded[3 : bh + 3 : 2]
+        by, bu, bv = rgb_to_yuv420p(sub)
+        ys, us, vs = y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+        ys.copy_(torch.where(changed, by, ys))
+        us.copy_(torch.where(blocks, bu, us))
+        vs.copy_(torch.where(blocks, bv, vs))
 
 
 def pixelate(crops: torch.Tensor, cells: int = 8) -> torch.Tensor:

@@ -15,6 +15,7 @@ is held only to append or copy, never while computing percentiles or reading eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -270,7 +271,10 @@ class Profiler:
         if not self.is_cuda:
             return
         ready: list[_GpuFrame] = []
-        with self._lock:
+        # query() takes no device guard of its own: on cuda:N from a thread whose current device is 0 (the event
+        # loop's), it would make a context there
+        guard = torch.cuda.device(self.device) if self.device.index is not None else contextlib.nullcontext()
+        with self._lock, guard:
             # oldest first: on one stream frames complete in order, so the first one in flight ends the scan
             while self._pending and self._pending[0].complete():
                 ready.append(self._pending.popleft())

@@ -210,6 +210,14 @@ class FaceTracker:
         """Fold in one frame's detections (a `Detections`, or (boxes, scores, landmarks) arrays) taken at `t` s."""
         if isinstance(detections, tuple):
             boxes, scores, landmarks = (_host(v) for v in detections)
+        elif hasattr(detections.boxes, "detach"):  # tensors, maybe on the GPU: one copy to the host, not three
+            import torch
+
+            n = int(detections.boxes.shape[0])  # type: ignore[attr-defined]
+            parts = (detections.boxes, detections.scores, detections.landmarks)
+            widths = (4, 1, 10)  # boxes, scores, 5 (x, y) landmarks
+            flat = _host(torch.cat([t.reshape(n, k).float() for t, k in zip(parts, widths, strict=True)], 1))  # type: ignore[attr-defined]
+            boxes, scores, landmarks = flat[:, :4], flat[:, 4], flat[:, 5:]
         else:
             boxes, scores, landmarks = _host(detections.boxes), _host(detections.scores), _host(detections.landmarks)
         boxes, landmarks = boxes.reshape(-1, 4), landmarks.reshape(-1, 5, 2)

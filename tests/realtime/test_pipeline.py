@@ -309,6 +309,51 @@ def test_yuv420p_frames_round_trip_and_only_face_boxes_change(detector: MTCNN) -
             assert np.abs(out_rgb[inside].astype(np.float32) - in_rgb[inside]).mean() < 2.5
 
 
+def _frame_alphas(pipe: FramePipeline, w: int, h: int) -> np.ndarray:
+    """The union (max) of the blend masks the pipeline pasted with, from its tracks, in frame coordinates."""
+    lm = torch.tensor(np.stack([tr.landmarks for tr in pipe.tracker.tracks]), dtype=torch.float64)
+    mask = build_mask(256)
+    warped = [
+        cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        for m in estimate_norm(lm, 256).numpy()
+    ]
+    return np.max(warped, axis=0)
+
+
+def test_yuv420p_keeps_every_sample_the_paste_left_alone(detector: MTCNN) -> None:
+    """Inside a face's box, samples the blend did not touch come back bit for bit: here luma outside the video
+    range and saturated chroma, which a YUV → RGB → YUV round trip would clip and filter (a visible rectangle)."""
+    frame, _ = faces.compose_faces(640, 480)
+    planes = _yuv(frame)
+    probe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1))
+    probe.process_yuv420p(planes, 0.0)
+    untouched = _frame_alphas(probe, 640, 480) == 0
+    boxes = np.zeros((480, 640), bool)
+    for tr in probe.tracker.tracks:
+        x0, y0, x1, y1 = tr.box.astype(int)
+        boxes[max(0, y0 - 60) : y1 + 60, max(0, x0 - 60) : x1 + 60] = True  # around each face, inside its paste box
+    odd = untouched & boxes
+    rng = np.random.default_rng(0)
+    planes[:480][odd] = np.where(rng.random(int(odd.sum())) < 0.5, 4, 252).astype(np.uint8)
+    chroma = planes[480:].reshape(2, 240, 320)  # the U and V planes, as views
+    chroma[:, ::7, ::5] = 250  # saturated samples sprinkled everywhere
+
+    pipe = FramePipeline(detector, FlakyEngine(set(), set()), PipelineConfig(detect_every=1))
+    result = pipe.process_yuv420p(planes, 0.0)
+    assert result.faces >= 3
+    alpha = _frame_alphas(pipe, 640, 480)
+    still = alpha == 0
+    assert np.array_equal(result.frame[:480][still], planes[:480][still])  # luma the paste left alone
+    # a chroma sample keeps its value when no pixel of its (1, 3, 3, 1) x (1, 1) support changed
+    support = torch.from_numpy(~still)[None, None].float()
+    support = torch.nn.functional.max_pool2d(support, kernel_size=(4, 2), stride=2, padding=(1, 0))[0, 0] > 0
+    keep = ~support.numpy()
+    out_uv = result.frame[480:].reshape(2, 240, 320)
+    in_uv = planes[480:].reshape(2, 240, 320)
+    assert np.array_equal(out_uv[:, keep], in_uv[:, keep])
+    assert result.frame[:480][alpha > 0.99].min() > 230  # and the faces were swapped (white)
+
+
 def test_yuv420p_swap_changes_the_face(detector: MTCNN, astronaut: np.ndarray) -> None:
     result = FramePipeline(detector, FlakyEngine(set(), set())).process_yuv420p(_yuv(astronaut), 0.0)
     assert result.faces == 1
