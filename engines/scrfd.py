@@ -151,7 +151,7 @@ def select_faces(
         dx = (b[:, 0] + b[:, 2]) / 2 - width // 2
         dy = (b[:, 1] + b[:, 3]) / 2 - height // 2
         # Prefer large faces near the centre, as insightface's default metric does.
-        chosen = torch.argsort(area - (dx * dx + dy * dy) * 2.0, descending=True)[:max_num]
+        chosen = torch.argsort(area - (dx * dx + dy * dy) * 2.0, descending=True, stable=True)[:max_num]
         keep = keep[torch.sort(chosen).values]  # back to score order
     return Detections(boxes[keep].contiguous(), scores[keep].contiguous(), landmarks[keep].contiguous())
 
@@ -211,6 +211,10 @@ class SCRFD:
         self._anchors = [anchor_centers(self.input_size, s, self.device) for s in STRIDES]
 
     def __call__(self, image: torch.Tensor) -> Detections:
+        with torch.inference_mode():
+            return self._detect(image)
+
+    def _detect(self, image: torch.Tensor) -> Detections:
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}")
         if image.device != self.device:
