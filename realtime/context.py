@@ -70,7 +70,10 @@ class DeviceContext:
         if self.is_cuda:
             from realtime import warp_cuda
 
-            warp_cuda.compile_kernels()  # once per process (cached): fail now, not on the first face
+            try:
+                warp_cuda.compile_kernels()  # once per process (cached): fail now, not on the first face
+            except RuntimeError as e:
+                raise ConfigError(f"{e}; or use --device cpu") from e
         self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.is_cuda else None
         self._buffers: FrameBuffers | None = None
         self._masks: dict[tuple[int, MaskSpec], torch.Tensor] = {}

@@ -268,7 +268,7 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     from engines.facedancer import load_facedancer
     from engines.runners.base import facedancer_io
     from engines.runners.select import BACKENDS, choose
-    from realtime.context import resolve_device
+    from realtime.context import DeviceContext, resolve_device
 
     if options.engine not in ("facedancer", "identity"):
         raise ConfigError(f"engine must be facedancer or identity, not {options.engine!r}")
@@ -286,6 +286,13 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     mask = MaskSpec(options.mask, options.feather_px, options.erode_px)
     PipelineConfig(detect_every=options.detect_every)
     device = resolve_device(options.device)
+    if options.engine == "facedancer" and options.backend != "auto":
+        from engines.runners.select import available
+
+        why = available(device)[options.backend]
+        if why:  # before any model loads
+            raise ConfigError(f"--backend {options.backend} cannot run on {device}: {why}")
+    context = DeviceContext(device)  # CuPy and the warp kernels on a GPU: checked before any model loads
     model_dir = resolve_model_dir(options.model_dir)
     needed = (["facedancer_c_hq"] if options.engine == "facedancer" else []) + (
         ["arcface_r50"] if options.engine == "facedancer" or reference_mode else []
@@ -347,7 +354,7 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
         mask=mask,
         colour_transfer=options.colour_transfer,
     )
-    return FramePipeline(detector, engine, config, embedder=embedder), notes
+    return FramePipeline(detector, engine, config, context=context, embedder=embedder), notes
 
 
 def _labelled(fn: Callable[[], T], path: Path) -> T:
@@ -382,13 +389,18 @@ def swap_file(
     notes: list[str] = []
     if kind == "video":
         _probe(input)  # a file that is no video fails before any model loads
+    built = pipeline is None
     if pipeline is None:
         pipeline, notes = build_pipeline(source, options)
     report = SwapReport(output, kind, notes=notes)
-    if kind == "image":
-        _swap_image(pipeline, input, output, options.overwrite, report, progress)
-    else:
-        _swap_video(pipeline, input, output, options.overwrite, report, progress)
+    try:
+        if kind == "image":
+            _swap_image(pipeline, input, output, options.overwrite, report, progress)
+        else:
+            _swap_video(pipeline, input, output, options.overwrite, report, progress)
+    finally:
+        if built:  # its runner, graphs and device memory, before the interpreter tears CUDA down
+            pipeline.close()
     if pipeline.fail_closed_events:
         report.fail_closed = pipeline.fail_closed_events
     return report

@@ -267,9 +267,10 @@ class FramePipeline:
             # the download has waited for the frame: `good` is on the host now, at no further cost
             ok = [False] * len(chosen) if good_host is None else good_host.tolist()
             failed = all_failed or not all(ok)
-            for i, (track, fine) in enumerate(zip(chosen, ok, strict=True)):
-                if fine:  # a copy: a view would keep the frame's whole batch of crops alive
-                    self._memory[track.id] = _Remembered(swapped[i].clone(), index)
+            with ctx.activate():  # on the frame's stream, which the next frame's reads of the memory follow
+                for i, (track, fine) in enumerate(zip(chosen, ok, strict=True)):
+                    if fine:  # a copy: a view would keep the frame's whole batch of crops alive
+                        self._memory[track.id] = _Remembered(swapped[i].clone(), index)
             if failed:
                 self.fail_closed_events += 1
                 self.profiler.count("fail_closed")

@@ -46,6 +46,14 @@ def available(device: torch.device | str) -> dict[str, str | None]:
     reasons["cuda-graphs"] = "CUDA graphs need a CUDA device" if not cuda or no_cuda else None
     if not (_has_module("onnxruntime") and _has_module("onnx")):
         reasons["onnxruntime"] = "ONNX Runtime needs onnxruntime and onnx (pip install onnxruntime onnx)"
+    elif cuda and not no_cuda:
+        from engines.runners.onnxruntime import cuda_provider_present
+
+        # without it every call would cross to the host and run on the CPU: not what a GPU user asks for
+        has_provider = cuda_provider_present()
+        reasons["onnxruntime"] = (
+            None if has_provider else "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
+        )
     else:
         reasons["onnxruntime"] = no_cuda
     reasons["eager"] = no_cuda
@@ -153,7 +161,11 @@ def choose(
         runner = create_runner(
             backend, model, io, device, precision=precision, cache_dir=cache_dir, weights_key=weights_key
         )
-        runner.activate()
+        try:
+            runner.activate()
+        except Exception as e:  # an engine build or capture that fails: the user's message, not a traceback
+            runner.close()
+            raise ConfigError(f"backend {backend} could not start: {str(e).splitlines()[0] if str(e) else e!r}") from e
         return runner, f"backend {backend} ({runner.precision})"
 
     from engines.runners.onnx_export import sample_feeds
@@ -162,11 +174,6 @@ def choose(
     timed: list[tuple[float, Runner]] = []
     skipped: list[str] = []
     for name, reason in available(device).items():
-        if reason is None and name == "onnxruntime" and device.type == "cuda":
-            from engines.runners.onnxruntime import cuda_provider_present
-
-            if not cuda_provider_present():  # the CPU fallback would only lose, after a slow export
-                reason = "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"
         if reason is not None:
             skipped.append(f"{name} ({reason})")
             continue

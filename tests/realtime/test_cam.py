@@ -227,3 +227,32 @@ def test_live_loop_end_to_end(
         assert "stopped:" in captured.out
     assert "swapped frames out" in captured.err + captured.out
     assert "Traceback" not in captured.err
+
+
+def test_a_pipeline_failing_on_every_frame_stops_and_says_why(
+    media: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken device fails every frame: the command stops with the error instead of waiting for a frame."""
+    from engines.mtcnn import MTCNN
+
+    calls = []
+    works = MTCNN.__call__
+
+    def broken(self: MTCNN, image: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:  # the source photo, while the models load
+            return works(self, image)  # type: ignore[arg-type]
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(sinks, "VirtualCameraSink", FakeSink)
+    monkeypatch.setattr(FakeSink, "instances", [])
+    monkeypatch.setattr(MTCNN, "__call__", broken)
+    before = set(threading.enumerate())
+    assert cam(media, "--camera", str(media / "clip.mp4"), "--virtual-cam") == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "frames in a row: RuntimeError: CUDA error: an illegal memory access" in err
+    assert "Traceback" not in err
+    (sink,) = FakeSink.instances
+    assert sink.frames == []  # nothing unswapped was ever sent
+    assert sink.closed
+    assert set(threading.enumerate()) <= before

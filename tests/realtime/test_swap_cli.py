@@ -85,6 +85,23 @@ def test_bad_settings(
     assert not out.exists()
 
 
+def test_backend_that_cannot_run_here_is_refused_before_any_model_loads(
+    media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engines.facedancer
+
+    def no_loading(*args: object, **kw: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(engines.facedancer, "load_facedancer", no_loading)
+    out = tmp_path / "out.mp4"
+    assert swap(media, out, "--device", "cpu", "--backend", "cuda-graphs") == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "--backend cuda-graphs cannot run on cpu: CUDA graphs need a CUDA device" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
 def test_existing_output(media: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.mp4"
     out.write_bytes(b"precious")
