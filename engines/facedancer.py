@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,8 @@ INSTANCE_NORM_EPS = 1e-3
 class InstanceNorm(nn.Module):
     """tensorflow-addons InstanceNormalization: per sample and channel, biased variance, eps 1e-3, affine.
 
-    Computed as one statistics pass and one multiply-add (`coefficients` exposes the per-channel scale and shift
-    so AdaIN can fold into the same multiply-add); this keeps channels_last tensors as they are, where
+    Computed as one statistics pass and one multiply-add (`centred` exposes the per-channel scale and shift so
+    AdaIN can fold into the same multiply-add); this keeps channels_last tensors as they are, where
     `F.instance_norm` copies them. Statistics are float32 even for half inputs (see `_spatial_mean_var`).
     """
 
@@ -57,21 +57,27 @@ class InstanceNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
-    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), each (B, C, 1, 1) float32, with IN(x) = x·scale + shift."""
-        mean, var = _spatial_mean_var(x)
+    def centred(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(d, scale, shift) with IN(x) = d·scale + shift; scale and shift (B, C, 1, 1) float32.
+
+        float32: d is x itself. Half: d = x − m, m the mean rounded to half (the map the statistics already
+        made), so the shift stays small: x·scale + shift would subtract two large fp16 numbers where
+        |mean| >> std (error ~2⁻¹¹·|mean|/std) and overflow once |mean|·scale passes 65504."""
+        mean, var, m, d = _spatial_mean_var(x, centred=True)
         scale = self.weight.float()[:, None, None] * torch.rsqrt(var + self.eps)
-        return scale, self.bias.float()[:, None, None] - mean * scale
+        offset = mean if m is None else mean - m.float()
+        return d, scale, self.bias.float()[:, None, None] - offset * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.coefficients(x)
-        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+        d, scale, shift = self.centred(x)
+        return torch.addcmul(shift.to(x.dtype), d, scale.to(x.dtype))
 
 
-def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _spatial_mean_var(x: torch.Tensor, centred: bool = False) -> Any:
     """Per (sample, channel) float32 mean and biased variance, each (B, C, 1, 1), reducing along the axis that is
     contiguous in memory: several times faster on the CPU than `torch.var_mean`, whose Welford loop does not
-    vectorise over H and W.
+    vectorise over H and W. With `centred`, also (m, d): for half input the mean rounded to half and x − m in x's
+    layout (the deviations the variance is taken from), for float32 (None, x).
 
     float32 input: two passes, exact (unlike E[x²] − mean²). Half input: fp16 statistics lose accuracy and
     (x − mean)² overflows fp16 once a deviation passes 256, but a float32 copy of the map costs several times the
@@ -80,20 +86,27 @@ def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     deviations from that mean rounded to half (a half subtraction of nearby values, nearly exact, so nothing
     cancels even where |mean| >> std), corrected for the rounding: var = E[(x − m)²] − (mean − m)²."""
     b, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        v, dim = x.permute(0, 2, 3, 1).reshape(b, h * w, c), 1
-    else:
-        v, dim = x.reshape(b, c, h * w), 2
+
+    def rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+            return t.permute(0, 2, 3, 1).reshape(b, h * w, c), 1
+        return t.reshape(b, c, h * w), 2
+
+    v, dim = rows(x)
     if v.dtype in (torch.float16, torch.bfloat16):
         mean = v.mean(dim, keepdim=True, dtype=torch.float32)
-        m = mean.to(v.dtype)
-        sq = torch.linalg.vector_norm(v - m, 2, dim, keepdim=True, dtype=torch.float32).square_().div_(h * w)
-        var = sq.sub_((mean - m.float()).square_()).clamp_min_(0.0)
-    else:
-        v = v.float()
-        mean = v.mean(dim, keepdim=True)
-        var = (v - mean).square_().mean(dim, keepdim=True)
-    return mean.reshape(b, c, 1, 1), var.reshape(b, c, 1, 1)
+        m = mean.reshape(b, c, 1, 1).to(x.dtype)
+        d = x - m  # in x's memory format
+        dv, dim = rows(d)
+        sq = torch.linalg.vector_norm(dv, 2, dim, keepdim=True, dtype=torch.float32).square_().div_(h * w)
+        mean = mean.reshape(b, c, 1, 1)
+        var = sq.reshape(b, c, 1, 1).sub_((mean - m.float()).square_()).clamp_min_(0.0)
+        return (mean, var, m, d) if centred else (mean, var)
+    v = v.float()
+    mean = v.mean(dim, keepdim=True)
+    var = (v - mean).square_().mean(dim, keepdim=True)
+    mean, var = mean.reshape(b, c, 1, 1), var.reshape(b, c, 1, 1)
+    return (mean, var, None, x) if centred else (mean, var)
 
 
 class AdaIN(nn.Module):
@@ -155,10 +168,10 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         r = self.shortcut(x)
-        # IN then AdaIN, folded: s·(x·a + b) + t = x·(s·a) + (s·b + t), one pass over x
-        a, b = self.norm.coefficients(x)
+        # IN then AdaIN, folded: s·(d·a + b) + t = d·(s·a) + (s·b + t), one pass over the (centred) map
+        d, a, b = self.norm.centred(x)
         s, t = (c.float() for c in self.adain.coefficients(w))
-        x = self.conv(F.leaky_relu(torch.addcmul((s * b + t).to(x.dtype), x, (s * a).to(x.dtype)), 0.2))
+        x = self.conv(F.leaky_relu(torch.addcmul((s * b + t).to(x.dtype), d, (s * a).to(x.dtype)), 0.2))
         # bilinear upsampling is linear: up(x) + up(r) = up(x + r), one resize instead of two
         return _up2(x + r) if self.resample else x + r
 

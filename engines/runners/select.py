@@ -99,7 +99,8 @@ def create_runner(
         if backend == "eager":
             from engines.runners.eager import EagerRunner
 
-            return EagerRunner(model, io, device, precision)
+            # fp16 convolutions want NHWC on tensor cores; fp32 stays the plain reference
+            return EagerRunner(model, io, device, precision, channels_last=precision == "fp16")
         if backend == "onnxruntime":
             if precision != "fp32":
                 raise ConfigError("backend onnxruntime runs the fp32 ONNX export only: use --precision fp32")

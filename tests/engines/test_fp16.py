@@ -118,6 +118,34 @@ def test_instance_norm_on_half_maps_matches_float32() -> None:
     torch.testing.assert_close(out.float(), ref, rtol=0, atol=1e-2)
 
 
+@pytest.mark.parametrize("ratio", [10.0, 100.0, 300.0])
+def test_instance_norm_on_half_maps_with_a_mean_far_above_the_spread(ratio: float) -> None:
+    """|mean| >> std: x·scale + shift would subtract two large fp16 numbers (error ~2⁻¹¹·ratio, 0.16 at 300);
+    applied to the centred map the output keeps fp16's own resolution."""
+    torch.manual_seed(3)
+    norm = InstanceNorm(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = (torch.randn(2, 8, 32, 32) * 2.0 + 2.0 * ratio).half()
+    ref = norm(x.float())
+    for xx in (x, x.to(memory_format=torch.channels_last)):
+        out = norm.half()(xx).float()
+        norm.float()
+        assert (out - ref).abs().max().item() < 1e-2  # outputs of a few units: fp16 resolution, not ratio x 2⁻¹¹
+
+
+def test_instance_norm_on_a_near_constant_large_half_channel_stays_finite() -> None:
+    """A channel near 3000 with a tiny spread: mean·scale passes 65504, the folded shift would be infinite."""
+    norm = InstanceNorm(1)
+    x = torch.full((1, 1, 16, 16), 3000.0)
+    x[0, 0, ::2, ::2] += 2.0  # a spread of about 1
+    ref = norm(x)
+    out = norm.half()(x.half()).float()
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-2)
+
+
 # --- the whole network on real faces -------------------------------------------------------------------------
 
 
