@@ -241,10 +241,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     model_dir = store.resolve_model_dir(args.model_dir)
     if args.names:
-        entries = _entries(args.names)
-        for e in entries:
-            if e.converter is None:
-                raise DanceCamError(f"{e.name} needs no conversion; convertible: {_convertible_names()}")
+        entries = _networks(args.names, "needs no conversion; convertible")
     else:
         entries = [
             e for e in registry.MODELS if e.converter and store.check(e, model_dir, hash_file=False).state != "missing"
@@ -292,10 +289,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model_dir = store.resolve_model_dir(args.model_dir)
     if args.names:
-        entries = _entries(args.names)
-        for e in entries:
-            if e.converter is None:
-                raise DanceCamError(f"{e.name} is not a network DanceCam exports; exportable: {_convertible_names()}")
+        entries = _networks(args.names, "is not a network DanceCam exports; exportable")
     else:
         entries = [e for e in registry.MODELS if e.converter and _converted(e, model_dir)]
         if not entries:
@@ -332,6 +326,15 @@ def _converted(entry: ModelEntry, model_dir: Path) -> bool:
     except ModelMissingError:
         return False
     return True
+
+
+def _networks(names: list[str], refusal: str) -> list[ModelEntry]:
+    """The entries named, each a convertible network; DanceCamError "<name> <refusal>: <the ones that are>"."""
+    entries = _entries(names)
+    for e in entries:
+        if e.converter is None:
+            raise DanceCamError(f"{e.name} {refusal}: {_convertible_names()}")
+    return entries
 
 
 def _convertible_names() -> str:
