@@ -66,7 +66,8 @@ def scrfd_backend(backend: str, device: torch.device) -> tuple[str, str | None]:
     return ("onnxruntime", reason) if reason else ("tensorrt", None)
 
 
-def _scrfd(path: Path, device: torch.device, backend: str, cache_dir: Path) -> tuple[FaceDetector, str]:
+def _scrfd(path: Path, device: torch.device, backend: str, cache_dir: Path) -> tuple[FaceDetector, str, bool]:
+    """SCRFD on TensorRT or ONNX Runtime, the line that says which, and whether it runs on the GPU."""
     from engines.runners.onnxruntime import OnnxRuntimeRunner
     from engines.scrfd import SCRFD, scrfd_io
 
@@ -78,13 +79,15 @@ def _scrfd(path: Path, device: torch.device, backend: str, cache_dir: Path) -> t
 
         runner = TensorRTOnnxRunner(path, io, device, cache_dir=cache_dir, precision="fp16")
         try:
-            return SCRFD(device=device, runner=runner), "on tensorrt fp16"
+            return SCRFD(device=device, runner=runner), "on tensorrt fp16", True
         except Exception as e:  # a failed engine build costs the fast detector, not the session
             runner.close()
             note = f"; TensorRT failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     elif backend == "tensorrt" and why_not:
         note = f"; not TensorRT: {why_not}"
-    return SCRFD(device=device, runner=OnnxRuntimeRunner(path, io, device)), f"on onnxruntime{note}"
+    ort = OnnxRuntimeRunner(path, io, device)
+    detector = SCRFD(device=device, runner=ort)
+    return detector, f"on onnxruntime{note}", device.type != "cuda" or ort.io_binding
 
 
 def load_detector(
@@ -102,13 +105,17 @@ def load_detector(
         from engines.runners.onnxruntime import cuda_provider_present
 
         on_gpu = cuda_provider_present() or scrfd_backend(backend, device)[0] == "tensorrt"
+    requested = name
     name, why = decide(name, device.type, path.is_file(), on_gpu)
     if name == "scrfd":
         from engines.scrfd import require_model
 
         require_model(path)
-        detector, where = _scrfd(path, device, backend, cache_dir or model_dir / "compiled")
-        return detector, f"detector scrfd {where} ({why})"
+        detector, where, on_device = _scrfd(path, device, backend, cache_dir or model_dir / "compiled")
+        if on_device or requested != "auto":
+            return detector, f"detector scrfd {where} ({why})"
+        detector.close()  # auto chose SCRFD for a GPU runtime that then failed: MTCNN on the GPU is faster
+        why = f"SCRFD would run on the CPU: {where.removeprefix('on onnxruntime; ')}"
     from engines.mtcnn import MTCNN
 
     return MTCNN(device), f"detector mtcnn ({why})"

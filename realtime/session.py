@@ -234,6 +234,10 @@ class LiveServices:
         if engine not in ("facedancer", "identity"):
             raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
         dev = resolve_device(device)
+        if dev.type == "cuda":
+            from realtime.context import DeviceContext
+
+            DeviceContext(dev).close()  # CuPy and the warp kernels: a broken set-up stops the server at start
         home = resolve_model_dir(model_dir)
         detector, detector_message = load_detector(detector_name, dev, home, backend, home / "compiled")
         log.info("%s", detector_message)
@@ -344,12 +348,15 @@ class LiveServices:
     def new_pipeline(self, settings: LiveSettings) -> tuple[FramePipeline, int]:
         """A pipeline of its own for one session (own stream, buffers, tracker, profiler); and the source version."""
         source = self.source
-        pipeline = FramePipeline(
-            self.detector,
-            self.make_engine(source),
-            settings.pipeline_config(),
-            profiler=Profiler(self.device, window=300),
-        )
+        try:
+            pipeline = FramePipeline(
+                self.detector,
+                self.make_engine(source),
+                settings.pipeline_config(),
+                profiler=Profiler(self.device, window=300),
+            )
+        except DanceCamError as e:  # the server's fault, not the request's: 503 with the reason
+            raise EngineStartError(f"this session's pipeline could not start: {e}") from e
         runner = getattr(pipeline.engine, "runner", None)
         if runner is not None:
             # now, not on the first face: a CUDA-graph capture or a TensorRT load takes seconds, and a failure
@@ -358,7 +365,10 @@ class LiveServices:
                 with pipeline.context.activate():
                     runner.activate()
             except Exception as e:
-                pipeline.close()
+                try:
+                    pipeline.close()
+                except Exception:  # the activation's error is the one to report
+                    log.exception("closing a pipeline whose backend did not start failed")
                 raise EngineStartError(f"the {runner.backend} backend could not start this session: {e}") from e
         return pipeline, source.version if source else 0
 
@@ -604,13 +614,19 @@ class SessionManager:
         build = asyncio.ensure_future(asyncio.to_thread(self._build, kind, settings))
         try:
             session = await asyncio.shield(build)
-        except asyncio.CancelledError:  # the request went away: whatever the thread builds is closed, not kept
-            build.add_done_callback(_close_built)
+        except asyncio.CancelledError:  # the request went away: what the thread builds is closed, not kept, and
+            build.add_done_callback(self._abandoned)  # its place stays taken until the thread has finished
             raise
-        finally:
+        except BaseException:
             self._building -= 1
+            raise
+        self._building -= 1
         self.sessions[session.id] = session
         return session
+
+    def _abandoned(self, build: asyncio.Future[Session]) -> None:
+        self._building -= 1
+        _close_built(build)
 
     def _admit(self) -> None:
         if len(self.sessions) + self._building >= self.max_sessions:

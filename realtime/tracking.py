@@ -216,7 +216,7 @@ class FaceTracker:
             n = int(detections.boxes.shape[0])  # type: ignore[attr-defined]
             parts = (detections.boxes, detections.scores, detections.landmarks)
             widths = (4, 1, 10)  # boxes, scores, 5 (x, y) landmarks
-            flat = _host(torch.cat([t.reshape(n, k).float() for t, k in zip(parts, widths, strict=True)], 1))  # type: ignore[attr-defined]
+            flat = _host(torch.cat([t.reshape(n, k).double() for t, k in zip(parts, widths, strict=True)], 1))  # type: ignore[attr-defined]
             boxes, scores, landmarks = flat[:, :4], flat[:, 4], flat[:, 5:]
         else:
             boxes, scores, landmarks = _host(detections.boxes), _host(detections.scores), _host(detections.landmarks)

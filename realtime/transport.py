@@ -417,6 +417,8 @@ class Publisher:
         try:
             if self.live is not None:
                 await self.live.close()
+            elif self._pipeline is not None:  # refused before a video track arrived: nothing else will close it
+                await asyncio.to_thread(self._pipeline.close)
         finally:  # whatever the pipeline's teardown does, the connection and its tracks go
             for sink in self._sinks:
                 await sink.stop()

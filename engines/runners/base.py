@@ -137,19 +137,19 @@ class RunnerBase:
         self.last_ms = 0.0
         self.active = False
         self.closed = False
-        self.failure: BaseException | None = None  # why activation failed: it is not tried again
+        self.failure: str | None = None  # why activation failed (as text: not its frames): it is not tried again
 
     def activate(self) -> None:
         if self.closed:
             raise RuntimeError(f"{self.backend} runner is closed")
         if self.failure is not None:
             # a capture or an engine build that failed once fails again, and costs seconds each time: never per frame
-            raise RuntimeError(f"{self.backend} runner could not be activated: {self.failure}") from self.failure
+            raise RuntimeError(f"{self.backend} runner could not be activated: {self.failure}")
         if not self.active:
             try:
                 self._activate()
             except Exception as e:
-                self.failure = e
+                self.failure = f"{type(e).__name__}: {e}"
                 raise
             self.active = True
 

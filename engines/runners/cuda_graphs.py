@@ -166,8 +166,11 @@ class CudaGraphRunner(RunnerBase):
                         graph.capture_begin(pool=pool, capture_error_mode="thread_local")
                         try:
                             slot.outputs = self._run(slot.inputs)
-                        finally:
-                            graph.capture_end()
+                        except BaseException:
+                            with contextlib.suppress(Exception):  # the capture's own error is the one to report
+                                graph.capture_end()
+                            raise
+                        graph.capture_end()
                         slot.graph = graph
             finally:
                 cudnn.benchmark = benchmark

@@ -37,37 +37,42 @@ def prepared_model(
     return model.eval()
 
 
-_TF32_LOCK = threading.RLock()  # reentrant: a runner's fp32 section may call another's
+_IEEE_LOCK = threading.Lock()  # guards the two below
+_ieee_depth = 0  # fp32 sections open now, on any thread
+_saved_precision: object = None  # the flag as the first of them found it
 
 
 @contextlib.contextmanager
 def ieee_fp32_convolutions() -> Iterator[None]:
     """cuDNN convolutions in full fp32 for the duration: torch lets them use TF32 by default (~1e-3 relative
-    error on Ampere and later), which the fp32 reference must not. Flips a process-wide flag, so the runner that
-    uses it must not share cuDNN with another thread meanwhile (the pipeline runs networks on one worker).
-    Several sessions' eager fp32 runners would otherwise interleave the saves and restores and leave the flag
-    flipped for good: `_TF32_LOCK` makes their fp32 sections take turns."""
-    with _TF32_LOCK, _ieee_fp32():
+    error on Ampere and later), which the fp32 reference must not. The flag is process-wide, so the sections of all
+    threads share it: the first to open sets it, the last to close restores it, and none waits for another (an
+    fp32 CUDA-graph capture takes seconds; MTCNN's short sections run beside it)."""
+    global _ieee_depth, _saved_precision
+    with _IEEE_LOCK:
+        if _ieee_depth == 0:
+            _saved_precision = _set_conv_precision("ieee")
+        _ieee_depth += 1
+    try:
         yield
+    finally:
+        with _IEEE_LOCK:
+            _ieee_depth -= 1
+            if _ieee_depth == 0:
+                _set_conv_precision(_saved_precision)
 
 
-@contextlib.contextmanager
-def _ieee_fp32() -> Iterator[None]:
+def _set_conv_precision(value: object) -> object:
+    """Set cuDNN's fp32 convolution precision ("ieee", or a value this returned before); returns the old one.
+    torch >= 2.9 spells it `cudnn.conv.fp32_precision`; older torch has the boolean `cudnn.allow_tf32`."""
     conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9's precision API
+    if conv is not None and hasattr(conv, "fp32_precision"):
         old = conv.fp32_precision
-        conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = old
-    else:
-        old_flag = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = old_flag
+        conv.fp32_precision = value
+        return old
+    old_flag = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False if value == "ieee" else bool(value)
+    return old_flag
 
 
 class EagerRunner(RunnerBase):

@@ -126,7 +126,7 @@ def test_failed_activation_leaves_nothing_behind_and_is_not_retried(monkeypatch:
     assert not runner.active
     assert runner._model is None
     assert runner._slots == {}
-    with pytest.raises(RuntimeError, match="could not be activated: CUDA out of memory"):
+    with pytest.raises(RuntimeError, match="could not be activated: RuntimeError: CUDA out of memory"):
         runner.infer(_probe_feeds(1))
     assert attempts == [4]  # tried once
     runner.close()

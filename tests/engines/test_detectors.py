@@ -111,3 +111,35 @@ def test_scrfd_on_tensorrt_and_its_fallback(tmp_path: Path, monkeypatch: pytest.
     assert detector.runner.backend == "onnxruntime"
     assert message.startswith("detector scrfd on onnxruntime; TensorRT failed (TensorRT could not build")
     assert len(detector(image)) == len(reference)
+
+
+def test_auto_falls_back_to_mtcnn_when_scrfd_would_end_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto picked SCRFD for a GPU runtime (TensorRT) whose build then failed, with no CUDA provider in
+    onnxruntime: SCRFD would run on the CPU, slower than MTCNN on the GPU, so auto takes MTCNN and says why.
+    (Decided by the runtimes' answers; simulated here, where there is no GPU.)"""
+    from engines import detectors
+
+    closed: list[bool] = []
+
+    class Stranded:
+        def close(self) -> None:
+            closed.append(True)
+
+    path = scrfd_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_fake_scrfd(path)
+    monkeypatch.setattr(detectors, "decide", lambda *a: ("scrfd", "a GPU, det_10g.onnx and a GPU runtime for it"))
+    monkeypatch.setattr(
+        detectors,
+        "_scrfd",
+        lambda *a: (Stranded(), "on onnxruntime; TensorRT failed (out of memory)", False),
+    )
+    detector, message = load_detector("auto", torch.device("cpu"), tmp_path)
+    assert isinstance(detector, MTCNN)
+    assert message == "detector mtcnn (SCRFD would run on the CPU: TensorRT failed (out of memory))"
+    assert closed == [True]
+    # asked for by name, the user gets SCRFD wherever it runs
+    detector, message = load_detector("scrfd", torch.device("cpu"), tmp_path)
+    assert isinstance(detector, Stranded)

@@ -327,3 +327,39 @@ def test_choose_auto_on_cuda(arc_model: nn.Module, cache_dir: Path) -> None:
         assert out.device.type == "cuda"
     finally:
         runner.close()
+
+
+def test_fp32_sections_of_several_threads_share_the_flag_and_restore_it() -> None:
+    """Sections overlap across threads (sessions' eager fp32 runners, MTCNN, an fp32 capture): each sees IEEE
+    convolutions, none waits for another, and the flag is as it was once the last one closes."""
+    import threading
+
+    from engines.runners.eager import _set_conv_precision, ieee_fp32_convolutions
+
+    def current() -> object:
+        before = _set_conv_precision("ieee")
+        _set_conv_precision(before)
+        return before
+
+    original = current()
+    first_in = threading.Event()
+    second_done = threading.Event()
+    seen: list[object] = []
+
+    def long_section() -> None:
+        with ieee_fp32_convolutions():
+            first_in.set()
+            assert second_done.wait(5)  # the other thread's section opened and closed meanwhile: no waiting
+            seen.append(current())
+
+    t = threading.Thread(target=long_section)
+    t.start()
+    assert first_in.wait(5)
+    with ieee_fp32_convolutions():
+        seen.append(current())
+    seen.append(current())  # the long section is still open: still IEEE
+    second_done.set()
+    t.join(5)
+    assert seen == [seen[0]] * 3
+    assert seen[0] in ("ieee", False)  # torch >= 2.9's precision API, or the legacy allow_tf32
+    assert current() == original

@@ -85,6 +85,8 @@ async def test_cancelled_open_closes_what_it_built(detector: MTCNN) -> None:
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening
+    with pytest.raises(CapacityError):  # the abandoned build still holds its place (and its device memory)
+        await manager.open("offer")
     assert await wait_for(lambda: services.closed == 1, timeout=5)
     assert manager.sessions == {}
     session = await manager.open("offer")  # the place is free again
@@ -176,3 +178,14 @@ async def test_a_session_whose_pipeline_fails_on_every_frame_is_ended(caplog: py
     assert int(found.group(1)) >= 30  # the watchdog looks twice a second: at least the threshold
     dropped = [r for r in caplog.records if r.getMessage().startswith("frame dropped")]
     assert 1 <= len(dropped) <= 3  # logged for the first frames, not at the frame rate
+
+
+async def test_an_offer_refused_before_its_video_closes_the_pipeline_built_for_it(detector: MTCNN) -> None:
+    """The pipeline (with its backend already made ready) is built before negotiation: an offer refused for lack
+    of video must not leave it for the garbage collector."""
+    services = SlowBuild(detector, delay=0.0)
+    async with live_server(services) as live:
+        with pytest.raises(RuntimeError, match="400"):
+            await offer(live.http, live.base, None, audio=True)
+        assert await wait_for(lambda: services.closed == 1, timeout=5)
+        assert live.manager.sessions == {}
