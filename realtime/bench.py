@@ -20,7 +20,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +49,7 @@ class BenchOptions:
     sizes: tuple[tuple[int, int], ...] = ((640, 480), (1280, 720))
     faces: tuple[int, ...] = (1, 4)
     frames: int = 100
+    max_seconds: float = 60.0  # timed seconds per case at most (0: no limit): a CPU at seconds per frame still ends
     warmup: int = 10
     detect_every: int = 5
     device: str = "auto"
@@ -61,6 +62,8 @@ class BenchOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.frames <= 100_000:
             raise ConfigError(f"--frames must be 1..100000, got {self.frames}")
+        if not 0 <= self.max_seconds <= 86_400:
+            raise ConfigError(f"--max-seconds must be 0..86400 (0: no limit), got {self.max_seconds}")
         if not 0 <= self.warmup <= 10_000:
             raise ConfigError(f"--warmup must be 0..10000, got {self.warmup}")
         if not self.sizes or not self.faces:
@@ -340,8 +343,12 @@ def run_case(
         pipe.fail_closed_events = 0
         latency: list[float] = []
         swapped: list[int] = []
+        # at least one detection cycle is timed, whatever the time limit
+        least = min(options.frames, max(3, options.detect_every))
         start = time.perf_counter()
         for k in range(options.frames):
+            if options.max_seconds and k >= least and time.perf_counter() - start > options.max_seconds:
+                break
             t0 = time.perf_counter()
             result = pipe.process(frame, (options.warmup + k) / 30)
             latency.append((time.perf_counter() - t0) * 1e3)
@@ -354,17 +361,18 @@ def run_case(
         fail_closed = pipe.fail_closed_events
     finally:
         pipe.close()
+    timed = len(latency)
     stages = {
-        name: {**s, "per_frame_ms": s["mean"] * s["count"] / options.frames}  # detection: its share per frame
+        name: {**s, "per_frame_ms": s["mean"] * s["count"] / timed}  # detection: its share per frame
         for name, s in snap["stages"].items()
     }
     return {
-        "frames": options.frames,
+        "frames": timed,
         "faces_found": {"min": min(swapped), "mean": float(np.mean(swapped))},
         "latency_ms": _pct(latency),
         "device_ms": snap["end_to_end"] if device.type == "cuda" else None,
         "stages": stages,
-        "fps": options.frames / wall,
+        "fps": timed / wall,
         "faces_per_s": sum(swapped) / wall,
         "fail_closed": fail_closed,
         "timeline_ms": [round(v, 3) for v in latency],
@@ -379,6 +387,14 @@ def load_bench_detector(options: BenchOptions, device: torch.device, backends: l
     model_dir = resolve_model_dir(options.model_dir)
     backend = backends[0] if len(backends) == 1 else "auto"
     return load_detector(options.detector, device, model_dir, backend, model_dir / "compiled")
+
+
+def timed_frames(settings: Mapping[str, Any]) -> str:
+    """How many frames a case timed, as the settings asked: "100 timed frames (at most 60 s)"."""
+    limit = settings.get("max_seconds") or 0
+    return f"{settings['frames']} timed frames" + (
+        f" (at most {limit:g} s; each case's count is in its row)" if limit else ""
+    )
 
 
 def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
@@ -412,7 +428,8 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
         say(backend.message)
         try:
             for (w, h, n), (frame, _) in frames.items():
-                say(f"{backend.name} {backend.precision}: {w}x{h}, {n} face(s), {options.frames} frames ...")
+                limit = f", at most {options.max_seconds:g} s" if options.max_seconds else ""
+                say(f"{backend.name} {backend.precision}: {w}x{h}, {n} face(s), {options.frames} frames{limit} ...")
                 case = run_case(backend.engine, device, frame, n, options, detector)  # type: ignore[arg-type]
                 case.update(backend=backend.name, precision=backend.precision, size=f"{w}x{h}", faces=n)
                 cases.append(case)
@@ -437,6 +454,7 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
         "peaks": {k: p.to_dict() for k, p in peaks.items()},
         "settings": {
             "frames": options.frames,
+            "max_seconds": options.max_seconds,
             "warmup": options.warmup,
             "detect_every": options.detect_every,
             "detector": detector_line,
@@ -490,12 +508,15 @@ def summary_rows(result: dict[str, Any]) -> list[list[str]]:
                 f"{c['floor_ms']:.2f}",
                 f"{c['fps']:.1f}",
                 f"{c['faces_per_s']:.1f}",
+                str(c["frames"]),
             ]
         )
     return rows
 
 
-SUMMARY_HEAD = ["backend", "precision", "size", "faces", "p50 ms", "p95 ms", "p99 ms", "floor ms", "fps", "faces/s"]
+SUMMARY_HEAD = [
+    *("backend", "precision", "size", "faces", "p50 ms", "p95 ms", "p99 ms", "floor ms", "fps", "faces/s", "frames")
+]
 STAGE_HEAD = ["case", "stage", "runs", "p50 ms", "p95 ms", "p99 ms", "ms per frame", "floor ms"]
 
 
@@ -553,7 +574,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Versions: {versions}",
         f"- Model: {model['label']}, {model['gflop_per_face']:.2f} GFLOP per 256x256 face ({model['flop_counting']})",
         f"- Measured peak: {peaks}",
-        f"- Per case: {settings['warmup']} warm-up frames, then {settings['frames']} timed frames; "
+        f"- Per case: {settings['warmup']} warm-up frames, then {timed_frames(settings)}; "
         f"{settings['detector']}, every {settings['detect_every']} frames; frames from {settings['frame_source']}",
         "",
         "Latency: host wall time of one frame through the pipeline (upload to download). Floor: FaceDancer FLOPs of "

@@ -56,6 +56,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--faces", type=parse_counts, default="1,4", metavar="N,...", help="faces per frame, 1..8 (default 1,4)"
     )
     p.add_argument("--frames", type=int, default=100, metavar="N", help="timed frames per case (default 100)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="timed seconds per case at most, then fewer frames (default 60; 0: all --frames)",
+    )
     p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed frames first (default 10)")
     p.add_argument("--detect-every", type=int, default=5, metavar="N", help="detect every N frames (default 5)")
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu or cuda[:N]")
@@ -87,6 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes=args.sizes,  # argparse applies `type` to string defaults too
         faces=args.faces,
         frames=args.frames,
+        max_seconds=args.max_seconds,
         warmup=args.warmup,
         detect_every=args.detect_every,
         device=args.device,
@@ -112,6 +120,7 @@ def _command(args: argparse.Namespace) -> str:
     """The run as one explicit command line (every setting spelled out), for the record."""
     words = ["dancecam", "bench", "--sizes", ",".join(f"{w}x{h}" for w, h in args.sizes)]
     words += ["--faces", ",".join(map(str, args.faces)), "--frames", str(args.frames), "--warmup", str(args.warmup)]
+    words += ["--max-seconds", f"{args.max_seconds:g}"]
     words += ["--detect-every", str(args.detect_every), "--detector", args.detector, "--device", args.device]
     words += ["--backend", args.backend] if args.backend else []
     words += ["--precision", args.precision] if args.precision else []
@@ -127,7 +136,7 @@ def _print(console: Console, result: dict[str, Any]) -> None:
     console.print(f"[bold]{escape(env['device'])}[/] ({env['device_type']}): {escape(versions)}", soft_wrap=True)
     peaks = ", ".join(f"{k} {p['tflops']:.2f} TFLOP/s" for k, p in result["peaks"].items())
     console.print(f"peak {peaks}; FaceDancer {result['model']['gflop_per_face']:.2f} GFLOP per face", soft_wrap=True)
-    table = Table(title=f"end to end, {result['settings']['frames']} frames per case (ms; floor = compute floor)")
+    table = Table(title=f"end to end, {bench.timed_frames(result['settings'])} per case (ms; floor = compute floor)")
     for col in bench.SUMMARY_HEAD:
         table.add_column(col, justify="left" if col in ("backend", "precision", "size") else "right")
     for row in bench.summary_rows(result):

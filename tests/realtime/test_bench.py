@@ -91,6 +91,7 @@ def test_floor_beside_every_time(run: dict[str, Any]) -> None:
         (["--faces", "0"], "face count 0"),
         (["--sizes", "321x240"], "must be even"),
         (["--frames", "0"], "--frames must be 1..100000"),
+        (["--max-seconds", "-1"], "--max-seconds must be 0..86400"),
         (["--backend", "warp-drive"], "unknown backend 'warp-drive'"),
         (["--backend", "cuda-graphs"], "cannot run on cpu"),
     ],
@@ -121,6 +122,24 @@ def test_missing_weights_say_how(
     assert "dancecam models download facedancer_c_hq" in err
     assert "--random-weights" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_time_limit_ends_a_slow_case_with_fewer_frames(tmp_path: Path) -> None:
+    """A CPU at a fraction of a second per frame: the case stops after --max-seconds, having timed at least one
+    detection cycle, and says how many frames it timed."""
+    args = ["--frames", "200", "--warmup", "1", "--sizes", "320x240", "--faces", "1", "--device", "cpu"]
+    args += ["--detect-every", "3", "--max-seconds", "0.5", "--random-weights", "--backend", "eager"]
+    assert main(["bench", *args, "--out", str(tmp_path), "-q"]) == 0
+    [json_path] = tmp_path.glob("bench-*.json")
+    result = json.loads(json_path.read_text())
+    [case] = result["cases"]
+    assert 3 <= case["frames"] < 200
+    assert len(case["timeline_ms"]) == case["frames"]
+    assert result["settings"]["max_seconds"] == 0.5
+    assert "--max-seconds 0.5" in result["command"]
+    md = json_path.with_suffix(".md").read_text()
+    assert "200 timed frames (at most 0.5 s; each case's count is in its row)" in md
+    assert f"| {case['frames']} |" in md
 
 
 def test_detector_is_chosen_like_the_products(
