@@ -196,7 +196,7 @@ def face_frame(width: int, height: int, faces: int) -> tuple[np.ndarray, str]:
     """
     hint = (
         "dancecam bench makes its frames from scikit-image's astronaut photo: install it with "
-        "`pip install scikit-image` (or the dev extra: pip install -e '.[dev]')"
+        "`.venv/bin/python -m pip install scikit-image` (a dependency of dancecam: re-run scripts/setup.sh)"
     )
     root = str(Path(__file__).resolve().parents[1])
     if (Path(root) / "tests" / "faces.py").is_file() and root not in sys.path:

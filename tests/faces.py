@@ -42,8 +42,8 @@ def astronaut() -> np.ndarray:
 def astronaut_png(path: str | Path | None = None) -> np.ndarray:
     """The astronaut photo from a lossless PNG (`path`, else $DANCECAM_ASTRONAUT), checked to be 512x512 RGB."""
     hint = (
-        "tests.faces needs scikit-image's astronaut photo: install scikit-image (`pip install scikit-image`, in the "
-        f"dev extra), or set {ASTRONAUT_ENV} to a PNG of it written on a machine that has scikit-image "
+        "tests.faces needs scikit-image's astronaut photo: install scikit-image (`pip install scikit-image`, a "
+        f"dependency of dancecam), or set {ASTRONAUT_ENV} to a PNG of it written on a machine that has scikit-image "
         "(`python -m benchmarks.gpu_suite --prepare-carry` writes .carry/astronaut.png)"
     )
     name = str(path) if path is not None else os.environ.get(ASTRONAUT_ENV, "")
