@@ -201,13 +201,10 @@ def real_crops(device: torch.device, count: int = 4) -> torch.Tensor:
 
 def reference_output(model: torch.nn.Module, crops: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Eager fp32 with TF32 off in the convolutions (all but 0.005 % of the FLOPs): the reference of every backend."""
-    allowed = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.inference_mode():
-            return model(crops, w.expand(crops.shape[0], -1)).float()
-    finally:
-        torch.backends.cudnn.allow_tf32 = allowed
+    from engines.runners.eager import ieee_fp32_convolutions
+
+    with ieee_fp32_convolutions(), torch.inference_mode():
+        return model(crops, w.expand(crops.shape[0], -1)).float()
 
 
 def time_runner(runner: Any, feeds: dict[str, torch.Tensor], iters: int, max_s: float) -> dict[str, Any]:

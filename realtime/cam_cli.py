@@ -19,8 +19,6 @@ from rich.markup import escape
 from engines.errors import ConfigError, MediaError
 from realtime.pipeline_args import add_pipeline_options, swap_options
 
-FAILED_FRAMES_TO_STOP = 30  # frames in a row the pipeline raised on: a broken device, said instead of waiting
-
 if TYPE_CHECKING:
     from realtime.camera import Capture
     from realtime.sinks import Presenter, SinkFactory
@@ -118,7 +116,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
                 status.update(escape(_status_line(capture, presenter, worker)))
 
         def done() -> bool:  # the camera ended, or the pipeline fails on every frame (a broken device)
-            return capture.stopped.is_set() or worker.consecutive_errors >= FAILED_FRAMES_TO_STOP
+            return capture.stopped.is_set() or worker.broken
 
         try:
             presenter.run(done, update)
@@ -127,7 +125,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     # everything is closed here: camera thread, worker, sinks, camera
     if capture is not None and capture.error is not None and not interrupted:
         raise capture.error
-    if worker is not None and worker.consecutive_errors >= FAILED_FRAMES_TO_STOP and not interrupted:
+    if worker is not None and worker.broken and not interrupted:
         raise MediaError(f"the pipeline failed on {worker.consecutive_errors} frames in a row: {worker.last_error}")
     summary = _summary(capture, presenter, worker)
     if interrupted:

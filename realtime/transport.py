@@ -194,7 +194,6 @@ class LiveSession:
 # --- peers ----------------------------------------------------------------------------------------------------
 
 CONNECT_TIMEOUT_S = 20.0  # an answered offer whose peer never connects is given up after this long
-FAILED_FRAMES_TO_END = 30  # frames in a row the pipeline raised on (a broken device): the session ends, saying why
 IDLE_TIMEOUT_S = 15.0  # a connected peer that sends no video for this long has gone
 
 
@@ -386,7 +385,7 @@ class Publisher:
                 await self._end(f"no video for {self._idle_timeout:.0f} s")
                 return
             worker = self.worker
-            if worker is not None and worker.consecutive_errors >= FAILED_FRAMES_TO_END:
+            if worker is not None and worker.broken:  # the session ends, saying why
                 await self._end(
                     f"the pipeline failed on {worker.consecutive_errors} frames in a row: {worker.last_error}"
                 )

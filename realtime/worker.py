@@ -25,6 +25,7 @@ import numpy as np
 from realtime.pipeline import FramePipeline, FrameResult
 
 log = logging.getLogger(__name__)
+BROKEN_AFTER = 30  # frames in a row the pipeline raised on before its users give up (a second at 30 fps)
 T = TypeVar("T")
 
 
@@ -102,6 +103,11 @@ class PipelineWorker:
         self.latencies: deque[float] = deque(maxlen=300)  # submission to processed, ms: the server's share of latency
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
+
+    @property
+    def broken(self) -> bool:
+        """The pipeline has raised on `BROKEN_AFTER` frames in a row: a failed device, not a bad frame."""
+        return self.consecutive_errors >= BROKEN_AFTER
 
     def start(self) -> PipelineWorker:
         self._thread.start()

@@ -100,8 +100,6 @@ def test_pads_to_the_bucket_with_the_last_row_and_returns_the_true_batch() -> No
 def test_first_call_under_inference_mode_leaves_the_runner_usable_outside_it() -> None:
     """Activation happens inside the first call and must not take on that caller's inference mode: its static
     buffers would be inference tensors that no later call outside the mode could write."""
-    with CudaGraphRunner(Probe(), PROBE_IO, "cpu", buckets=(4,), precision="fp32") as runner:
-        pass  # activated and closed outside any mode: fine either way
     runner = CudaGraphRunner(Probe(), PROBE_IO, "cpu", buckets=(4,), precision="fp32")
     with torch.inference_mode():
         runner.infer(_probe_feeds(2))
