@@ -48,7 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.engines import RESULTS, cpu_name
-from realtime import stamp
+from realtime import ice, stamp
 from realtime.transport import decode_on_marker
 
 CLOCK_RATE = 90_000  # RTP video clock: pts in 1/90000 s, as aiortc's own tracks
@@ -218,7 +218,8 @@ async def run_session(api: Api, clip: PannedClip, swap: bool, args: argparse.Nam
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     try:
         # aiortc's setLocalDescription returns once ICE gathering is complete: the server reads only SDP candidates
-        await pc.setLocalDescription(await pc.createOffer())
+        with ice.host_addresses(ice.LOOPBACK):  # media on loopback only (a --url server needs --ice-address 127.0.0.1)
+            await pc.setLocalDescription(await pc.createOffer())
         assert pc.iceGatheringState == "complete"
         body = {"sdp": pc.localDescription.sdp, "type": "offer", "settings": {"swap": swap}}
         for attempt in range(20):  # the previous session may still be ending (max_sessions is 1 on a CPU)
@@ -355,7 +356,8 @@ class ServerThread:
         from realtime.server import ServeOptions, create_app
 
         async def start() -> None:
-            self._runner = web.AppRunner(create_app(self.manager, ServeOptions()), handle_signals=False)
+            app = create_app(self.manager, ServeOptions(ice_addresses=ice.LOOPBACK))
+            self._runner = web.AppRunner(app, handle_signals=False)
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
             await site.start()

@@ -42,6 +42,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cert", type=Path, help="TLS certificate (PEM); with --key serves https")
     p.add_argument("--key", type=Path, help="TLS private key (PEM)")
     p.add_argument("--insecure", action="store_true", help="allow plain http off loopback (a token is still required)")
+    p.add_argument(
+        "--ice-address",
+        action="append",
+        metavar="ADDR",
+        help="local address WebRTC media may use (repeatable; default: every interface but loopback). "
+        "127.0.0.1 keeps the media of this machine's own clients on loopback; on a server with many interfaces "
+        "or in a container, name the one peers reach",
+    )
     p.add_argument("--engine", choices=("facedancer", "identity"), default="facedancer")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument(
@@ -115,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     context = ssl_context(args.cert, args.key) if args.cert else None
     if args.max_sessions is not None and args.max_sessions < 1:
         raise ConfigError(f"--max-sessions must be at least 1, got {args.max_sessions}")
+    from realtime.ice import check_addresses
+
+    ice_addresses = check_addresses(args.ice_address) if args.ice_address else None
 
     from realtime.session import LiveServices, LiveSettings, SessionManager, measure_session_cost
 
@@ -139,13 +150,19 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"max sessions: {max_sessions} ({cost.reason}; --max-sessions to change)")
     manager = SessionManager(services, max_sessions, defaults)
     try:
-        return _serve(manager, args.host, args.port, token, context, console)
+        return _serve(manager, args.host, args.port, token, context, console, ice_addresses)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
 
 def _serve(
-    manager: SessionManager, host: str, port: int, token: str | None, context: ssl.SSLContext | None, console: Console
+    manager: SessionManager,
+    host: str,
+    port: int,
+    token: str | None,
+    context: ssl.SSLContext | None,
+    console: Console,
+    ice_addresses: tuple[str, ...] | None = None,
 ) -> int:
     from aiohttp import web
 
@@ -155,7 +172,7 @@ def _serve(
     hosts = (*LOOPBACK_HOSTS, host.strip("[]").lower()) if is_loopback(host) else None
 
     async def main() -> None:
-        app = create_app(manager, ServeOptions(token=token, allowed_hosts=hosts))
+        app = create_app(manager, ServeOptions(token=token, allowed_hosts=hosts, ice_addresses=ice_addresses))
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=context)
@@ -167,6 +184,8 @@ def _serve(
         console.print(f"[bold green]serving[/] {url}", soft_wrap=True)
         if token:
             console.print(f"token: {token}  (send it as Authorization: Bearer <token>; the page reads it from #token=)")
+        if ice_addresses:
+            console.print(f"WebRTC media on {', '.join(ice_addresses)} only")
         console.print("consent of the people whose faces you use is yours to obtain. Ctrl-C stops.")
         try:
             await asyncio.Event().wait()

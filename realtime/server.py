@@ -65,6 +65,8 @@ class ServeOptions:
     # Host names a request may address; None: any. On a loopback bind this refuses DNS rebinding (a web page whose
     # own name resolves to 127.0.0.1 would otherwise be "same origin" with this server and could read it).
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
+    # the local addresses ICE offers (`--ice-address`); None: every interface but loopback (aioice's choice)
+    ice_addresses: tuple[str, ...] | None = None
 
 
 class HttpError(Exception):
@@ -336,6 +338,7 @@ class LiveServer:
             name=f"dancecam-{kind}-{session.id[:6]}",
             connect_timeout=self.options.connect_timeout,
             idle_timeout=self.options.idle_timeout,
+            ice_addresses=self.options.ice_addresses,
         )
         session.link = publisher
         try:

@@ -501,6 +501,7 @@ class Session:
             "server_latency_ms": _percentiles(self.latencies()),
             "counters": counters,
             "viewers": len(getattr(self.link, "viewers", ()) or ()),
+            "media_route": self.link.media_route() if self.link is not None else None,
             "settings": self.settings.to_json(),
         }
 

@@ -30,6 +30,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
+from realtime import ice
 from realtime.pipeline import FramePipeline
 from realtime.worker import PipelineWorker, ProcessedFrame
 
@@ -235,15 +236,28 @@ def decode_on_marker(receiver: RTCRtpReceiver) -> bool:
     return True
 
 
+def media_route(pc: RTCPeerConnection) -> dict[str, str] | None:
+    """`pc`'s nominated ICE pair as {"local": "host:port", "remote": "host:port"}; None before one is chosen."""
+    for transceiver in pc.getTransceivers():
+        ice_transport = getattr(transceiver.receiver.transport, "transport", None)
+        connection = getattr(ice_transport, "_connection", None)  # aioice's Connection: aiortc shows no stats of it
+        for pair in list(getattr(connection, "_nominated", {}).values()):
+            local, remote = pair.local_candidate, pair.remote_candidate
+            return {"local": f"{local.host}:{local.port}", "remote": f"{remote.host}:{remote.port}"}
+    return None
+
+
 def rtc_configuration() -> RTCConfiguration:
     # no ICE servers: aiortc would otherwise add a public STUN server, which stalls gathering offline, and
     # DanceCam serves peers that reach it directly (localhost or the LAN)
     return RTCConfiguration(iceServers=[])
 
 
-def _offer(sdp: object) -> RTCSessionDescription:
+def _offer(sdp: object, ice_addresses: tuple[str, ...] | None = None) -> RTCSessionDescription:
     if not isinstance(sdp, str) or "m=" not in sdp or not sdp.lstrip().startswith("v=0"):
         raise SignallingError("the offer is not an SDP session description (it must start with v=0)")
+    if ice.all_loopback(ice_addresses):
+        sdp = ice.loopback_candidates_only(sdp)
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
@@ -258,8 +272,14 @@ def _unusable(error: Exception) -> str:
     return f"the offer cannot be used: {text or 'it is not a valid SDP session description'}"
 
 
-async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check: Callable[[], None]) -> str:
-    """Apply the remote offer, run `check` (raises SignallingError), answer; aiortc's errors become 400s."""
+async def _negotiate(
+    pc: RTCPeerConnection,
+    offer: RTCSessionDescription,
+    check: Callable[[], None],
+    ice_addresses: tuple[str, ...] | None = None,
+) -> str:
+    """Apply the remote offer, run `check` (raises SignallingError), answer with candidates on `ice_addresses`
+    (None: every interface but loopback); aiortc's errors become 400s."""
     try:
         await pc.setRemoteDescription(offer)
     except SignallingError:
@@ -272,7 +292,8 @@ async def _negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription, check:
     check()
     try:
         answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)  # gathers the local candidates into the SDP (no trickle)
+        with ice.host_addresses(ice_addresses):
+            await pc.setLocalDescription(answer)  # gathers the local candidates into the SDP (no trickle)
     except Exception as e:
         raise SignallingError(f"no answer is possible for this offer: {str(e) or type(e).__name__}") from None
     return pc.localDescription.sdp
@@ -295,8 +316,10 @@ class Publisher:
         name: str = "dancecam-session",
         connect_timeout: float = CONNECT_TIMEOUT_S,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        ice_addresses: tuple[str, ...] | None = None,
     ) -> None:
         self.pc = RTCPeerConnection(rtc_configuration())
+        self.ice_addresses = ice_addresses
         self.relay = MediaRelay()
         self.live: LiveSession | None = None
         self.audio: MediaStreamTrack | None = None
@@ -324,6 +347,10 @@ class Publisher:
     @property
     def state(self) -> str:
         return self.pc.connectionState
+
+    def media_route(self) -> dict[str, str] | None:
+        """The local and remote address ("host:port") the media flow between, once ICE has chosen a pair."""
+        return media_route(self.pc)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and self.live is None:
@@ -360,7 +387,7 @@ class Publisher:
             if self.live is None:
                 raise SignallingError("the offer has no video track: DanceCam needs a camera's video")
 
-        answer = await _negotiate(self.pc, _offer(sdp), check)
+        answer = await _negotiate(self.pc, _offer(sdp, self.ice_addresses), check, self.ice_addresses)
         if self._echo:  # the answer's direction: what the offer allows and ours (sendrecv once _on_track added ours)
             video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
             if video and video[0].currentDirection != "sendrecv":
@@ -439,8 +466,8 @@ class Viewer:
         self.pc.on("connectionstatechange", self._on_state)
 
     async def answer(self, sdp: object) -> str:
-        offer = _offer(sdp)
         publisher = self.publisher
+        offer = _offer(sdp, publisher.ice_addresses)
         assert publisher.live is not None
 
         def check() -> None:
@@ -453,7 +480,7 @@ class Viewer:
             for track in self._tracks:
                 self.pc.addTrack(track)
 
-        answer = await _negotiate(self.pc, offer, check)
+        answer = await _negotiate(self.pc, offer, check, publisher.ice_addresses)
         publisher.viewers.add(self)
         return answer
 

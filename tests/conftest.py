@@ -65,3 +65,23 @@ def _local_requests_skip_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests talk only to 127.0.0.1/localhost: never route that through a proxy from the environment."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def _media_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every packet a test sends stays on loopback: ICE gathering on the machine's interfaces fails the test.
+
+    Servers in tests get `ice_addresses=ice.LOOPBACK` and clients gather inside `ice.host_addresses(ice.LOOPBACK)`.
+    """
+    try:
+        from realtime import ice
+    except ImportError:  # aioice absent (a GPU machine's image): no WebRTC test runs there either
+        return
+
+    def refuse(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        raise AssertionError(
+            "ICE gathered on the machine's network interfaces: give this peer loopback addresses "
+            "(ServeOptions(ice_addresses=ice.LOOPBACK), or gather inside ice.host_addresses(ice.LOOPBACK))"
+        )
+
+    monkeypatch.setattr(ice, "_interfaces", refuse)

@@ -16,7 +16,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
-from realtime import stamp
+from realtime import ice, stamp
 from realtime.transport import rtc_configuration
 
 VIDEO_CLOCK = 90_000
@@ -113,7 +113,8 @@ def _wire(pc: RTCPeerConnection, received: Received, tasks: list[asyncio.Task[An
 
 
 async def _local_offer(pc: RTCPeerConnection) -> str:
-    await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers candidates before returning
+    with ice.host_addresses(ice.LOOPBACK):  # media on loopback only, like the test servers (ServeOptions)
+        await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers candidates before returning
     return pc.localDescription.sdp
 
 

@@ -359,6 +359,11 @@ window.dancecam = {
       error: $('error').hidden ? null : $('error-text').textContent,
     };
   },
+  /** The live connection's RTCStatsReport (null when idle): candidate pairs, codecs, bitrates. */
+  async peerStats() {
+    const pc = state.session && state.session.pc;
+    return pc ? pc.getStats() : null;
+  },
 };
 
 fillFormats();

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection
 
 from engines.mtcnn import MTCNN
+from realtime import ice
 from realtime.server import SERVER, LiveServer, ServeOptions, create_app
 from realtime.session import LiveServices, SessionManager
 from tests.live_client import wait_for
@@ -117,6 +118,7 @@ def get(path: str, headers: dict[str, str] | None = None, method: str = "GET") -
 @contextlib.asynccontextmanager
 async def live_server(services: LiveServices, max_sessions: int = 2, **options: Any) -> AsyncIterator[Live]:
     manager = SessionManager(services, max_sessions)
+    options.setdefault("ice_addresses", ice.LOOPBACK)  # every packet of a test stays on loopback
     app = create_app(manager, ServeOptions(**options))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

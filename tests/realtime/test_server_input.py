@@ -30,6 +30,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from engines.mtcnn import MTCNN
+from realtime import ice
 from realtime.session import LiveSettings
 from realtime.transport import rtc_configuration
 from tests import faces
@@ -81,7 +82,8 @@ async def local_offer(video: str | None = "sendrecv", audio: bool = False) -> As
             pc.addTransceiver(track, direction=video)
         if audio:
             pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")
-        await pc.setLocalDescription(await pc.createOffer())
+        with ice.host_addresses(ice.LOOPBACK):
+            await pc.setLocalDescription(await pc.createOffer())
         yield pc.localDescription.sdp
     finally:
         await pc.close()
@@ -528,7 +530,8 @@ async def _never_connects(live: Live, **keep: Any) -> None:
     pc = RTCPeerConnection(rtc_configuration())
     pc.addTransceiver(StampedFaceTrack(np.zeros((48, 64, 3), np.uint8)), direction="sendrecv")
     try:
-        await pc.setLocalDescription(await pc.createOffer())
+        with ice.host_addresses(ice.LOOPBACK):
+            await pc.setLocalDescription(await pc.createOffer())
         status, body = await live.json("POST", "/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
         assert status == 200, body
         assert body["session"] in live.manager.sessions

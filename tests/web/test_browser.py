@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import pytest
 
+from realtime import ice
 from tests.faces import astronaut
 from tests.web.y4m import face_clip
 
@@ -79,6 +80,7 @@ class Server:
 def serve(home: Path, log_path: Path, *args: str, token: str | None = None) -> Iterator[Server]:
     """`dancecam serve` in a subprocess on a free port of 127.0.0.1; stopped (and its log saved) on exit."""
     command = [sys.executable, "-m", "realtime", "serve", "--port", "0", "--device", "cpu", "--max-sessions", "2"]
+    command += ["--ice-address", "127.0.0.1"]  # media on loopback only (Chromium runs with loopback allowed)
     command += [*args, *(["--token", token] if token else [])]
     env = {**os.environ, "DANCECAM_HOME": str(home), "COLUMNS": "400", "NO_COLOR": "1"}
     pipe = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
@@ -138,6 +140,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--allow-loopback-in-peer-connection",  # its 127.0.0.1 candidate: the media stay on loopback
     ]
     with sync_api.sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
@@ -188,6 +191,21 @@ SAMPLE_RETURNED = """() => {
   const out = [];
   for (let i = 0; i < d.length; i += 4) out.push((d[i] + d[i + 1] + d[i + 2]) / 3);
   return out;
+}"""
+
+
+# The remote address of the candidate pair Chromium's transport selected.
+SELECTED_REMOTE = """async () => {
+  const stats = await window.dancecam.peerStats();
+  if (!stats) return null;
+  const byId = new Map();
+  stats.forEach((r) => byId.set(r.id, r));
+  for (const r of byId.values()) {
+    if (r.type !== 'transport' || !r.selectedCandidatePairId) continue;
+    const pair = byId.get(r.selectedCandidatePairId);
+    return byId.get(pair.remoteCandidateId).address;
+  }
+  return null;
 }"""
 
 
@@ -248,6 +266,11 @@ def test_live_session_round_trip(browser: Browser, artifacts: Path, tmp_path: Pa
         assert re.fullmatch(r"\d+(\.\d)? ms / \d+(\.\d)? ms", stat(page, "g2g")), stat(page, "g2g")
         session_id = status["session"]
         stats = server.get(f"/api/stats?session={session_id}")["sessions"][0]
+        # every packet on loopback: the pair the server uses, and the one Chromium selected (it hides its own
+        # address in its stats, so only the remote end is read there)
+        route = stats["media_route"]
+        assert ice.all_loopback([route["local"].rsplit(":", 1)[0], route["remote"].rsplit(":", 1)[0]]), route
+        assert page.evaluate(SELECTED_REMOTE) == "127.0.0.1"
         assert stats["fps_out"] > 0, stats
         assert stats["counters"]["pipeline_errors"] == 0, stats
 
