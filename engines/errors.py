@@ -1,7 +1,7 @@
 """DanceCam's typed errors: the one place they are defined, for `engines` and `realtime` alike.
 
 Every message is written for the person at the keyboard: what went wrong, and the command or step that fixes it.
-Library code raises these and never exits; the CLI prints the message and returns `exit_code`.
+Library code raises these and never exits; the CLI returns `exit_code`, the server answers `http_status`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ class DanceCamError(Exception):
     """Base of every error DanceCam raises on purpose."""
 
     exit_code: int = 1
+    http_status: int = 503  # what the server could not do for the request, not a bug: never a 500
 
 
 class ConfigError(DanceCamError):
     """A setting, flag or environment variable has a value we cannot use."""
 
     exit_code = 2
+    http_status = 422
 
 
 # --- model files ------------------------------------------------------------------------------------------
@@ -52,17 +54,25 @@ class CheckpointFormatError(ModelError):
 class MediaError(DanceCamError):
     """An input or output file that cannot be used: missing, unsupported, corrupt, or unwritable."""
 
+    http_status = 422
+
 
 class SignallingError(DanceCamError):
     """A WebRTC offer that cannot be answered: malformed or oversized SDP, no video, no codec in common."""
+
+    http_status = 400
 
 
 class ImageError(DanceCamError):
     """An image that cannot be used: unreadable, not an image, or too large."""
 
+    http_status = 422
+
 
 class NoFaceError(DanceCamError):
     """No face was found where one is required (a source photo)."""
+
+    http_status = 422
 
 
 # --- downloads --------------------------------------------------------------------------------------------

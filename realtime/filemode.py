@@ -39,9 +39,16 @@ from engines.errors import ConfigError, ImageError, MediaError, ModelMissingErro
 from engines.registry import ModelEntry
 from engines.store import resolve_model_dir, sha256_file
 from realtime.face_choice import FaceChoice, FaceMode
-from realtime.identity_cache import IdentityCache, IdentityEntry, decode_image, default_identity_dir
+from realtime.identity_cache import SOURCE_MAX_SIDE, IdentityCache, IdentityEntry, decode_image, default_identity_dir
 from realtime.masks import MaskKind, MaskSpec
-from realtime.pipeline import ArcFaceEmbedder, FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig
+from realtime.pipeline import (
+    ArcFaceEmbedder,
+    FaceDancerSwap,
+    FramePipeline,
+    IdentitySwap,
+    PipelineConfig,
+    SimulatedCost,
+)
 
 IMAGE_INPUTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_INPUTS = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
@@ -100,6 +107,7 @@ class SwapOptions:
     device: str = "auto"
     detector: str = "auto"  # mtcnn, scrfd, or auto (SCRFD on a GPU when det_10g.onnx is present, else MTCNN)
     backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
+    simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     overwrite: bool = False
 
 
@@ -285,6 +293,8 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     FaceChoice("all" if reference_mode else options.faces, options.max_faces, options.threshold)
     mask = MaskSpec(options.mask, options.feather_px, options.erode_px)
     PipelineConfig(detect_every=options.detect_every)
+    if options.simulate_ms:
+        SimulatedCost(IdentitySwap(), options.simulate_ms)  # checked before any model loads
     device = resolve_device(options.device)
     if options.engine == "facedancer" and options.backend != "auto":
         from engines.runners.select import available
@@ -315,7 +325,7 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
         cache = IdentityCache(default_identity_dir(model_dir), weights["arcface_r50"][1], mapping_key)
         embed = partial(cache.get_or_compute, detector=detector, arcface=arcface)
 
-    engine: FaceDancerSwap | IdentitySwap
+    engine: FaceDancerSwap | IdentitySwap | SimulatedCost
     if options.engine == "facedancer":
         assert embed is not None
         entry = _labelled(lambda: embed(source_bytes), source)
@@ -333,7 +343,7 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
         notes.append(message)
         engine = FaceDancerSwap(model, entry.z_id, runner)
     else:  # no weights needed, but a photo without a usable face is still reported now, not after the video
-        image = _labelled(lambda: decode_image(source_bytes), source)
+        image = _labelled(lambda: decode_image(source_bytes, SOURCE_MAX_SIDE), source)
         if len(detector(image_tensor(image, detector.device))) == 0:
             raise NoFaceError(f"{source}: no face found; use a photo where one face is clearly visible")
         engine = IdentitySwap()
@@ -354,6 +364,9 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
         mask=mask,
         colour_transfer=options.colour_transfer,
     )
+    if options.simulate_ms:
+        engine = SimulatedCost(engine, options.simulate_ms)
+        notes.append(f"simulating {options.simulate_ms:g} ms of extra swap work per frame with a face")
     return FramePipeline(detector, engine, config, context=context, embedder=embedder), notes
 
 

@@ -40,6 +40,10 @@ from engines.store import resolve_model_dir
 
 MAX_IMAGE_BYTES = 20 * 1000 * 1000
 MAX_PIXELS = 40 * 1000 * 1000
+# Source photos are detected and embedded at most this large: a face in it still spans far more than ArcFace's 112
+# pixels, and the detector's work stays bounded (an all-black 6000x6000 PNG took 12.5 s of CPU at full size).
+SOURCE_MAX_SIDE = 1280
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 SUPPORTED_FORMATS = "PNG, JPEG, WebP or BMP"
 ENTRY_SUFFIX = ".safetensors"
 FORMAT_VERSION = "1"
@@ -126,8 +130,9 @@ def check_data_size(data: bytes) -> None:
         )
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Image file bytes → (H, W, 3) uint8 RGB, refusing oversized data or dimensions before decoding."""
+def decode_image(data: bytes, max_side: int | None = None) -> np.ndarray:
+    """Image file bytes → (H, W, 3) uint8 RGB, refusing oversized data or dimensions before decoding; with
+    `max_side`, area-downscaled so that neither side exceeds it (JPEG decodes at 1/2, 1/4 or 1/8 directly)."""
     check_data_size(data)
     w, h = image_size(data)
     if w <= 0 or h <= 0:
@@ -138,11 +143,18 @@ def decode_image(data: bytes) -> np.ndarray:
             " — use a smaller photo"
         )
     # IMREAD_COLOR: any depth → 8-bit, gray → 3 channels, alpha dropped, EXIF orientation applied
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR
+    if max_side is not None:
+        flags = next((flag for k, flag in _REDUCED if max(w, h) // k >= max_side), flags)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if bgr is None:
         raise ImageError(f"the image could not be decoded (corrupt or truncated {SUPPORTED_FORMATS} file)")
     if bgr.shape[0] * bgr.shape[1] > MAX_PIXELS:  # the header lied: never hand on more than we allow
         raise ImageError("corrupt image: decoded size differs from its header")
+    if max_side is not None and max(bgr.shape[:2]) > max_side:
+        scale = max_side / max(bgr.shape[:2])
+        size = (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
@@ -237,7 +249,7 @@ class IdentityCache:
         key = self._key(image_sha)
         entry = self.get(key)
         if entry is None:
-            face = source_face(decode_image(image_bytes), detector, arcface)
+            face = source_face(decode_image(image_bytes, SOURCE_MAX_SIDE), detector, arcface)
             entry = IdentityEntry(
                 key=key,
                 image_sha256=image_sha,

@@ -57,6 +57,26 @@ class IdentitySwap:
         return crops
 
 
+class SimulatedCost:
+    """Another engine plus `ms` milliseconds of waiting per call (`--simulate-ms`): overload on demand, for demos and
+    tests of dropping, repeating and degradation on a fast machine."""
+
+    def __init__(self, engine: SwapEngine, ms: float) -> None:
+        if not 0 <= ms <= 10_000:  # also rejects NaN
+            raise ConfigError(f"--simulate-ms must be 0..10000 milliseconds, got {ms}")
+        self.engine = engine
+        self.ms = ms
+
+    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.ms / 1000.0)
+        return self.engine(crops)
+
+    def close(self) -> None:
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
+
 class FaceDancerSwap:
     """FaceDancer with one source identity: `w` is mapped once, here, not per frame; the generator runs on `runner`.
 

@@ -39,6 +39,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         help="match the swapped face's colours to the target face",
     )
     run = p.add_argument_group("running")
+    add_simulate_ms(run)
     run.add_argument(
         "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
     )
@@ -62,6 +63,17 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_simulate_ms(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--simulate-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add MS milliseconds of simulated swap work to every frame with a face (e.g. --engine identity "
+        "--simulate-ms 66: about 15 fps, to see dropping, repeating and degradation at work)",
+    )
+
+
 def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
     """`SwapOptions` from the options `add_pipeline_options` added (plus `extra` fields)."""
     from realtime.filemode import SwapOptions
@@ -81,5 +93,6 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         device=args.device,
         backend=args.backend,
         detector=args.detector,
+        simulate_ms=args.simulate_ms,
         **extra,
     )

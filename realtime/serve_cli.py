@@ -71,6 +71,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--target-fps", type=float, help="frame rate each session aims for (default: the camera's)")
     p.add_argument("--detect-every", type=int, default=5, help="frames between detections (default 5)")
+    from realtime.pipeline_args import add_simulate_ms
+
+    add_simulate_ms(p)
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.set_defaults(handler=run)
 
@@ -82,6 +85,32 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: treat as reachable from elsewhere
+
+
+def reachable_addresses(host: str) -> list[str]:
+    """The addresses a browser can open for a server bound to `host`: for 0.0.0.0 / :: every interface's address
+    of that family (loopback last), else `host` itself."""
+    try:
+        unspecified = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        unspecified = False
+    if not unspecified:
+        return [host.strip("[]")]
+    import ifaddr
+
+    v6 = ":" in host
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if v6 != isinstance(ip.ip, tuple):
+                continue
+            address = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            if isinstance(ip.ip, tuple) and ip.ip[2]:  # a link-local IPv6 address needs its zone: not a URL to paste
+                continue
+            if address not in found:
+                found.append(address)
+    found.sort(key=lambda a: ipaddress.ip_address(a).is_loopback)
+    return found or [host.strip("[]")]
 
 
 def check_binding(host: str, token: str | None, cert: Path | None, key: Path | None, insecure: bool) -> str | None:
@@ -126,12 +155,17 @@ def run(args: argparse.Namespace) -> int:
     from realtime.ice import check_addresses
 
     ice_addresses = check_addresses(args.ice_address) if args.ice_address else None
+    from realtime.pipeline import IdentitySwap, SimulatedCost
+
+    SimulatedCost(IdentitySwap(), args.simulate_ms)  # a bad value is refused before any model loads
 
     from realtime.session import LiveServices, LiveSettings, SessionManager, measure_session_cost
 
     defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
     console.print(f"loading models ({args.engine}) ...")
-    services = LiveServices.load(args.engine, args.device, args.model_dir, args.backend, args.detector)
+    services = LiveServices.load(
+        args.engine, args.device, args.model_dir, args.backend, args.detector, simulate_ms=args.simulate_ms
+    )
     if services.backend_message:
         console.print(services.backend_message)
     if not services.weights.ok:
@@ -169,7 +203,7 @@ def _serve(
     from realtime.server import LOOPBACK_HOSTS, ServeOptions, create_app
 
     # on loopback, only loopback names (DNS rebinding); elsewhere the token guards every route whatever the name
-    hosts = (*LOOPBACK_HOSTS, host.strip("[]").lower()) if is_loopback(host) else None
+    hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, host.strip("[]").lower()))) if is_loopback(host) else None
 
     async def main() -> None:
         app = create_app(manager, ServeOptions(token=token, allowed_hosts=hosts, ice_addresses=ice_addresses))
@@ -179,9 +213,10 @@ def _serve(
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         scheme = "https" if context else "http"
-        shown = f"[{host}]" if ":" in host else host
-        url = f"{scheme}://{shown}:{bound}/" + (f"#token={token}" if token else "")
-        console.print(f"[bold green]serving[/] {url}", soft_wrap=True)
+        fragment = f"#token={token}" if token else ""
+        for address in reachable_addresses(host):
+            shown = f"[{address}]" if ":" in address else address
+            console.print(f"[bold green]serving[/] {scheme}://{shown}:{bound}/{fragment}", soft_wrap=True)
         if token:
             console.print(f"token: {token}  (send it as Authorization: Bearer <token>; the page reads it from #token=)")
         if ice_addresses:

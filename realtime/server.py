@@ -13,30 +13,30 @@ import hmac
 import json
 import logging
 import mimetypes
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from yarl import URL
 
-from engines.errors import ConfigError, DanceCamError, ImageError, NoFaceError, SignallingError
+from engines.errors import DanceCamError, SignallingError
 from realtime import __version__
 from realtime.identity_cache import MAX_IMAGE_BYTES
 from realtime.session import (
     SETTING_LIMITS,
-    CapacityError,
     EngineStartError,
     LiveSettings,
-    NotReadyError,
     Session,
     SessionKind,
     SessionManager,
-    SettingsError,
 )
 from realtime.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, Publisher, Viewer
 
@@ -47,6 +47,14 @@ MAX_SDP_BYTES = 64 * 1024  # a browser offer with audio and video is 4-8 KiB
 MAX_JSON_BYTES = 16 * 1024  # settings objects
 MAX_VIEWERS = 8  # WHEP players per session: each costs one video encode
 SDP_TYPE = "application/sdp"
+# on every response: no other site may frame the page (a framing page could click Start or upload through the
+# Origin guard, whose requests would come from our own origin)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -85,18 +93,6 @@ def _same_origin(origin: str, request: web.Request) -> bool:
     if not url.is_absolute() or url.scheme not in ("http", "https"):
         return False  # "null" (sandboxed pages, file://) and anything odd
     return url.scheme == request.scheme and url.host == request.url.host and url.port == request.url.port
-
-
-def _status_of(error: DanceCamError) -> int:
-    if isinstance(error, SignallingError):
-        return 400
-    if isinstance(error, (CapacityError, EngineStartError)):
-        return 503
-    if isinstance(error, NotReadyError):
-        return error.status
-    if isinstance(error, (SettingsError, ImageError, NoFaceError, ConfigError)):
-        return 422
-    return 500
 
 
 def _amount(size: int) -> str:
@@ -201,16 +197,22 @@ class LiveServer:
     # --- middleware -------------------------------------------------------------------------------------------
 
     @web.middleware
+    async def headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except HttpError as e:
             return _error(e.status, str(e), e.headers)
-        except DanceCamError as e:
-            status = _status_of(e)
-            if status >= 500 and not isinstance(e, (CapacityError, NotReadyError)):
+        except DanceCamError as e:  # each error type carries its status (engines/errors.py)
+            if isinstance(e, EngineStartError):
                 log.exception("%s %s failed", request.method, request.path)
-            return _error(status, str(e))
+            return _error(e.http_status, str(e))
         except web.HTTPException as e:
             if e.status < 400:
                 raise
@@ -230,7 +232,8 @@ class LiveServer:
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         allowed = self.options.allowed_hosts
         if allowed is not None and (request.url.host or "").strip("[]").lower() not in allowed:
-            raise HttpError(403, f"this server answers only to {', '.join(allowed)}, not to {request.host!r}")
+            names = ", ".join(dict.fromkeys(allowed))
+            raise HttpError(403, f"this server answers only to {names}, not to {request.host!r}")
         origin = request.headers.get("Origin")
         if origin is not None and request.method not in SAFE_METHODS and not _same_origin(origin, request):
             # browsers send Origin with every cross-site POST, PUT and DELETE: another site's page may not change
@@ -249,10 +252,7 @@ class LiveServer:
                     "a valid token is required: send Authorization: Bearer <token>",
                     {"WWW-Authenticate": 'Bearer realm="dancecam"'},
                 )
-        response = await handler(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
+        return await handler(request)
 
     # --- the page and health ----------------------------------------------------------------------------------
 
@@ -498,11 +498,55 @@ class LiveServer:
 SERVER = web.AppKey("server", LiveServer)
 
 
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp answers a request it cannot parse (a URL or header over its limits, bad syntax) before any route or
+    middleware, as plain text, and logs a traceback: answer it as JSON like every route, and log one line."""
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status >= 500 or not isinstance(exc, http_exceptions.HttpProcessingError):
+            return super().handle_error(request, status, exc, message)  # a real fault: aiohttp's own report
+        detail = str(exc.message or "").strip()
+        if isinstance(exc, http_exceptions.LineTooLong):
+            # the parser quotes the start of what it was reading: a URL starts with "/" (or a scheme)
+            url = re.search(r"reading: (?:bytearray\()?b?['\"](/|https?:)", detail) is not None
+            status, text = (414, "the URL is too long") if url else (431, "a request header is too long")
+            text += f" (this server reads lines of up to {self.max_line_size} bytes)"
+        else:
+            first = detail.splitlines()[0].rstrip(": ") if detail else type(exc).__name__
+            text = f"malformed HTTP request ({first})"
+        log.warning("refused a request from %s: %s", request.remote, text)
+        response = web.json_response({"error": text}, status=status, headers=SECURITY_HEADERS)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+def answer_unparsable_requests_as_json(app: web.Application) -> None:
+    """Make every runner of `app` (aiohttp's AppRunner, its TestServer) serve connections with `_JsonErrorHandler`."""
+    make = app._make_handler
+
+    def make_handler(**kwargs: Any) -> web.Server:
+        server = make(**kwargs)
+        server.__class__ = _JsonErrorServer  # the same object; only its protocol factory differs
+        return server
+
+    app._make_handler = make_handler  # type: ignore[method-assign]
+
+
 def create_app(manager: SessionManager, options: ServeOptions | None = None) -> web.Application:
     """The aiohttp application for `manager`'s sessions. Closing the app ends every session."""
     server = LiveServer(manager, options or ServeOptions())
     # aiohttp's own body limit backs up the per-route ones (the upload is the largest body)
-    app = web.Application(middlewares=[server.errors, server.auth], client_max_size=server.options.max_upload_bytes * 2)
+    app = web.Application(
+        middlewares=[server.headers, server.errors, server.auth], client_max_size=server.options.max_upload_bytes * 2
+    )
+    answer_unparsable_requests_as_json(app)
     app[SERVER] = server
     r = app.router
     r.add_get("/healthz", server.healthz)

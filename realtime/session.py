@@ -32,9 +32,9 @@ from engines.errors import ConfigError, DanceCamError, ModelMissingError, NoFace
 from engines.runners.base import facedancer_io
 from realtime.degrade import DegradationController
 from realtime.face_choice import FaceChoice
-from realtime.identity_cache import IdentityCache, decode_image, default_identity_dir
+from realtime.identity_cache import SOURCE_MAX_SIDE, IdentityCache, decode_image, default_identity_dir
 from realtime.masks import MaskSpec
-from realtime.pipeline import FaceDancerSwap, FramePipeline, FrameResult, IdentitySwap, PipelineConfig
+from realtime.pipeline import FaceDancerSwap, FramePipeline, FrameResult, IdentitySwap, PipelineConfig, SimulatedCost
 from realtime.profiler import Profiler
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class NotReadyError(DanceCamError):
 
     def __init__(self, message: str, status: int = 503) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -175,6 +175,18 @@ def _commands(message: str) -> str | None:
     return " && ".join(p for p in parts if p.startswith("dancecam ")) or None
 
 
+def _in_photo_pixels(source: SourceIdentity, data: bytes) -> SourceIdentity:
+    """`source` with its size and face box in the uploaded photo's pixels (it was detected on a downscaled copy)."""
+    from realtime.identity_cache import image_size
+
+    scale = max(image_size(data)) / max(source.width, source.height)
+    if scale == 1.0:
+        return source
+    box = tuple(v * scale for v in source.box)
+    width, height = round(source.width * scale), round(source.height * scale)
+    return replace(source, box=box, width=width, height=height)  # type: ignore[arg-type]
+
+
 class LiveServices:
     """The models every session shares, and the current source identity. Build with `load` or `with_models`."""
 
@@ -191,6 +203,7 @@ class LiveServices:
         precision: str | None = None,
         weights_key: str = "random",
         cache_dir: Path | None = None,
+        simulate_ms: float = 0.0,
     ) -> None:
         if engine == "facedancer" and (weights is None or weights.ok) and (facedancer is None or arcface is None):
             raise ConfigError("the facedancer engine needs FaceDancer and ArcFace models")
@@ -206,6 +219,7 @@ class LiveServices:
         self.weights_key = weights_key  # names the weights in cached exports and compiled engines
         self.backend_message: str | None = None
         self.cache_dir = cache_dir  # compiled and exported networks (None: <model dir>/compiled)
+        self.simulate_ms = SimulatedCost(IdentitySwap(), simulate_ms).ms  # checked here, applied per engine
         self.source: SourceIdentity | None = None
         self._source_lock = threading.Lock()  # one upload at a time; the detector is shared with the sessions
 
@@ -217,6 +231,7 @@ class LiveServices:
         model_dir: Path | None = None,
         backend: str = "auto",
         detector_name: str = "auto",
+        simulate_ms: float = 0.0,
     ) -> LiveServices:
         """Load the detector and, for FaceDancer, the converted weights from the model directory.
 
@@ -242,12 +257,13 @@ class LiveServices:
         detector, detector_message = load_detector(detector_name, dev, home, backend, home / "compiled")
         log.info("%s", detector_message)
         if engine == "identity":
-            return cls(dev, detector, "identity")
+            return cls(dev, detector, "identity", simulate_ms=simulate_ms)
         names = ["facedancer_c_hq", "arcface_r50"]
         try:
             found = find_weights([registry.find(n) for n in names], home, model_dir is not None)
         except ModelMissingError as e:
-            return cls(dev, detector, engine, weights=WeightsStatus(False, str(e), _commands(str(e))))
+            weights = WeightsStatus(False, str(e), _commands(str(e)))
+            return cls(dev, detector, engine, weights=weights, simulate_ms=simulate_ms)
         (fd_path, fd_key), (af_path, af_key) = found
         identities = IdentityCache(default_identity_dir(home), af_key, fd_key)
         services = cls(
@@ -259,6 +275,7 @@ class LiveServices:
             identities,
             weights_key=fd_key,
             cache_dir=home / "compiled",  # exported and compiled networks live beside the weights they came from
+            simulate_ms=simulate_ms,
         )
         services.choose_backend(backend)
         return services
@@ -284,11 +301,15 @@ class LiveServices:
     def set_source(self, data: bytes) -> SourceIdentity:
         """Check, decode and (for FaceDancer) embed a source photo; it becomes every session's source.
 
-        Blocking (detection and ArcFace): call it from a thread. Raises `ImageError` or `NoFaceError`.
+        Blocking (detection and ArcFace): call it from a thread. Raises `ImageError`, `NoFaceError`, or
+        `NotReadyError` when the engine's weights are missing (nothing to embed the photo with).
         """
+        if not self.weights.ok:
+            raise NotReadyError(f"the source photo cannot be used yet: {self.weights.message or 'weights are missing'}")
         with self._source_lock:
             version = (self.source.version + 1) if self.source else 1
-            image = decode_image(data)  # size and pixel count are checked before any pixel is decoded
+            # size and pixel count are checked before any pixel is decoded; detection sees at most SOURCE_MAX_SIDE
+            image = decode_image(data, SOURCE_MAX_SIDE)
             if self.engine == "facedancer" and self.identities is not None:
                 entry = self.identities.get_or_compute(data, self.detector, self.arcface)  # type: ignore[arg-type]
                 box = (*(float(v) for v in entry.box),)
@@ -296,8 +317,8 @@ class LiveServices:
                 source = SourceIdentity(entry.key, entry.z_id, box, None, w, h, entry.note, version)  # type: ignore[arg-type]
             else:
                 source = self._embed_uncached(data, image, version)
-            self.source = source
-            return source
+            self.source = _in_photo_pixels(source, data)
+            return self.source
 
     def _embed_uncached(self, data: bytes, image: np.ndarray, version: int) -> SourceIdentity:
         """Identity engine (nothing to embed) or models without an identity cache (random weights)."""
@@ -326,7 +347,11 @@ class LiveServices:
         if self.engine == "facedancer" and self.source is None:
             raise NotReadyError("no source photo yet: upload one (POST /api/source) before starting", 409)
 
-    def make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap:
+    def make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap | SimulatedCost:
+        engine = self._make_engine(source)
+        return SimulatedCost(engine, self.simulate_ms) if self.simulate_ms else engine
+
+    def _make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap:
         if self.engine == "identity":
             return IdentitySwap()
         if source is None or source.z_id is None or self.facedancer is None:
@@ -427,10 +452,16 @@ class SessionPipeline:
         source = self.services.source
         if source is not None and source.version != self._source_version:
             engine = self.inner.engine
-            if isinstance(engine, FaceDancerSwap) and source.z_id is not None:
-                self.inner.engine = engine.with_source(source.z_id)  # one mapping-network call, same runner
+            slow = engine if isinstance(engine, SimulatedCost) else None
+            swap = slow.engine if slow is not None else engine
+            if isinstance(swap, FaceDancerSwap) and source.z_id is not None:
+                swap = swap.with_source(source.z_id)  # one mapping-network call, same runner
+                self.inner.engine = SimulatedCost(swap, slow.ms) if slow is not None else swap
             else:
                 self.inner.engine = self.services.make_engine(source)
+                close = getattr(engine, "close", None)
+                if close is not None:
+                    close()
             self._source_version = source.version
         if self.controller.target_fps != settings.target_fps:
             self.controller.target_fps = settings.target_fps

@@ -20,6 +20,9 @@ from engines.runners.base import NetworkIO, Precision, Runner
 
 BACKENDS: tuple[str, ...] = ("tensorrt", "cuda-graphs", "onnxruntime", "eager")
 CUDA_GRAPH_BUCKETS = (1, 2, 4, 8)
+# The Python packages each CPU-capable backend imports: all of them are runtime dependencies (pyproject.toml), so
+# `--backend auto` offers them after a plain install.
+BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnxruntime", "onnx"), "eager": ("torch",)}
 
 
 def _has_module(name: str) -> bool:
@@ -44,8 +47,9 @@ def available(device: torch.device | str) -> dict[str, str | None]:
 
         reasons["tensorrt"] = unavailable_reason()
     reasons["cuda-graphs"] = "CUDA graphs need a CUDA device" if not cuda or no_cuda else None
-    if not (_has_module("onnxruntime") and _has_module("onnx")):
-        reasons["onnxruntime"] = "ONNX Runtime needs onnxruntime and onnx (pip install onnxruntime onnx)"
+    missing = [m for m in BACKEND_PACKAGES["onnxruntime"] if not _has_module(m)]
+    if missing:
+        reasons["onnxruntime"] = f"ONNX Runtime needs {' and '.join(missing)} (pip install {' '.join(missing)})"
     elif cuda and not no_cuda:
         from engines.runners.onnxruntime import cuda_provider_present
 

@@ -363,3 +363,22 @@ def test_fp32_sections_of_several_threads_share_the_flag_and_restore_it() -> Non
     assert seen == [seen[0]] * 3
     assert seen[0] in ("ieee", False)  # torch >= 2.9's precision API, or the legacy allow_tf32
     assert current() == original
+
+
+def test_every_package_a_cpu_backend_needs_is_a_runtime_dependency() -> None:
+    """After the quick start (runtime dependencies only) `--backend auto` must be able to offer every CPU backend."""
+    import re
+    from importlib.metadata import requires
+
+    declared = [r for r in requires("dancecam") or [] if "extra ==" not in r]  # the installed package's metadata
+    runtime = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower() for r in declared}
+    for backend, packages in select.BACKEND_PACKAGES.items():
+        for package in packages:
+            assert package in runtime, f"backend {backend} needs {package}, which is not a runtime dependency"
+
+
+def test_auto_names_why_each_backend_was_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(select, "_has_module", lambda name: name != "onnx")
+    reasons = select.available("cpu")
+    assert reasons["onnxruntime"] == "ONNX Runtime needs onnx (pip install onnx)"
+    assert reasons["eager"] is None

@@ -86,28 +86,6 @@ async def test_identity_engine_returns_the_input_within_codec_tolerance(identity
     assert await wait_for(lambda: not identity_live.manager.sessions, timeout=5)
 
 
-class SlowSwap:
-    """The identity engine taking `delay` seconds per batch: overload on demand."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-
-    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        import time
-
-        time.sleep(self.delay)
-        return crops
-
-
-class SlowServices(LiveServices):
-    def __init__(self, detector: MTCNN, delay: float) -> None:
-        super().__init__(torch.device("cpu"), detector, "identity")
-        self.delay = delay
-
-    def make_engine(self, source: Any) -> Any:
-        return SlowSwap(self.delay)
-
-
 def random_facedancer_services(detector: MTCNN) -> LiveServices:
     torch.manual_seed(0)
     return LiveServices(
@@ -145,7 +123,9 @@ async def test_random_facedancer_changes_the_face_and_not_the_background(detecto
 
 async def test_overload_drops_frames_and_keeps_latency_bounded(detector: MTCNN, frame: np.ndarray) -> None:
     # 30 fps in, about 15 fps of processing: half the frames must drop, and the delay must not grow
-    async with live_server(SlowServices(detector, delay=0.066)) as live:
+    # the identity engine with 66 ms of simulated work per frame (`serve --engine identity --simulate-ms 66`)
+    slow = LiveServices(torch.device("cpu"), detector, "identity", simulate_ms=66)
+    async with live_server(slow) as live:
         client, track = await stream(live, frame, 6.0, settings={"detect_every": 120})
         try:
             got = client.received

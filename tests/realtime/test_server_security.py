@@ -268,7 +268,7 @@ async def dancecam_serve(*args: str) -> AsyncIterator[tuple[str, str]]:
             if not line:
                 pytest.fail(f"dancecam serve exited ({await proc.wait()}):\n{printed}")
             printed += line.decode(errors="replace")
-        for _ in range(2):  # the token line follows the URL
+        for _ in range(4):  # more URLs (one per interface) and the token line follow the first
             with contextlib.suppress(asyncio.TimeoutError):
                 printed += (await asyncio.wait_for(proc.stdout.readline(), 5)).decode(errors="replace")
         url = re.search(r"serving (\S+)", printed)
@@ -289,7 +289,11 @@ async def test_dancecam_serve_off_loopback_prints_a_token_and_serves_https(certi
     args = ["--host", "0.0.0.0", "--port", "0", "--cert", str(cert), "--key", str(key)]
     args += ["--engine", "identity", "--device", "cpu", "--max-sessions", "1"]
     async with dancecam_serve(*args) as (url, printed):
-        found = re.fullmatch(r"https://0\.0\.0\.0:(\d+)/#token=([A-Za-z0-9_-]+)", url)
+        # one URL per interface, each usable as printed; never the unroutable 0.0.0.0
+        urls = re.findall(r"serving (\S+)", printed)
+        assert "https://0.0.0.0" not in printed, printed
+        assert any(u.startswith("https://127.0.0.1:") for u in urls), printed
+        found = re.fullmatch(r"https://[0-9.]+:(\d+)/#token=([A-Za-z0-9_-]+)", url)
         assert found, printed
         port, token = int(found.group(1)), found.group(2)
         assert len(token) >= 16
