@@ -108,6 +108,7 @@ class SwapOptions:
     detector: str = "auto"  # mtcnn, scrfd, or auto (SCRFD on a GPU when det_10g.onnx is present, else MTCNN)
     backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
+    draw_boxes: bool = False  # outline the tracked faces in the output
     overwrite: bool = False
 
 
@@ -363,6 +364,7 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
         choice=FaceChoice(options.faces, options.max_faces, options.threshold, reference),
         mask=mask,
         colour_transfer=options.colour_transfer,
+        draw_boxes=options.draw_boxes,
     )
     if options.simulate_ms:
         engine = SimulatedCost(engine, options.simulate_ms)

@@ -36,6 +36,7 @@ from engines.runners.base import Runner, facedancer_io
 from realtime import warp
 from realtime.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.context import DeviceContext
+from realtime.draw import draw_boxes_rgb, draw_boxes_yuv
 from realtime.face_choice import FaceChoice, choose_faces
 from realtime.masks import MaskSpec
 from realtime.profiler import FrameRecord, Profiler
@@ -146,6 +147,7 @@ class PipelineConfig:
     crop_size: int = 256
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
     detect_scale: float = 1.0  # the detector sees the frame resized by this factor (cheaper, misses small faces)
+    draw_boxes: bool = False  # outline the tracked faces in the output (green: swapped), to see what is tracked
 
     def __post_init__(self) -> None:
         if not 1 <= self.detect_every <= 120:
@@ -163,6 +165,8 @@ class FrameResult:
     fail_closed: bool  # some face of this frame was repeated or hidden instead of swapped
     detected: bool  # whether the detector ran on this frame
     stages_ms: dict[str, float]  # host wall time per stage (on CUDA: time to queue, except the waits)
+    found: int | None = None  # faces the detector found on this frame (None: it did not run)
+    tracked: int = 0  # faces the tracker follows in this frame
 
 
 @dataclass(slots=True)
@@ -279,6 +283,14 @@ class FramePipeline:
                 if yuv:
                     with _stage(record, stages, "to_yuv"):
                         _write_boxes_yuv(frame_t, planes, boxes, before)
+            if cfg.draw_boxes and tracks:
+                chosen_ids = {tr.id for tr in chosen}
+                boxes_xy = [tr.box for tr in tracks]
+                done = [tr.id in chosen_ids for tr in tracks]
+                if yuv:
+                    draw_boxes_yuv(planes, boxes_xy, done)
+                else:
+                    draw_boxes_rgb(frame_t, boxes_xy, done)
             with _stage(record, stages, "download"):
                 out = ctx.download(staged)
             record.finish()
@@ -297,7 +309,10 @@ class FramePipeline:
         self._forget(index)  # every frame: a face that left stops holding its crop
         if detect:
             self.profiler.count("detections")
-        return FrameResult(out, len(chosen), failed, detect, stages)
+            self.profiler.count("faces_detected", len(detections))
+        self.profiler.count("faces_swapped", len(chosen))
+        found = len(detections) if detect else None
+        return FrameResult(out, len(chosen), failed, detect, stages, found, len(tracks))
 
     def _choose(self, tracks: list[Track]) -> list[Track]:
         if not tracks:

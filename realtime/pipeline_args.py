@@ -41,6 +41,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("running")
     add_simulate_ms(run)
     run.add_argument(
+        "--draw-boxes", action="store_true", help="outline the tracked faces in the output (green: swapped)"
+    )
+    run.add_argument(
         "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
     )
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
@@ -94,5 +97,6 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         backend=args.backend,
         detector=args.detector,
         simulate_ms=args.simulate_ms,
+        draw_boxes=args.draw_boxes,
         **extra,
     )

@@ -31,6 +31,7 @@ from engines.errors import DanceCamError, SignallingError
 from realtime import __version__
 from realtime.identity_cache import MAX_IMAGE_BYTES
 from realtime.session import (
+    COUNTERS,
     SETTING_LIMITS,
     EngineStartError,
     LiveSettings,
@@ -38,7 +39,7 @@ from realtime.session import (
     SessionKind,
     SessionManager,
 )
-from realtime.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, Publisher, Viewer
+from realtime.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_TIMEOUT_S, EndCause, Publisher, Viewer
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ServeOptions:
     max_viewers: int = MAX_VIEWERS
     connect_timeout: float = CONNECT_TIMEOUT_S
     idle_timeout: float = IDLE_TIMEOUT_S
+    silence_timeout: float = SILENCE_TIMEOUT_S
     # Host names a request may address; None: any. On a loopback bind this refuses DNS rebinding (a web page whose
     # own name resolves to 127.0.0.1 would otherwise be "same origin" with this server and could read it).
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
@@ -144,6 +146,10 @@ class SessionCollector:
         yield GaugeMetricFamily("dancecam_sessions", "Live sessions now", value=len(m.sessions))
         yield GaugeMetricFamily("dancecam_max_sessions", "Session limit", value=m.max_sessions)
         yield CounterMetricFamily("dancecam_sessions_ended", "Sessions ended since start", value=m.ended)
+        by_cause = CounterMetricFamily("dancecam_sessions_ended_by_cause", "Sessions ended, by why", labels=["cause"])
+        for cause, count in sorted(m.ended_by_cause.items()):
+            by_cause.add_metric([cause], count)
+        yield by_cause
         labels = ["session", "kind"]
         gauges = {
             "fps_in": GaugeMetricFamily("dancecam_input_fps", "Inbound video frames per second", labels=labels),
@@ -152,8 +158,11 @@ class SessionCollector:
         }
         counters = {
             name: CounterMetricFamily(f"dancecam_{name}", f"{name.replace('_', ' ').capitalize()}", labels=labels)
-            for name in ("dropped_frames", "repeated_frames", "fail_closed", "pipeline_errors", "detections")
+            for name in COUNTERS
         }
+        faces = GaugeMetricFamily(
+            "dancecam_faces", "Faces in the latest frame (detected: at the latest detection)", labels=[*labels, "state"]
+        )
         stage = GaugeMetricFamily("dancecam_stage_ms", "Per-stage time (ms)", labels=[*labels, "stage", "quantile"])
         latency = GaugeMetricFamily(
             "dancecam_server_latency_ms", "Frame arrival to processed (ms)", labels=[*labels, "quantile"]
@@ -166,6 +175,8 @@ class SessionCollector:
             gauges["level"].add_metric(key, s["degradation"].get("level", 0))
             for name, family in counters.items():
                 family.add_metric(key, s["counters"].get(name, 0))
+            for state, count in s["faces"].items():
+                faces.add_metric([*key, state], count)
             for name, values in s["stages"].items():
                 for q in ("p50", "p95", "p99"):
                     if q in values:
@@ -174,6 +185,7 @@ class SessionCollector:
                 latency.add_metric([*key, f"0.{q[1:]}"], value)
         yield from gauges.values()
         yield from counters.values()
+        yield faces
         yield stage
         yield latency
 
@@ -322,7 +334,8 @@ class LiveServer:
             return None
         session = self.manager.get(session_id)
         if session is None:
-            raise HttpError(404, "no such session (it may have ended)")
+            ended = self.manager.ended_reason(session_id)
+            raise HttpError(404, f"the session ended: {ended}" if ended else "no such session (it may have ended)")
         return session
 
     # --- sessions ---------------------------------------------------------------------------------------------
@@ -333,27 +346,28 @@ class LiveServer:
         publisher = Publisher(
             session.pipeline,
             echo=kind == "offer",
-            on_end=lambda reason: self.end(session, reason),
+            on_end=lambda cause, reason: self.end(session, cause, reason),
             on_input=session.input_rate.tick,
             name=f"dancecam-{kind}-{session.id[:6]}",
             connect_timeout=self.options.connect_timeout,
             idle_timeout=self.options.idle_timeout,
             ice_addresses=self.options.ice_addresses,
+            silence_timeout=self.options.silence_timeout,
         )
         session.link = publisher
         try:
             answer = await publisher.answer(sdp)
         except BaseException as e:  # a bad offer, or the request was cancelled: nothing of it may stay behind
-            await self.end(session, f"negotiation failed: {e}")
+            await self.end(session, "negotiation_failed", f"negotiation failed: {e}")
             raise
         log.info("session %s (%s) started", session.id, kind)
         return session, answer
 
-    async def end(self, session: Session, reason: str) -> None:
+    async def end(self, session: Session, cause: EndCause, reason: str) -> None:
         if session.closed:
             return
         session.closed = True
-        self.manager.forget(session)
+        self.manager.forget(session, cause, reason)
         log.info("session %s ended: %s", session.id, reason)
         for viewer_id, viewer in list(self.viewers.items()):
             if viewer.publisher is session.link:
@@ -377,7 +391,7 @@ class LiveServer:
     async def end_session(self, request: web.Request) -> web.Response:
         session = self._session(request)
         assert session is not None
-        await self.end(session, "ended by the client")
+        await self.end(session, "client", "ended by the client")
         return web.Response(status=204)
 
     async def whip(self, request: web.Request) -> web.Response:
@@ -394,7 +408,7 @@ class LiveServer:
         session = self.manager.get(request.match_info["id"])
         if session is None or session.kind != "whip":
             raise HttpError(404, "no such WHIP session (it may have ended)")
-        await self.end(session, "ended by the WHIP client")
+        await self.end(session, "client", "ended by the WHIP client")
         return web.Response(status=204)
 
     async def whep(self, request: web.Request) -> web.Response:
@@ -492,7 +506,7 @@ class LiveServer:
             await viewer.close()
         self.viewers.clear()
         for session in list(self.manager.sessions.values()):
-            await self.end(session, "the server is shutting down")
+            await self.end(session, "shutdown", "the server is shutting down")
 
 
 SERVER = web.AppKey("server", LiveServer)

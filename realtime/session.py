@@ -18,7 +18,7 @@ import math
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 
 EngineName = Literal["facedancer", "identity"]
 SessionKind = Literal["offer", "whip"]
+ENDED_KEPT = 256
+# every session counter, zero until it first counts (stats and metrics always carry them all)
+COUNTERS = (
+    "dropped_frames",
+    "repeated_frames",
+    "fail_closed",
+    "pipeline_errors",
+    "detections",
+    "faces_detected",
+    "faces_swapped",
+)  # ended sessions whose reason /api/stats?session= still tells
 
 
 class SettingsError(ConfigError):
@@ -73,6 +84,7 @@ SETTING_LIMITS: dict[str, Any] = {
     "colour_transfer": "bool",
     "detect_every": [1, 120],
     "target_fps": [1, 120, None],
+    "draw_boxes": "bool",
 }
 
 
@@ -87,6 +99,7 @@ class LiveSettings:
     colour_transfer: bool = False
     detect_every: int = 5
     target_fps: float | None = None
+    draw_boxes: bool = False  # outline the tracked faces in the returned video
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -110,6 +123,7 @@ class LiveSettings:
             choice=FaceChoice(self.face_mode, self.max_faces),
             mask=MaskSpec(self.mask),
             colour_transfer=self.colour_transfer,
+            draw_boxes=self.draw_boxes,
         )
 
 
@@ -440,6 +454,7 @@ class SessionPipeline:
         self._config_for: tuple[LiveSettings, int] | None = None  # what `inner.config` was made from
         self.output_rate = RateMeter()
         self.size: tuple[int, int] | None = None
+        self.faces = {"detected": 0, "tracked": 0, "swapped": 0}  # of the latest frame (detected: latest detection)
 
     def process(self, image: np.ndarray, t: float | None = None) -> FrameResult:
         return self._run(image, t, yuv=False)
@@ -474,6 +489,8 @@ class SessionPipeline:
         self.size = (image.shape[1], image.shape[0] * 2 // 3 if yuv else image.shape[0])
         self.controller.observe(ms, self.session.input_rate.rate() or None)
         self.output_rate.tick()
+        found = self.faces["detected"] if result.found is None else result.found
+        self.faces = {"detected": found, "tracked": result.tracked, "swapped": result.faces}  # one reference swap
         return result
 
     def close(self) -> None:
@@ -511,7 +528,7 @@ class Session:
     def stats(self) -> dict[str, Any]:
         pipeline = self.pipeline
         snapshot = pipeline.profiler.snapshot() if pipeline else {"stages": {}, "end_to_end": {}, "counters": {}}
-        counters = {k: 0 for k in ("dropped_frames", "repeated_frames", "fail_closed", "pipeline_errors", "detections")}
+        counters = {k: 0 for k in COUNTERS}
         counters.update(snapshot.get("counters", {}))
         config = self.settings.pipeline_config()
         degradation = pipeline.controller.state(config) if pipeline else {"level": 0}
@@ -527,6 +544,7 @@ class Session:
             "fps_out": round(pipeline.output_rate.rate(), 1) if pipeline else 0.0,
             "target_fps": self.settings.target_fps,
             "degradation": degradation,
+            "faces": dict(pipeline.faces) if pipeline else {"detected": 0, "tracked": 0, "swapped": 0},
             "stages": snapshot.get("stages", {}),
             "end_to_end": snapshot.get("end_to_end", {}),
             "server_latency_ms": _percentiles(self.latencies()),
@@ -628,6 +646,8 @@ class SessionManager:
         self.defaults = defaults or LiveSettings()
         self.sessions: dict[str, Session] = {}
         self.ended = 0
+        self.ended_by_cause: dict[str, int] = {}
+        self._ended: OrderedDict[str, str] = OrderedDict()  # session id → why it ended
         self._building = 0  # sessions whose pipelines are being built off the loop: they count against the limit
 
     def create(self, kind: SessionKind, settings: LiveSettings | None = None) -> Session:
@@ -678,6 +698,14 @@ class SessionManager:
     def newest(self) -> Session | None:
         return max(self.sessions.values(), key=lambda s: s.created, default=None)
 
-    def forget(self, session: Session) -> None:
+    def forget(self, session: Session, cause: str = "client", reason: str = "ended") -> None:
         if self.sessions.pop(session.id, None) is not None:
             self.ended += 1
+            self.ended_by_cause[cause] = self.ended_by_cause.get(cause, 0) + 1
+            self._ended[session.id] = reason
+            while len(self._ended) > ENDED_KEPT:
+                self._ended.popitem(last=False)
+
+    def ended_reason(self, session_id: str) -> str | None:
+        """Why a recently ended session ended (the last `ENDED_KEPT` are remembered), else None."""
+        return self._ended.get(session_id)

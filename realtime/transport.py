@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -194,8 +194,30 @@ class LiveSession:
 
 # --- peers ----------------------------------------------------------------------------------------------------
 
-CONNECT_TIMEOUT_S = 20.0  # an answered offer whose peer never connects is given up after this long
-IDLE_TIMEOUT_S = 15.0  # a connected peer that sends no video for this long has gone
+CONNECT_TIMEOUT_S = 10.0  # an answered offer whose peer never connects is given up after this long
+IDLE_TIMEOUT_S = 15.0  # a connected peer that sends no decodable video for this long has gone
+# A connected peer sends RTCP reports every second or so even when its video pauses (a background tab): nothing at
+# all for this long means it has gone, and its slot is freed.
+SILENCE_TIMEOUT_S = 3.0
+WATCH_INTERVAL_S = 0.5
+# Why a session ended, for /api/stats, the log and the metrics.
+EndCause = Literal[
+    "client",
+    "peer_closed",
+    "connection_failed",
+    "never_connected",
+    "silent",
+    "no_video",
+    "pipeline_failed",
+    "negotiation_failed",
+    "shutdown",
+]
+
+
+async def packets_received(pc: RTCPeerConnection) -> int:
+    """Every datagram `pc`'s transports received after ICE (media, RTCP, DTLS): a peer that still lives sends some."""
+    report = await pc.getStats()
+    return sum(int(getattr(s, "packetsReceived", 0) or 0) for s in report.values() if s.type == "transport")
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -304,19 +326,21 @@ class Publisher:
 
     The first inbound video track feeds the pipeline (`LiveSession`); the first audio track is relayed unchanged
     to the browser and to WHEP viewers. Tracks nobody uses are drained into a blackhole, so no receive queue
-    grows. `on_end` is called once when the peer fails, closes, never connects, or stops sending video.
+    grows. `on_end(cause, reason)` is called once when the peer fails, closes, never connects, goes silent, or
+    stops sending video.
     """
 
     def __init__(
         self,
         pipeline: Any,
         echo: bool,
-        on_end: Callable[[str], Awaitable[None]],
+        on_end: Callable[[EndCause, str], Awaitable[None]],
         on_input: Callable[[], None] | None = None,
         name: str = "dancecam-session",
         connect_timeout: float = CONNECT_TIMEOUT_S,
         idle_timeout: float = IDLE_TIMEOUT_S,
         ice_addresses: tuple[str, ...] | None = None,
+        silence_timeout: float = SILENCE_TIMEOUT_S,
     ) -> None:
         self.pc = RTCPeerConnection(rtc_configuration())
         self.ice_addresses = ice_addresses
@@ -334,6 +358,7 @@ class Publisher:
         self._watchdog: asyncio.Task[None] | None = None
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        self._silence_timeout = silence_timeout
         self._last_input = asyncio.get_running_loop().time()
         self._ending = False
         self.closed = False
@@ -399,34 +424,50 @@ class Publisher:
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = tick = loop.time()
+        heard, heard_at = -1, start  # packets received from the peer, and when that count last grew
         while not self.closed:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(WATCH_INTERVAL_S)
             now = loop.time()
+            stalled = now - tick > 4 * WATCH_INTERVAL_S  # this loop itself was held up: its silence proves nothing
+            tick = now
             if self.pc.connectionState != "connected":
                 if now - start > self._connect_timeout and self.pc.connectionState in ("new", "connecting"):
-                    await self._end("the peer did not connect")
+                    await self._end("never_connected", f"the peer did not connect within {self._connect_timeout:.0f} s")
                     return
                 continue
+            received = await packets_received(self.pc)
+            if received != heard or stalled:
+                heard, heard_at = received, now
+            elif now - heard_at > self._silence_timeout:
+                # a killed browser or a lost network sends no DTLS close: ICE consent would notice only after 30 s
+                await self._end(
+                    "silent",
+                    f"the peer went silent: no packets for {self._silence_timeout:.0f} s "
+                    "(a closed or crashed client, or a lost network)",
+                )
+                return
             if now - self._last_input > self._idle_timeout:
-                await self._end(f"no video for {self._idle_timeout:.0f} s")
+                await self._end("no_video", f"no video for {self._idle_timeout:.0f} s on a live connection")
                 return
             worker = self.worker
             if worker is not None and worker.broken:  # the session ends, saying why
                 await self._end(
-                    f"the pipeline failed on {worker.consecutive_errors} frames in a row: {worker.last_error}"
+                    "pipeline_failed",
+                    f"the pipeline failed on {worker.consecutive_errors} frames in a row: {worker.last_error}",
                 )
                 return
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
-            await self._end(f"connection {self.pc.connectionState}")
+            cause: EndCause = "peer_closed" if self.pc.connectionState == "closed" else "connection_failed"
+            await self._end(cause, f"the connection {self.pc.connectionState}")
 
-    async def _end(self, reason: str) -> None:
+    async def _end(self, cause: EndCause, reason: str) -> None:
         if self._ending or self.closed:
             return
         self._ending = True
-        await self._on_end(reason)
+        await self._on_end(cause, reason)
 
     async def close(self) -> None:
         """Stop everything this peer started: viewers, pipeline thread, relay, blackholes, the connection."""

@@ -426,3 +426,55 @@ def test_detection_scale_maps_pixel_centres_back(size: tuple[int, int], scale: f
 def test_detection_scale_out_of_range_is_a_config_error(scale: float) -> None:
     with pytest.raises(ConfigError, match="detection scale"):
         PipelineConfig(detect_scale=scale)
+
+
+def test_faces_are_counted_detected_tracked_and_swapped(detector: MTCNN) -> None:
+    frame, _ = faces.compose_faces(1280, 720)
+    pipeline = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=3, choice=FaceChoice("all", 2)))
+    first = pipeline.process(frame, 0.0)
+    found = len(detector(torch.from_numpy(frame)))
+    assert found >= 3
+    assert (first.found, first.tracked, first.faces) == (found, found, 2)  # at most 2 swapped
+    second = pipeline.process(frame, 1 / 30)  # between detections: nothing found, all still tracked
+    assert second.found is None
+    assert (second.tracked, second.faces) == (found, 2)
+    counters = pipeline.profiler.snapshot()["counters"]
+    assert counters["faces_detected"] == found
+    assert counters["faces_swapped"] == 4
+
+
+@pytest.mark.parametrize("yuv", [False, True], ids=["rgb", "yuv420p"])
+def test_draw_boxes_outlines_every_tracked_face(detector: MTCNN, yuv: bool) -> None:
+    from realtime import draw
+    from realtime.colour import rgb_to_yuv420p, yuv420p_to_rgb
+
+    frame, _ = faces.compose_faces(640, 480)
+    y, u, v = rgb_to_yuv420p(torch.from_numpy(frame))
+    packed = torch.cat([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(720, 640).numpy()
+    config = PipelineConfig(detect_every=1, choice=FaceChoice("largest", 1), draw_boxes=True)
+    pipeline = FramePipeline(detector, IdentitySwap(), config)
+    result = pipeline.process_yuv420p(packed, 0.0) if yuv else pipeline.process(frame, 0.0)
+    assert result.tracked >= 2
+    assert result.faces == 1
+    out = result.frame
+    if yuv:
+        planes = torch.from_numpy(out).reshape(-1).split([640 * 480, 320 * 240, 320 * 240])
+        out = yuv420p_to_rgb(planes[0].view(480, 640), planes[1].view(240, 320), planes[2].view(240, 320)).numpy()
+    tolerance = 12 if yuv else 0  # one round trip through yuv420p
+    colours = []
+    for track in pipeline.tracker.tracks:
+        x0, y0, x1, _ = track.box
+        top = max(0, round(y0) - round(y0) % 2)
+        colours.append(out[top, round((x0 + x1) / 2)].astype(int))  # the middle of the box's top edge
+    green = [np.abs(c - draw.SWAPPED_RGB).max() <= tolerance for c in colours]
+    orange = [np.abs(c - draw.OTHER_RGB).max() <= tolerance for c in colours]
+    assert sum(green) == 1, colours  # the one swapped face
+    assert all(g or o for g, o in zip(green, orange, strict=True)), colours  # every other tracked face
+
+
+def test_boxes_are_not_drawn_unless_asked(detector: MTCNN) -> None:
+    frame, _ = faces.compose_faces(640, 480)
+    out = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1)).process(frame, 0.0).frame
+    from realtime import draw
+
+    assert not (np.abs(out.astype(int) - draw.SWAPPED_RGB).max(-1) == 0).any()

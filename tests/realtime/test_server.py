@@ -186,6 +186,15 @@ async def test_settings_stats_metrics_and_audio_for_a_browser_session(identity_l
     try:
         sid = client.session
         assert await wait_for(lambda: client.received.audio_frames > 10, timeout=10), "no audio came back"
+        # one face in the picture: detected, tracked and swapped, in the stats and the metrics
+        status, stats = await live.json("GET", f"/api/stats?session={sid}")
+        assert stats["sessions"][0]["faces"] == {"detected": 1, "tracked": 1, "swapped": 1}, stats["sessions"][0]
+        assert stats["sessions"][0]["counters"]["faces_swapped"] > 0
+        async with live.http.get(live.base + "/metrics") as r:
+            assert f'dancecam_faces{{kind="offer",session="{sid}",state="swapped"}} 1.0' in await r.text()
+        status, settings = await live.json("PUT", f"/api/settings?session={sid}", json={"draw_boxes": True})
+        assert status == 200
+        assert settings["draw_boxes"] is True
         status, settings = await live.json("GET", f"/api/settings?session={sid}")
         assert status == 200
         assert settings["detect_every"] == 3

@@ -566,7 +566,7 @@ async def test_a_client_that_closes_its_connection_without_delete(
         await client.close()  # the tab closed: no DELETE; the idle timeout is far off, so the close itself must end it
         assert await wait_for(lambda: not live.manager.sessions, timeout=5), "the session outlived its peer"
         await assert_clean(live)
-    assert re.search(r"session \S+ ended: connection (closed|failed)", caplog.text), caplog.text
+    assert re.search(r"session \S+ ended: the connection (closed|failed)", caplog.text), caplog.text
 
 
 async def test_a_client_whose_camera_stops_is_ended(
@@ -604,9 +604,10 @@ asyncio.run(main())
 
 
 async def test_a_client_process_killed_mid_stream(detector: MTCNN, caplog: pytest.LogCaptureFixture) -> None:
-    """No DELETE, no DTLS close, no RTCP BYE: the process is gone. The idle timeout ends the session."""
+    """No DELETE, no DTLS close, no RTCP BYE: the process is gone. Its slot is free again within 5 s, and the
+    session says why it ended."""
     caplog.set_level(logging.INFO, logger="realtime")
-    async with live_server(identity_services(detector), idle_timeout=2.0) as live:
+    async with live_server(identity_services(detector), max_sessions=1) as live:  # the default idle timeout
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", VANISHING_CLIENT, live.base, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
@@ -619,13 +620,24 @@ async def test_a_client_process_killed_mid_stream(detector: MTCNN, caplog: pytes
             assert session in live.manager.sessions
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+            killed = time.monotonic()
             assert await wait_for(lambda: session not in live.manager.sessions, timeout=8), "a dead peer's session"
+            assert time.monotonic() - killed <= 5.0, f"the slot was held {time.monotonic() - killed:.1f} s"
             await assert_clean(live)
+            reply = await live.call("GET", f"/api/stats?session={session}")
+            assert reply.status == 404
+            assert "the session ended: the peer went silent" in reply.error
+            metrics = (await live.call("GET", "/metrics")).body.decode()
+            assert 'dancecam_sessions_ended_by_cause_total{cause="silent"} 1.0' in metrics
+            # with a limit of one, the next user gets in
+            frame = face_frame(faces.astronaut())
+            client, _ = await _streaming(live, frame)
+            await client.close()
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    assert "ended: no video for 2 s" in caplog.text
+    assert re.search(r"session \S+ ended: the peer went silent: no packets for 3 s", caplog.text), caplog.text
 
 
 # --- capacity ---------------------------------------------------------------------------------------------------
