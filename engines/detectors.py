@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from engines.command import dancecam
 from engines.detect import FaceDetector
 from engines.errors import ConfigError
 
@@ -46,7 +47,7 @@ def decide(name: str, device_type: str, scrfd_present: bool, scrfd_on_gpu: bool 
     if device_type != "cuda":
         return "mtcnn", "the cheaper one on a CPU"
     if not scrfd_present:
-        return "mtcnn", "SCRFD is faster on a GPU: `dancecam models download scrfd_10g` to use it"
+        return "mtcnn", f"SCRFD is faster on a GPU: `{dancecam('models', 'download', 'scrfd_10g')}` to use it"
     if not scrfd_on_gpu:
         return "mtcnn", "SCRFD would run on the CPU: no TensorRT, no CUDA provider in onnxruntime (onnxruntime-gpu)"
     return "scrfd", "a GPU, det_10g.onnx and a GPU runtime for it"

@@ -41,6 +41,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from engines.command import dancecam
 from engines.errors import (
     AccessDeniedError,
     ChecksumMismatchError,
@@ -352,9 +353,9 @@ def _http_error(entry: ModelEntry, source: Source, code: int, opts: DownloadOpti
                 f"{entry.file_name} is gated (HTTP {code} from {url}). {why}\n"
                 f"  1. Sign in and request access at {entry.access_url} (the authors approve requests).\n"
                 f"  2. Create a read token at {_TOKEN_PAGE}.\n"
-                f"  3. export HF_TOKEN=hf_...  then run: dancecam models download {entry.name}\n"
-                "  Or fetch the file on another machine and place it in the directory `dancecam models path` "
-                "prints, then run `dancecam models verify`.",
+                f"  3. export HF_TOKEN=hf_...  then run: {dancecam('models', 'download', entry.name)}\n"
+                f"  Or fetch the file on another machine and place it in the directory `{dancecam('models', 'path')}` "
+                f"prints, then run `{dancecam('models', 'verify')}`.",
                 url,
             )
         hint = " Set HF_TOKEN if this repository needs a Hugging Face token." if source.auth == "huggingface" else ""
@@ -362,7 +363,7 @@ def _http_error(entry: ModelEntry, source: Source, code: int, opts: DownloadOpti
     if code == 404:
         return RemoteFileNotFoundError(
             f"{entry.file_name} is not at {url} (HTTP 404): the source moved or removed it.\n"
-            "Update DanceCam, or fetch the file elsewhere and place it in `dancecam models path`.",
+            f"Update DanceCam, or fetch the file elsewhere and place it in `{dancecam('models', 'path')}`.",
             url,
         )
     err = HTTPStatusError(f"{url} answered HTTP {code}; try again later.", url)
@@ -387,7 +388,7 @@ def _network_error(url: str, e: BaseException) -> Exception:
         what += f" through the proxy {proxy}"
     return NetworkError(
         f"{what}.\nCheck the connection (or proxy settings), or on a machine without internet fetch the file "
-        "elsewhere and place it in the directory `dancecam models path` prints.",
+        f"elsewhere and place it in the directory `{dancecam('models', 'path')}` prints.",
         url,
     )
 
@@ -511,7 +512,7 @@ def _lock(model_dir: Path, entry: ModelEntry) -> Iterator[None]:
         except BlockingIOError as e:
             raise DownloadError(
                 f"another DanceCam process is downloading into {model_dir}; wait for it, then run "
-                f"`dancecam models download {entry.name}` again"
+                f"`{dancecam('models', 'download', entry.name)}` again"
             ) from e
         yield
     finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from engines.command import dancecam
+
 
 class DanceCamError(Exception):
     """Base of every error DanceCam raises on purpose."""
@@ -36,7 +38,9 @@ class UnknownModelError(ModelError):
     exit_code = 2
 
     def __init__(self, name: str, known: Sequence[str]) -> None:
-        super().__init__(f"unknown model {name!r}; known models: {', '.join(known)} (see `dancecam models list`)")
+        super().__init__(
+            f"unknown model {name!r}; known models: {', '.join(known)} (see `{dancecam('models', 'list')}`)"
+        )
         self.name = name
 
 

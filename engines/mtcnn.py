@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines import registry, store
+from engines.command import dancecam
 from engines.detect import Detections
 from engines.errors import CheckpointFormatError, ConfigError, ModelMissingError
 from engines.nms import batched_nms, nms
@@ -168,7 +169,7 @@ def default_weights_path(stage: str) -> Path:
     entry = registry.find(f"mtcnn_{stage}")
     path = store.bundled_path(entry)
     if path is None or not path.is_file():
-        hint = entry.bundled.install_hint if entry.bundled is not None else "see `dancecam models list`"
+        hint = entry.bundled.install_hint if entry.bundled is not None else f"see `{dancecam('models', 'list')}`"
         where = f" (looked for {path})" if path is not None else " (facenet-pytorch is not installed)"
         raise ModelMissingError(f"MTCNN {stage} weights {entry.file_name} not found{where}. Install them: {hint}")
     return path

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engines.command import dancecam
 from engines.detect import Detections
 from engines.errors import ImageError, ModelMissingError
 from engines.nms import nms
@@ -171,7 +172,8 @@ def require_model(path: Path) -> None:
     """ModelMissingError naming the download command unless det_10g.onnx is at `path`."""
     if not path.is_file():
         raise ModelMissingError(
-            f"SCRFD model {path} is missing: run `dancecam models download {MODEL_NAME}` (or place det_10g.onnx there)"
+            f"SCRFD model {path} is missing: run `{dancecam('models', 'download', MODEL_NAME)}` "
+            "(or place det_10g.onnx there)"
         )
 
 

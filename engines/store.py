@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from engines.command import dancecam
 from engines.errors import ConfigError
 from engines.registry import ModelEntry
 
@@ -168,7 +169,7 @@ class FileStatus:
             if e.bundled is not None:
                 where = self.path or f"the {e.bundled.package} package"
                 return f"missing from {where}: {e.bundled.install_hint}"
-            return f"missing: run `dancecam models download {e.name}` or place the file at {self.path}"
+            return f"missing: run `{dancecam('models', 'download', e.name)}` or place the file at {self.path}"
         if self.state == "mismatch":
             return (
                 f"sha256 mismatch: expected {self.expected}, got {self.actual}; delete {self.path} and download again"

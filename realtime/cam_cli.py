@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
+from engines.command import styled
 from engines.errors import ConfigError, MediaError
 from realtime.pipeline_args import add_pipeline_options, swap_options
 
@@ -103,7 +104,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
         status = stack.enter_context(err.status("loading models", spinner="dots")) if live else None
         pipeline, notes = build_pipeline(args.source, options)
         for line in notes if show else ():
-            err.print(f"note: {escape(line)}", soft_wrap=True)
+            err.print(f"note: {styled(line)}", soft_wrap=True)
         worker = PipelineWorker(pipeline)
         stack.callback(worker.stop)  # after the capture has stopped feeding it
         presenter = Presenter(worker, sinks, source.fps)

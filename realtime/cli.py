@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
+from engines.command import styled
 from engines.errors import DanceCamError
 from realtime import __version__, bench_cli, cam_cli, models_cli, serve_cli, swap_cli
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except DanceCamError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {styled(str(e))}", soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt as e:  # a command may say itself what was kept
         err.print(escape(str(e) or _INTERRUPTED.get(args.command, "interrupted")), soft_wrap=True)

@@ -34,6 +34,7 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
 from engines import registry
+from engines.command import dancecam
 from engines.convert.cache import cache_path, cached_metadata
 from engines.errors import ConfigError, ImageError, MediaError, ModelMissingError, NoFaceError
 from engines.registry import ModelEntry
@@ -246,8 +247,8 @@ def find_weights(entries: list[ModelEntry], model_dir: Path, dir_flag: bool = Fa
     if not (download or convert):
         return found
     where = f" --model-dir {model_dir}" if dir_flag else ""
-    steps = [f"`dancecam models download {' '.join(download)}{where}`"] if download else []
-    steps.append(f"`dancecam models convert {' '.join(convert)}{where}`")
+    steps = [f"`{dancecam('models', 'download', *download)}{where}`"] if download else []
+    steps.append(f"`{dancecam('models', 'convert', *convert)}{where}`")
     gated = [e for e in entries if e.name in download and e.gated]
     hint = "".join(f" ({e.name} is gated: request access at {e.access_url} and set HF_TOKEN)" for e in gated)
     what = "missing" if download else "downloaded but not converted"

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from engines import download as dl
 from engines import registry, store
+from engines.command import dancecam, styled
 from engines.errors import DanceCamError, ModelMissingError
 from engines.registry import ModelEntry
 
@@ -186,7 +187,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             result = dl.download(entry, model_dir, opts, console=err)
         except DanceCamError as e:
             failures.append(e)
-            err.print(f"[red]✗ {entry.name}:[/] {escape(str(e))}", soft_wrap=True)
+            err.print(f"[red]✗ {entry.name}:[/] {styled(str(e))}", soft_wrap=True)
             continue
         if result.url is None:
             what = "found in facenet-pytorch" if entry.bundled else "already present"
@@ -249,7 +250,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if not entries:
             raise ModelMissingError(
                 f"no convertible model file is in {model_dir}; download one first, e.g. "
-                f"`dancecam models download facedancer_c_hq` ({_convertible_names()})"
+                f"`{dancecam('models', 'download', 'facedancer_c_hq')}` ({_convertible_names()})"
             )
     out = _out()
     for entry in entries:
@@ -295,7 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not entries:
             raise ModelMissingError(
                 f"no converted network is in {model_dir}: download and convert one first, e.g. "
-                f"`dancecam models download facedancer_c_hq` then `dancecam models convert` ({_convertible_names()})"
+                f"`{dancecam('models', 'download', 'facedancer_c_hq')}` then `{dancecam('models', 'convert')}` "
+                f"({_convertible_names()})"
             )
     # every file checked before the first (slow) export: a missing one fails now, naming the commands
     weights = find_weights(entries, model_dir, args.model_dir is not None)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 
+from engines.command import styled
 from engines.errors import ConfigError, DanceCamError
 
 if TYPE_CHECKING:
@@ -167,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
         args.engine, args.device, args.model_dir, args.backend, args.detector, simulate_ms=args.simulate_ms
     )
     if services.backend_message:
-        console.print(services.backend_message)
+        console.print(styled(services.backend_message), soft_wrap=True)
     if not services.weights.ok:
-        console.print(f"[yellow]weights missing:[/] {escape(services.weights.message or '')}", soft_wrap=True)
+        console.print(f"[yellow]weights missing:[/] {styled(services.weights.message or '')}", soft_wrap=True)
     if args.source is not None:
         try:
             data = args.source.read_bytes()

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from engines.command import plain
 from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError, DanceCamError, ModelMissingError, NoFaceError
 from engines.runners.base import facedancer_io
@@ -185,8 +186,10 @@ class WeightsStatus:
 
 def _commands(message: str) -> str | None:
     """The shell commands a `ModelMissingError` message names (between backticks), joined with &&."""
+    from engines.command import prefix
+
     parts = message.split("`")[1::2]
-    return " && ".join(p for p in parts if p.startswith("dancecam ")) or None
+    return " && ".join(p for p in parts if p.startswith(prefix() + " ")) or None
 
 
 def _in_photo_pixels(source: SourceIdentity, data: bytes) -> SourceIdentity:
@@ -269,7 +272,7 @@ class LiveServices:
             DeviceContext(dev).close()  # CuPy and the warp kernels: a broken set-up stops the server at start
         home = resolve_model_dir(model_dir)
         detector, detector_message = load_detector(detector_name, dev, home, backend, home / "compiled")
-        log.info("%s", detector_message)
+        log.info("%s", plain(detector_message))
         if engine == "identity":
             return cls(dev, detector, "identity", simulate_ms=simulate_ms)
         names = ["facedancer_c_hq", "arcface_r50"]

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from engines.command import styled
 from realtime.pipeline_args import add_pipeline_options, swap_options
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def _summary(result: SwapReport) -> None:
         what = f"{result.frames} frames at {w}x{h} ({result.frames_with_faces} with faces){audio}"
     out.print(f"[green]✓[/] {escape(str(result.output))}: {what}", soft_wrap=True)
     for note in result.notes:
-        out.print(f"  note: {escape(note)}", soft_wrap=True)
+        out.print(f"  note: {styled(note)}", soft_wrap=True)
     if result.fail_closed:
         out.print(
             f"  [yellow]{result.fail_closed} frame(s) fell back to a repeated or hidden face (the swap failed there)",

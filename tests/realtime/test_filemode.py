@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from engines.arcface import ArcFace, ArcFaceConfig, HeadLayer
+from engines.command import dancecam
 from engines.convert.cache import FORMAT
 from engines.errors import ConfigError, ImageError, ModelMissingError, NoFaceError
 from engines.facedancer import FaceDancer, FaceDancerConfig
@@ -305,8 +306,8 @@ def test_facedancer_without_weights_names_the_commands(media: Path, tmp_path: Pa
     with pytest.raises(ModelMissingError) as e:
         swap_file(media / "source.jpg", media / "clip.mp4", out, SwapOptions(engine="facedancer"))
     msg = str(e.value)
-    assert "`dancecam models download facedancer_c_hq arcface_r50`" in msg
-    assert "`dancecam models convert facedancer_c_hq arcface_r50`" in msg
+    assert f"`{dancecam('models', 'download', 'facedancer_c_hq', 'arcface_r50')}`" in msg
+    assert f"`{dancecam('models', 'convert', 'facedancer_c_hq', 'arcface_r50')}`" in msg
     assert "HF_TOKEN" in msg
     assert not out.exists()
     assert leftovers(tmp_path) == []
@@ -320,7 +321,8 @@ def test_downloaded_but_not_converted(media: Path, tmp_path: Path, model_home: P
         swap_file(media / "source.jpg", media / "photo.png", tmp_path / "o.png", SwapOptions(model_dir=model_home))
     msg = str(e.value)
     assert "models download" not in msg
-    assert f"`dancecam models convert facedancer_c_hq arcface_r50 --model-dir {model_home}`" in msg
+    convert = dancecam("models", "convert", "facedancer_c_hq", "arcface_r50", "--model-dir", str(model_home))
+    assert f"`{convert}`" in msg
 
 
 def test_reference_mode_needs_arcface_even_with_identity(media: Path, tmp_path: Path) -> None:
