@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
     SimulatedCost(IdentitySwap(), args.simulate_ms)  # a bad value is refused before any model loads
 
-    from realtime.session import LiveServices, LiveSettings, SessionManager, measure_session_cost
+    from realtime import capacity
+    from realtime.session import LiveServices, LiveSettings, SessionManager
 
     defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
     console.print(f"loading models ({args.engine}) ...")
@@ -177,12 +178,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot read --source {args.source}: {e.strerror}") from None
         if services.weights.ok:
             services.set_source(data)
-    max_sessions = args.max_sessions
-    if max_sessions is None:
-        cost = measure_session_cost(services, args.target_fps or 30.0)
-        max_sessions = cost.max_sessions
-        console.print(f"max sessions: {max_sessions} ({cost.reason}; --max-sessions to change)")
-    manager = SessionManager(services, max_sessions, defaults)
+    target_fps = args.target_fps or 30.0
+    if args.max_sessions is not None:
+        limit = capacity.given(args.max_sessions, target_fps)
+    else:
+        with console.status("measuring what one session costs on this machine ..."):
+            limit = capacity.measure(services, target_fps)
+        console.print(f"max sessions: {limit.reason} (--max-sessions to change)", soft_wrap=True)
+    manager = SessionManager(services, limit.max_sessions, defaults, limit)
     try:
         return _serve(manager, args.host, args.port, token, context, console, ice_addresses)
     except OSError as e:

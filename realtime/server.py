@@ -292,13 +292,28 @@ class LiveServer:
                     "note": source.note if source else None,
                 },
                 "needs_source": self.services.engine == "facedancer",
+                "can_swap": self._can_swap(),
+                "backend": {
+                    "name": self.services.backend if self.services.engine == "facedancer" else None,
+                    "precision": self.services.precision,
+                    "message": self.services.backend_message,
+                },
                 "max_sessions": self.manager.max_sessions,
+                "capacity": self.manager.capacity.to_json(),
                 "sessions": len(self.manager.sessions),
                 "token_required": self._token is not None,
                 "settings": self.manager.defaults.to_json(),
                 "limits": SETTING_LIMITS,
             }
         )
+
+    def _can_swap(self) -> dict[str, Any]:
+        """Whether a session can start now, and if not why (the page disables Start and shows it)."""
+        try:
+            self.services.check_can_swap()
+        except NotReadyError as e:
+            return {"ok": False, "reason": str(e)}
+        return {"ok": True, "reason": None}
 
     # --- request bodies ---------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from engines.command import plain
 from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError, DanceCamError, ModelMissingError, NoFaceError
 from engines.runners.base import facedancer_io
+from realtime.capacity import Capacity, given
 from realtime.degrade import DegradationController
 from realtime.face_choice import FaceChoice
 from realtime.identity_cache import SOURCE_MAX_SIDE, IdentityCache, decode_image, default_identity_dir
@@ -558,77 +559,6 @@ class Session:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class SessionCost:
-    """What one session costs, measured at start-up: the basis of the default `max_sessions`."""
-
-    frame_ms: float  # one 640x480 frame with one face, detection amortised over detect_every
-    memory_mib: float  # device memory one session's buffers and activations take (CUDA; 0 on the CPU)
-    max_sessions: int
-    reason: str
-
-
-def measure_session_cost(services: LiveServices, target_fps: float = 30.0, repeats: int = 3) -> SessionCost:
-    """Time the per-frame work of one session on this machine (detection + one face's swap) and size the limit.
-
-    No face photo is needed: the detector runs on a 640x480 frame and the engine on one 256x256 crop, which is the
-    work a one-face frame costs. The limit is how many such sessions fit the frame budget at `target_fps`
-    (sessions run in parallel threads, so on a GPU this is conservative), capped by free device memory.
-    """
-    settings = LiveSettings()
-    cuda = services.device.type == "cuda"
-    free_before = 0
-    if cuda:
-        torch.cuda.synchronize(services.device)
-        torch.cuda.reset_peak_memory_stats(services.device)
-        free_before = torch.cuda.mem_get_info(services.device)[0]
-    before = torch.cuda.memory_allocated(services.device) if cuda else 0
-    engine: Any = None
-    if services.ready:  # a session's own engine, on the chosen backend (its runner, graphs or engine included)
-        probe = SourceIdentity("probe", torch.zeros(512), (0.0, 0.0, 0.0, 0.0), None, 0, 0, None, 0)
-        engine = services.make_engine(probe if services.engine == "facedancer" else None)
-    frame = image_tensor(np.full((480, 640, 3), 128, np.uint8), services.detector.device)
-    crop = torch.zeros((1, 3, 256, 256), device=services.device)
-
-    def once() -> float:
-        start = time.perf_counter()
-        services.detector(frame)
-        detect = time.perf_counter() - start
-        start = time.perf_counter()
-        if engine is not None:
-            engine(crop)
-        if cuda:
-            torch.cuda.synchronize(services.device)
-        return (detect / settings.detect_every + time.perf_counter() - start) * 1e3
-
-    free_during = free_before
-    try:
-        once()  # warm-up: first calls allocate, capture or compile
-        frame_ms = float(np.median([once() for _ in range(repeats)]))
-        if cuda:
-            free_during = torch.cuda.mem_get_info(services.device)[0]
-    finally:
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
-    memory_mib = 0.0
-    by_memory = 1 << 30
-    if cuda:
-        # torch's allocator sees its own tensors; the driver also sees TensorRT's and ONNX Runtime's memory and
-        # torch's reservations: the larger of the two is what a session takes
-        used = max(torch.cuda.max_memory_allocated(services.device) - before, free_before - free_during, 0)
-        memory_mib = used / 2**20 + 1920 * 1080 * 3 / 2**20  # plus the device frame buffer at 1080p
-        torch.cuda.empty_cache()  # what the probe and the backends tried at start left cached is free for sessions
-        free, _ = torch.cuda.mem_get_info(services.device)
-        by_memory = max(1, int(0.8 * free / 2**20 / memory_mib))
-    by_time = max(1, int((1000.0 / target_fps) / max(frame_ms, 1e-3)))
-    limit = min(by_time, by_memory, 16)
-    reason = f"one session costs {frame_ms:.1f} ms per frame"
-    reason += f" and {memory_mib:.0f} MiB" if cuda else ""
-    reason += f"; {limit} fit {target_fps:.0f} fps"
-    return SessionCost(frame_ms, memory_mib, limit, reason)
-
-
 def _close_built(build: asyncio.Future[Session]) -> None:
     """Close a session built for a request that was cancelled meanwhile (its device memory, off the loop)."""
     if build.cancelled() or build.exception() is not None:
@@ -641,11 +571,18 @@ def _close_built(build: asyncio.Future[Session]) -> None:
 class SessionManager:
     """Sessions by id, the capacity limit, and the default settings for new sessions."""
 
-    def __init__(self, services: LiveServices, max_sessions: int, defaults: LiveSettings | None = None) -> None:
+    def __init__(
+        self,
+        services: LiveServices,
+        max_sessions: int,
+        defaults: LiveSettings | None = None,
+        capacity: Capacity | None = None,
+    ) -> None:
         if max_sessions < 1:
             raise ConfigError(f"--max-sessions must be at least 1, got {max_sessions}")
         self.services = services
         self.max_sessions = max_sessions
+        self.capacity = capacity or given(max_sessions)  # how the limit was found, for /api/info
         self.defaults = defaults or LiveSettings()
         self.sessions: dict[str, Session] = {}
         self.ended = 0

@@ -234,12 +234,12 @@ async def test_settings_stats_metrics_and_audio_for_a_browser_session(identity_l
 @pytest.mark.gpu
 async def test_a_cuda_session_returns_what_the_cpu_session_returns(frame: np.ndarray) -> None:
     """The server on CUDA (own stream and buffers per session, memory measured at start) against the CPU server."""
-    from realtime.session import measure_session_cost
+    from realtime import capacity
 
     results = {}
     for device in ("cpu", "cuda"):
         services = LiveServices(torch.device(device), MTCNN(device), "identity")
-        cost = measure_session_cost(services)
+        cost = capacity.measure(services)
         assert cost.max_sessions >= 1
         if device == "cuda":
             assert cost.memory_mib > 0
@@ -255,21 +255,6 @@ async def test_a_cuda_session_returns_what_the_cpu_session_returns(frame: np.nda
         assert stats["sessions"][0]["counters"]["pipeline_errors"] == 0
     diff = np.abs(results["cuda"].astype(np.int16) - results["cpu"].astype(np.int16))
     assert diff.mean() < 4.0, diff.mean()  # two VP8 encodes of the same frames
-
-
-def test_session_cost_is_measured_with_the_sessions_own_engine(detector: MTCNN) -> None:
-    from engines.facedancer import FaceDancer, FaceDancerConfig
-    from realtime.session import measure_session_cost
-
-    identity = measure_session_cost(LiveServices(torch.device("cpu"), detector, "identity"), target_fps=1.0)
-    assert identity.frame_ms > 0
-    assert identity.max_sessions >= 1
-    assert identity.memory_mib == 0
-    assert "ms per frame" in identity.reason
-    slow = FaceDancer(FaceDancerConfig(widths=(64, 64, 64, 64, 64, 64, 64), mapping_width=16)).eval()
-    services = LiveServices(torch.device("cpu"), detector, "facedancer", slow, ArcFace(ArcFaceConfig()).eval())
-    swapping = measure_session_cost(services, target_fps=1.0)
-    assert swapping.frame_ms > identity.frame_ms  # the swap of one face is part of the cost
 
 
 def test_services_load_converted_weights_and_choose_a_backend(tmp_path: Path) -> None:
