@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 PROBE_SIZE = (640, 480)
 USABLE_SHARE = 0.8  # of the CPU (and device) time: the event loop, the network and the rest need some too
 MAX_SESSIONS = 16
-WARMUP_CYCLES = 2
+WARMUP_CYCLES = 3
 RUNS = 5
 
 
@@ -202,13 +202,13 @@ def _limit(
     if services.device.type == "cuda":
         cost += f", {wall_ms:.1f} ms per frame on the GPU and {memory_mib:.0f} MiB"
     if wall_ms > budget_ms:
-        alone = f"one session alone reaches about {1000.0 / wall_ms:.1f} fps, below {target_fps:g} fps"
-        reason = f"1 session: {alone}; {cost}"
+        reason = f"1 session, at about {1000.0 / wall_ms:.0f} fps: one alone cannot reach {target_fps:g} fps; {cost}"
     elif limits[bound] < 1:
-        reason = f"1 session, and it will not hold {target_fps:g} fps ({bound} is short); {cost}"
+        reason = f"1 session, below {target_fps:g} fps ({bound} is short of even one); {cost}"
     else:
-        capped = " (the cap)" if limits[bound] > MAX_SESSIONS else ""
-        reason = f"{limit} session(s) at {target_fps:g} fps{capped}, bound by {bound}; {cost}"
+        capped = f" (the cap of {MAX_SESSIONS})" if limits[bound] > MAX_SESSIONS else ""
+        plural = "session" if limit == 1 else "sessions"
+        reason = f"{limit} {plural} at {target_fps:g} fps{capped}, bound by {bound}; {cost}"
     return Capacity(
         limit,
         reason,

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         with console.status("measuring what one session costs on this machine ..."):
             limit = capacity.measure(services, target_fps)
-        console.print(f"max sessions: {limit.reason} (--max-sessions to change)", soft_wrap=True)
+        console.print(f"capacity: {limit.reason} (--max-sessions to change)", soft_wrap=True)
     manager = SessionManager(services, limit.max_sessions, defaults, limit)
     try:
         return _serve(manager, args.host, args.port, token, context, console, ice_addresses)

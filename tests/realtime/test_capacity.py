@@ -34,7 +34,7 @@ def test_the_probe_session_does_a_sessions_whole_work(detector: MTCNN) -> None:
     assert found.cores == capacity.cpu_cores()
     assert found.probe["faces"] == 1  # a real face: detection, tracking, alignment, paste all run
     assert found.probe["codec"] == "VP8 decode + encode"
-    assert f"{found.max_sessions} session(s) at 30 fps" in found.reason or found.reason.startswith("1 session")
+    assert found.reason.startswith(f"{found.max_sessions} session")
     assert "ms of CPU per frame" in found.reason
     assert "median of 5 runs" in found.reason
 
