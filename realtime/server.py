@@ -35,6 +35,7 @@ from realtime.session import (
     SETTING_LIMITS,
     EngineStartError,
     LiveSettings,
+    NotReadyError,
     Session,
     SessionKind,
     SessionManager,
