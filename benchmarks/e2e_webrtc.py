@@ -1,6 +1,7 @@
 """Glass-to-glass latency of a live session over WebRTC, swap off (passthrough) and swap on, side by side.
 
-    python -m benchmarks.e2e_webrtc                                  # 20 s per mode, identity engine, in-process
+    python -m benchmarks.e2e_webrtc                                  # 60 s per mode, identity engine, in-process
+    python -m benchmarks.e2e_webrtc --modes on --cases one,overloaded,overloaded+hog   # does latency stay flat?
     python -m benchmarks.e2e_webrtc --seconds 10 --random-weights    # FaceDancer C + ArcFace, random weights
     python -m benchmarks.e2e_webrtc --url http://127.0.0.1:8080      # a running `dancecam serve`
 
@@ -9,7 +10,10 @@ An aiortc client plays the part of the browser: it sends a real-face clip (the a
 the number back from every returned frame and matches it to the time the frame was handed to the encoder. Per mode
 it reports the round trip p50/p95/p99, the frame rates sent and returned, frames that never came back, repeats and
 unreadable frames, next to the server's own share (GET /api/stats). The first `--warmup` seconds of each session
-(connection, key frame, the first network call) are left out of every number.
+(connection, key frame, the first network call) are left out of every number. Whether latency stays flat: the p50
+of the first and of the last `--window` seconds, side by side (flat: the last at most 33 ms above the first).
+Cases: `one` session; `overloaded`, the engine made to cost twice the frame interval (`--simulate-ms`); and
+`overloaded+hog`, the same beside busy processes on every core (a user's machine doing other work).
 
 The client's receiver decodes a frame as soon as its last RTP packet is in, as browsers do and as the server does
 (`realtime.transport.decode_on_marker`); aiortc's own receiver waits for the next frame's first packet, one sender
@@ -53,6 +57,8 @@ from realtime.transport import decode_on_marker
 
 CLOCK_RATE = 90_000  # RTP video clock: pts in 1/90000 s, as aiortc's own tracks
 MODES = (("off", False), ("on", True))
+CASES = ("one", "overloaded", "overloaded+hog")
+FLAT_MS = 33.0  # the last window's p50 may exceed the first's by one frame interval at 30 fps, no more
 # extra sending after the measured window: aiortc's receiver on the server holds the newest frame until the next
 # one starts, so the last frames sent would otherwise never come back and count as drops
 TAIL_S = 0.5
@@ -276,6 +282,22 @@ def _pcts(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def windows(record: Record, measured: list[int], seconds: float) -> tuple[dict, dict]:
+    """Round-trip percentiles of the frames sent in the first and in the last `seconds` of the measured span."""
+    if not measured:
+        return _pcts([]), _pcts([])
+    t0, t1 = record.sent[measured[0]], record.sent[measured[-1]]
+
+    def trips(lo: float, hi: float) -> list[float]:
+        return [
+            (record.arrived[i] - record.sent[i]) * 1e3
+            for i in measured
+            if lo <= record.sent[i] <= hi and i in record.arrived
+        ]
+
+    return _pcts(trips(t0, t0 + seconds)), _pcts(trips(t1 - seconds, t1))
+
+
 def summarise(record: Record, track: StampedClipTrack, args: argparse.Namespace, server: dict) -> dict[str, Any]:
     """Client-side numbers over the frames sent after the warm-up."""
     start = track.start or 0.0
@@ -285,6 +307,7 @@ def summarise(record: Record, track: StampedClipTrack, args: argparse.Namespace,
     latency = [(record.arrived[i] - record.sent[i]) * 1e3 for i in returned]
     span = (max(record.arrived[i] for i in returned) - min(record.arrived[i] for i in returned)) if returned else 0
     keep = ("fps_in", "fps_out", "server_latency_ms", "end_to_end", "stages", "counters", "degradation")
+    first, last = windows(record, measured, args.window)
     return {
         "frames_sent": len(measured),
         "frames_returned": len(returned),
@@ -293,6 +316,13 @@ def summarise(record: Record, track: StampedClipTrack, args: argparse.Namespace,
         "fps_in": round((len(measured) - 1) / window, 2) if window else 0.0,
         "fps_out": round((len(returned) - 1) / span, 2) if span else 0.0,
         "round_trip_ms": _pcts(latency),
+        # flat or growing: the first and the last `window` seconds of the measured frames, side by side
+        "window_s": args.window,
+        "first_window_ms": first,
+        "last_window_ms": last,
+        "growth_ms": round(last["p50"] - first["p50"], 1)
+        if first["p50"] is not None and last["p50"] is not None
+        else None,
         "received_frames_total": record.received,
         "repeated_frames": record.repeats,
         "unreadable_frames": record.unreadable,
@@ -310,12 +340,45 @@ def summarise(record: Record, track: StampedClipTrack, args: argparse.Namespace,
     }
 
 
+# --- other work on the machine ------------------------------------------------------------------------------------
+
+
+def _spin(stop: Any) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+@contextlib.contextmanager
+def cpu_hog(processes: int) -> Any:
+    """`processes` busy processes for the duration of the block (none for 0): a machine whose cores do other work."""
+    if processes <= 0:
+        yield
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    workers = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(5)
+            if w.is_alive():
+                w.terminate()
+
+
 # --- the server, when none is given -------------------------------------------------------------------------------
 
 
-def build_services(engine: str, random_weights: bool, device: str, backend: str = "auto") -> Any:
+def build_services(
+    engine: str, random_weights: bool, device: str, backend: str = "auto", simulate_ms: float = 0.0
+) -> Any:
     """The server's models: the identity engine, FaceDancer C + ArcFace with random weights, or the real files;
-    FaceDancer on `backend` (auto: the fastest one here)."""
+    FaceDancer on `backend` (auto: the fastest one here); `simulate_ms` of extra work per frame with a face."""
     import torch
 
     from realtime.session import LiveServices
@@ -330,10 +393,10 @@ def build_services(engine: str, random_weights: bool, device: str, backend: str 
         dev = resolve_device(device)
         fd = facedancer().to(dev).eval()
         arc = ArcFace().to(dev).eval()
-        services = LiveServices(dev, MTCNN(dev), "facedancer", fd, arc)
+        services = LiveServices(dev, MTCNN(dev), "facedancer", fd, arc, simulate_ms=simulate_ms)
         services.choose_backend(backend)
         return services
-    return LiveServices.load(engine, device, backend=backend)  # type: ignore[arg-type]
+    return LiveServices.load(engine, device, backend=backend, simulate_ms=simulate_ms)  # type: ignore[arg-type]
 
 
 class ServerThread:
@@ -443,10 +506,15 @@ def device_label(info: dict) -> tuple[str, str]:
     return name, slug
 
 
+HEAD = (
+    "case", "swap", "sent", "returned", "dropped", "fps in", "fps out", "p50 ms", "p95 ms", "p99 ms",
+    "server p50 ms", "first p50", "last p50", "growth",
+)  # fmt: skip
+
+
 def table(result: dict) -> Table:
     t = Table(title=f"glass to glass over WebRTC: {result['engine_label']} on {result['device']}, {result['size']}")
-    cols = ("swap", "sent", "returned", "dropped", "fps in", "fps out", "p50 ms", "p95 ms", "p99 ms", "server p50")
-    for col in cols:
+    for col in HEAD:
         t.add_column(col, justify="right")
     for row in markdown_rows(result):
         t.add_row(*row)
@@ -458,28 +526,39 @@ def markdown_rows(result: dict) -> list[list[str]]:
         return "-" if v is None else f"{v:.0f}"
 
     rows = []
-    for name, r in result["modes"].items():
-        rt = r["round_trip_ms"]
-        server = r["server"].get("server_latency_ms", {}).get("p50")
-        rows.append(
-            [
-                name,
-                str(r["frames_sent"]),
-                str(r["frames_returned"]),
-                f"{r['frames_dropped']} ({100 * (r['drop_rate'] or 0):.0f}%)",
-                f"{r['fps_in']:.1f}",
-                f"{r['fps_out']:.1f}",
-                ms(rt["p50"]),
-                ms(rt["p95"]),
-                ms(rt["p99"]),
-                ms(server),
-            ]
-        )
+    for case, run in result["cases"].items():
+        for name, r in run["modes"].items():
+            rt = r["round_trip_ms"]
+            server = r["server"].get("server_latency_ms", {}).get("p50")
+            growth = r["growth_ms"]
+            verdict = "-" if growth is None else f"{growth:+.0f} ms " + ("flat" if growth <= FLAT_MS else "GROWS")
+            rows.append(
+                [
+                    case,
+                    name,
+                    str(r["frames_sent"]),
+                    str(r["frames_returned"]),
+                    f"{r['frames_dropped']} ({100 * (r['drop_rate'] or 0):.0f}%)",
+                    f"{r['fps_in']:.1f}",
+                    f"{r['fps_out']:.1f}",
+                    ms(rt["p50"]),
+                    ms(rt["p95"]),
+                    ms(rt["p99"]),
+                    ms(server),
+                    ms(r["first_window_ms"]["p50"]),
+                    ms(r["last_window_ms"]["p50"]),
+                    verdict,
+                ]
+            )
     return rows
 
 
 def markdown(result: dict) -> str:
-    head = ["swap", "sent", "returned", "dropped", "fps in", "fps out", "p50 ms", "p95 ms", "p99 ms", "server p50 ms"]
+    head = list(HEAD)
+    cases = "; ".join(
+        f"{case}: {run['simulate_ms']:g} ms simulated per frame, {run['hog_processes']} busy processes beside"
+        for case, run in result["cases"].items()
+    )
     lines = [
         f"# Glass to glass over WebRTC: {result['engine_label']} on {result['device']}",
         "",
@@ -492,7 +571,8 @@ def markdown(result: dict) -> str:
             if result.get("client_receiver", "browser") == "browser"
             else "aiortc's (holds each frame until the next one starts)"
         )
-        + ". `"
+        + f". First/last p50: the first and the last {result['window']:g} s of each mode (flat: growth at most "
+        + f"{FLAT_MS:g} ms). Cases: {cases}. `"
         + result["command"]
         + "`",
         *(["", f"FaceDancer: {result['backend']}"] if result.get("backend") else []),
@@ -516,7 +596,16 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e_webrtc", description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="streaming time per mode (default 20)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="streaming time per mode (default 60)")
+    parser.add_argument(
+        "--window", type=float, default=10.0, help="seconds at the start and at the end compared (default 10)"
+    )
+    parser.add_argument(
+        "--cases",
+        default="one",
+        help="which of one, overloaded (the engine costs 2 frame intervals), overloaded+hog (and busy processes on "
+        "every core) to run, comma-separated (default one)",
+    )
     parser.add_argument("--fps", type=float, default=30.0, help="frames per second sent (default 30)")
     parser.add_argument("--size", type=parse_size, default=(640, 480), help="WIDTHxHEIGHT sent (default 640x480)")
     parser.add_argument("--engine", choices=("identity", "facedancer"), default="identity")
@@ -551,24 +640,41 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--modes takes off, on or off,on")
     if args.warmup >= args.seconds:
         parser.error("--warmup must be shorter than --seconds")
+    if not 0 < args.window <= (args.seconds - args.warmup) / 2:
+        parser.error("--window must be positive and at most half of the measured seconds")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not args.cases or any(c not in CASES for c in args.cases):
+        parser.error(f"--cases takes one or more of {', '.join(CASES)}")
+    if args.url and any(c != "one" for c in args.cases):
+        parser.error("--cases overloaded needs the in-process server (its engine's cost is set at start)")
     console = Console(width=160)
 
-    server: ServerThread | None = None
     backend: str | None = None
-    url = args.url
-    if url is None:
-        console.print(f"starting the server in this process ({args.engine}{', random weights' * args.random_weights})")
-        services = build_services(args.engine, args.random_weights, args.device, args.backend)
-        backend = services.backend_message
-        if backend:
-            console.print(backend)
-        server = ServerThread(services)
-        url = server.start()
-    try:
-        info, modes = asyncio.run(run_all(url, args, console))
-    finally:
-        if server is not None:
-            server.stop()
+    cases: dict[str, Any] = {}
+    info: dict = {}
+    for case in args.cases:
+        simulate_ms = 2000.0 / args.fps if case.startswith("overloaded") else 0.0
+        hog = (os.cpu_count() or 1) if case.endswith("+hog") else 0
+        console.print(f"[bold]case {case}[/]: {simulate_ms:g} ms simulated per frame, {hog} busy processes beside")
+        server: ServerThread | None = None
+        url = args.url
+        if url is None:
+            console.print(
+                f"starting the server in this process ({args.engine}{', random weights' * args.random_weights})"
+            )
+            services = build_services(args.engine, args.random_weights, args.device, args.backend, simulate_ms)
+            backend = services.backend_message
+            if backend:
+                console.print(backend)
+            server = ServerThread(services)
+            url = server.start()
+        try:
+            with cpu_hog(hog):
+                info, modes = asyncio.run(run_all(url, args, console))
+        finally:
+            if server is not None:
+                server.stop()
+        cases[case] = {"simulate_ms": simulate_ms, "hog_processes": hog, "modes": modes}
 
     name, slug = device_label(info)
     engine = str(info.get("engine", args.engine))
@@ -585,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "aiortc": aiortc.__version__,
         "av": av.__version__,
-        "server": "in-process" if server is not None else url,
+        "server": "in-process" if args.url is None else args.url,
         "engine": engine,
         "engine_label": label,
         "random_weights": bool(args.random_weights),
@@ -594,8 +700,9 @@ def main(argv: list[str] | None = None) -> int:
         "fps": args.fps,
         "seconds": args.seconds,
         "warmup": args.warmup,
+        "window": args.window,
         "client_receiver": args.client_receiver,
-        "modes": modes,
+        "cases": cases,
     }
     console.print(table(result))
     tag = engine + ("-random" if args.random_weights and engine == "facedancer" else "")
