@@ -323,7 +323,8 @@ def test_missing_weights_notice(browser: Browser, artifacts: Path, tmp_path: Pat
         command = page.text_content("#weights-command")
         assert "missing" in (message or "").lower(), message
         # the form that works where the server was started (engines/command.py): here the venv's entry point
-        assert "dancecam models download " in command and "`" not in command, command
+        assert "dancecam models download " in command, command
+        assert "`" not in command, command
 
         page.click("#copy-command")
         page.wait_for_function("document.getElementById('copy-status').textContent !== ''", timeout=5_000)
