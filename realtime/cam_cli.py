@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -18,7 +17,7 @@ from rich.markup import escape
 
 from engines.command import styled
 from engines.errors import ConfigError, MediaError
-from realtime.pipeline_args import add_pipeline_options, swap_options
+from realtime.pipeline_args import add_pipeline_options, add_source, swap_options
 
 if TYPE_CHECKING:
     from realtime.camera import Capture
@@ -34,7 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "camera (choose 'DanceCam' in your video call or OBS) and/or a preview window. Only swapped frames are "
         "sent, never the raw camera. Ctrl-C stops.",
     )
-    p.add_argument("-s", "--source", required=True, type=Path, metavar="PHOTO", help="photo of the face to put in")
+    add_source(p, True, "photo of the face to put in")
     p.add_argument(
         "--camera",
         default="0",
@@ -75,8 +74,9 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from realtime.worker import PipelineWorker
 
     size = parse_size(args.size) if args.size else None
-    if not args.source.is_file():
-        raise MediaError(f"source photo {args.source} does not exist")
+    for photo, _ in args.source:
+        if not photo.is_file():
+            raise MediaError(f"source photo {photo} does not exist")
     options = swap_options(args)
     err = Console(stderr=True, highlight=False)
     show = not args.quiet

@@ -116,7 +116,9 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
     """The session limit for `services` on this machine, measured with a probe session (see the module notes)."""
     import torch
 
-    from realtime.session import LiveSettings, SourceIdentity
+    from realtime.identity_cache import map_identity
+    from realtime.session import LiveSettings
+    from realtime.source_identity import SourceIdentity, SourcePhoto
 
     if not services.ready:
         return not_measured(f"the {services.engine} engine cannot start ({services.weights.message})", target_fps)
@@ -127,7 +129,10 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
         torch.cuda.reset_peak_memory_stats(services.device)
         free_before = torch.cuda.mem_get_info(services.device)[0]
         allocated_before = torch.cuda.memory_allocated(services.device)
-    probe_source = SourceIdentity("probe", torch.zeros(512), (0.0, 0.0, 0.0, 0.0), None, 0, 0, None, 0)
+    z = torch.zeros(512)
+    w = map_identity(services.facedancer, z) if services.facedancer is not None else None
+    photo = SourcePhoto("probe", 1.0, 1, 1, (0.0, 0.0, 1.0, 1.0), None, 1, z)
+    probe_source = SourceIdentity("probe", (photo,), z, w, 0)
     engine = services.make_engine(probe_source if services.engine == "facedancer" else None)
     from realtime.pipeline import FramePipeline
 

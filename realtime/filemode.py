@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -40,7 +40,7 @@ from engines.errors import ConfigError, ImageError, MediaError, ModelMissingErro
 from engines.registry import ModelEntry
 from engines.store import resolve_model_dir, sha256_file
 from realtime.face_choice import FaceChoice, FaceMode
-from realtime.identity_cache import SOURCE_MAX_SIDE, IdentityCache, IdentityEntry, decode_image, default_identity_dir
+from realtime.identity_cache import IdentityCache, IdentityEntry, decode_image, default_identity_dir
 from realtime.masks import MaskKind, MaskSpec
 from realtime.pipeline import (
     ArcFaceEmbedder,
@@ -50,6 +50,7 @@ from realtime.pipeline import (
     PipelineConfig,
     SimulatedCost,
 )
+from realtime.source_identity import IdentityBuilder, PhotoInput
 
 IMAGE_INPUTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_INPUTS = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
@@ -74,6 +75,7 @@ _OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
 T = TypeVar("T")
 Engine = Literal["facedancer", "identity"]
 Kind = Literal["image", "video"]
+Sources = Sequence[tuple[Path, float]]  # source photos with their weights (`--source PHOTO[:WEIGHT]`)
 Progress = Callable[[int, "int | None"], None]  # (frames done, total frames or None when unknown)
 
 
@@ -131,17 +133,19 @@ class SwapReport:
 # --- paths ----------------------------------------------------------------------------------------------------
 
 
-def check_paths(source: Path, input: Path, output: Path, overwrite: bool = False) -> Kind:
+def check_paths(source: Path | Sources, input: Path, output: Path, overwrite: bool = False) -> Kind:
     """Validate the files of a swap before any work; returns whether it is an image or a video swap."""
-    for label, path in (("source photo", source), ("input", input)):
+    photos = [path for path, _ in as_sources(source)]
+    for label, path in [*(("source photo", p) for p in photos), ("input", input)]:
         if not path.exists():
             raise MediaError(f"{label} {path} does not exist")
         if not path.is_file():
             raise MediaError(f"{label} {path} is not a file")
         if not os.access(path, os.R_OK):
             raise MediaError(f"{label} {path} is not readable (permissions)")
-    if source.suffix.lower() not in IMAGE_INPUTS:
-        raise ConfigError(f"source photo {source} must be an image ({', '.join(IMAGE_INPUTS)})")
+    for photo in photos:
+        if photo.suffix.lower() not in IMAGE_INPUTS:
+            raise ConfigError(f"source photo {photo} must be an image ({', '.join(IMAGE_INPUTS)})")
     ins, outs = input.suffix.lower(), output.suffix.lower()
     if ins in IMAGE_INPUTS:
         kind: Kind = "image"
@@ -265,7 +269,14 @@ def _read_bytes(path: Path, label: str) -> bytes:
         raise MediaError(f"cannot read {label} {path}: {e.strerror}") from e
 
 
-def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, list[str]]:
+def as_sources(source: Path | str | Sources) -> Sources:
+    """One photo or several `(photo, weight)` pairs, as `(photo, weight)` pairs."""
+    if isinstance(source, str | Path):
+        return [(Path(source), 1.0)]
+    return [(Path(path), float(weight)) for path, weight in source]
+
+
+def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FramePipeline, list[str]]:
     """Detector, engine and face choice for `options`, with the source photo checked (and embedded for FaceDancer).
 
     The identity engine needs no weights but the source photo must still decode and show a face, so a bad photo
@@ -273,7 +284,6 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     embedding is kept in the identity cache, so a photo is embedded once.
     """
     from engines.arcface import load_arcface
-    from engines.detect import image_tensor
     from engines.detectors import DETECTORS, load_detector
     from engines.facedancer import load_facedancer
     from engines.runners.base import facedancer_io
@@ -318,9 +328,10 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
     )
     if options.detector != "mtcnn":
         notes.append(detector_note)
-    source_bytes = _read_bytes(source, "source photo")
+    photos = [PhotoInput(_read_bytes(path, "source photo"), weight, str(path)) for path, weight in as_sources(source)]
     embed: Callable[[bytes], IdentityEntry] | None = None
     arcface = None
+    cache = None
     if "arcface_r50" in weights:
         arcface = load_arcface(weights["arcface_r50"][0], device)
         mapping_key = weights["facedancer_c_hq"][1] if "facedancer_c_hq" in weights else ""
@@ -329,11 +340,10 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
 
     engine: FaceDancerSwap | IdentitySwap | SimulatedCost
     if options.engine == "facedancer":
-        assert embed is not None
-        entry = _labelled(lambda: embed(source_bytes), source)
-        if entry.note:
-            notes.append(f"source photo: {entry.note}")
         model = load_facedancer(weights["facedancer_c_hq"][0], device)
+        identity = IdentityBuilder(detector, arcface, model, cache).build(photos)
+        if identity.note:
+            notes.append(f"source photo: {identity.note}")
         runner, message = choose(
             options.backend,
             model,
@@ -343,11 +353,9 @@ def build_pipeline(source: Path, options: SwapOptions) -> tuple[FramePipeline, l
             weights_key=weights["facedancer_c_hq"][1],
         )
         notes.append(message)
-        engine = FaceDancerSwap(model, entry.z_id, runner)
+        engine = FaceDancerSwap(model, identity.z_id, runner, w=identity.w)  # type: ignore[arg-type]
     else:  # no weights needed, but a photo without a usable face is still reported now, not after the video
-        image = _labelled(lambda: decode_image(source_bytes, SOURCE_MAX_SIDE), source)
-        if len(detector(image_tensor(image, detector.device))) == 0:
-            raise NoFaceError(f"{source}: no face found; use a photo where one face is clearly visible")
+        IdentityBuilder(detector).build(photos)
         engine = IdentitySwap()
 
     reference = None
@@ -387,7 +395,7 @@ def _labelled(fn: Callable[[], T], path: Path) -> T:
 
 
 def swap_file(
-    source: Path,
+    source: Path | Sources,
     input: Path,
     output: Path,
     options: SwapOptions | None = None,
@@ -400,7 +408,7 @@ def swap_file(
     `DanceCamError` subclasses on bad files or settings, `SwapInterrupted` on Ctrl-C.
     """
     options = options or SwapOptions()
-    source, input, output = Path(source), Path(input), Path(output)
+    source, input, output = as_sources(source), Path(input), Path(output)
     kind = check_paths(source, input, output, options.overwrite)
     notes: list[str] = []
     if kind == "video":

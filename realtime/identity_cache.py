@@ -21,7 +21,6 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from engines.arcface import ArcFace
 from engines.detect import FaceDetector
 from engines.errors import ImageError
 from engines.facedancer import FaceDancer
-from engines.identity import mix, source_face
+from engines.identity import source_face
 from engines.store import resolve_model_dir
 
 MAX_IMAGE_BYTES = 20 * 1000 * 1000
@@ -46,7 +45,7 @@ SOURCE_MAX_SIDE = 1280
 _REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 SUPPORTED_FORMATS = "PNG, JPEG, WebP or BMP"
 ENTRY_SUFFIX = ".safetensors"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the box in the photo's own pixels (1: in the downscaled copy detection saw)
 
 
 # --- decoding -------------------------------------------------------------------------------------------------
@@ -175,8 +174,8 @@ class IdentityEntry:
     z_id: torch.Tensor  # (512,) raw ArcFace embedding
     w: torch.Tensor | None  # (mapping_width,) from FaceDancer.map_identity, made under `mapping_key`
     mapping_key: str | None
-    box: np.ndarray  # (4,) x0, y0, x1, y1 in the decoded photo
-    landmarks: np.ndarray  # (5, 2)
+    box: np.ndarray  # (4,) x0, y0, x1, y1 in the photo's own pixels
+    landmarks: np.ndarray  # (5, 2), in the photo's own pixels
     faces_found: int
     created: float  # Unix time the embedding was computed
 
@@ -185,16 +184,6 @@ class IdentityEntry:
         if self.faces_found > 1:
             return f"{self.faces_found} faces found; using the largest"
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class MixedIdentity:
-    """A weighted mix of several sources: z_id is the weighted mean; w is mapped from that mean."""
-
-    z_id: torch.Tensor
-    w: torch.Tensor | None
-    entries: tuple[IdentityEntry, ...]
-    weights: tuple[float, ...]
 
 
 @torch.inference_mode()
@@ -239,8 +228,9 @@ class IdentityCache:
         detector: FaceDetector,
         arcface: ArcFace,
         facedancer: FaceDancer | None = None,
+        label: str = "the source photo",
     ) -> IdentityEntry:
-        """The cached entry for this photo, computing (and storing) it on a miss.
+        """The cached entry for this photo, computing (and storing) it on a miss: decoded then, and only then.
 
         Raises `ImageError` (unreadable, not an image, too large) or `NoFaceError`; nothing is stored then.
         """
@@ -249,15 +239,17 @@ class IdentityCache:
         key = self._key(image_sha)
         entry = self.get(key)
         if entry is None:
-            face = source_face(decode_image(image_bytes, SOURCE_MAX_SIDE), detector, arcface)
+            image = decode_image(image_bytes, SOURCE_MAX_SIDE)
+            face = source_face(image, detector, arcface, label=label)
+            scale = max(image_size(image_bytes)) / max(image.shape[:2])  # detection saw a downscaled copy
             entry = IdentityEntry(
                 key=key,
                 image_sha256=image_sha,
                 z_id=face.z_id.detach().float().cpu(),
                 w=None,
                 mapping_key=None,
-                box=np.asarray(face.box, np.float32),
-                landmarks=np.asarray(face.landmarks, np.float32),
+                box=np.asarray(face.box, np.float32) * np.float32(scale),
+                landmarks=np.asarray(face.landmarks, np.float32) * np.float32(scale),
                 faces_found=int(face.faces_found),
                 created=time.time(),
             )
@@ -267,24 +259,6 @@ class IdentityCache:
             entry = replace(entry, w=map_identity(facedancer, entry.z_id), mapping_key=self.mapping_key)
             self._write(entry)
         return entry
-
-    def get_mixed(
-        self,
-        images: Sequence[bytes],
-        weights: Sequence[float] | None,
-        detector: FaceDetector,
-        arcface: ArcFace,
-        facedancer: FaceDancer | None = None,
-    ) -> MixedIdentity:
-        """Identity mixing: each photo cached on its own, z_id mixed by `weights`, w mapped from the mix.
-
-        w is mapped from the mixed z_id, not mixed from the sources' w: the mapping network is not linear.
-        """
-        entries = tuple(self.get_or_compute(b, detector, arcface) for b in images)
-        z = mix([e.z_id for e in entries], weights)
-        w = map_identity(facedancer, z) if facedancer is not None else None
-        used = tuple(1.0 for _ in entries) if weights is None else tuple(float(v) for v in weights)
-        return MixedIdentity(z, w, entries, used)
 
     def clear(self) -> int:
         """Delete every entry (and stray temporary files); returns how many entries were removed."""

@@ -84,12 +84,18 @@ class FaceDancerSwap:
     Without a runner it runs eager fp32 on the model's device. Batches beyond the runner's largest (8) are split.
     """
 
-    def __init__(self, model: FaceDancer, z_id: torch.Tensor, runner: Runner | None = None) -> None:
+    def __init__(
+        self, model: FaceDancer, z_id: torch.Tensor, runner: Runner | None = None, w: torch.Tensor | None = None
+    ) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        with torch.inference_mode():
-            z = z_id.reshape(1, -1).to(self.device, next(model.parameters()).dtype)
-            self.w = model.map_identity(z).float()
+        self.z_id = z_id
+        if w is not None:  # mapped once per identity by its owner (realtime.source_identity), shared by sessions
+            self.w = w.reshape(1, -1).to(self.device, torch.float32)
+        else:
+            with torch.inference_mode():
+                z = z_id.reshape(1, -1).to(self.device, next(model.parameters()).dtype)
+                self.w = model.map_identity(z).float()
         if runner is None:
             from engines.runners.eager import EagerRunner
 
@@ -101,9 +107,9 @@ class FaceDancerSwap:
             # wait per source identity (never per frame)
             torch.cuda.current_stream(self.w.device).synchronize()
 
-    def with_source(self, z_id: torch.Tensor) -> FaceDancerSwap:
+    def with_source(self, z_id: torch.Tensor, w: torch.Tensor | None = None) -> FaceDancerSwap:
         """The same generator and runner (no new compile or capture) with another source identity."""
-        return FaceDancerSwap(self.model, z_id, self.runner)
+        return FaceDancerSwap(self.model, z_id, self.runner, w=w)
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         runner = self.runner

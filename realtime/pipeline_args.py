@@ -66,6 +66,30 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def source_photo(text: str) -> tuple[Path, float]:
+    """argparse type of `--source PHOTO[:WEIGHT]`."""
+    from engines.errors import ConfigError
+    from realtime.source_identity import parse_photo_arg
+
+    try:
+        return parse_photo_arg(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_source(p: argparse._ActionsContainer, required: bool, help: str) -> None:
+    """`-s/--source PHOTO[:WEIGHT]`, repeatable: several photos mix into one identity by their weights."""
+    p.add_argument(
+        "-s",
+        "--source",
+        action="append",
+        required=required,
+        type=source_photo,
+        metavar="PHOTO[:WEIGHT]",
+        help=f"{help}; repeat it to mix several photos into one identity, each weighted (default weight 1)",
+    )
+
+
 def add_simulate_ms(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--simulate-ms",

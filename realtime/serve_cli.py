@@ -65,14 +65,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
-    p.add_argument("--source", type=Path, metavar="PHOTO", help="source photo to start with (else upload one)")
+    from realtime.pipeline_args import add_simulate_ms, add_source
+
+    add_source(p, False, "source photo to start with (else upload one)")
     p.add_argument(
         "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
     )
     p.add_argument("--target-fps", type=float, help="frame rate each session aims for (default: the camera's)")
     p.add_argument("--detect-every", type=int, default=5, help="frames between detections (default 5)")
-    from realtime.pipeline_args import add_simulate_ms
-
     add_simulate_ms(p)
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.set_defaults(handler=run)
@@ -171,13 +171,17 @@ def run(args: argparse.Namespace) -> int:
         console.print(styled(services.backend_message), soft_wrap=True)
     if not services.weights.ok:
         console.print(f"[yellow]weights missing:[/] {styled(services.weights.message or '')}", soft_wrap=True)
-    if args.source is not None:
-        try:
-            data = args.source.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"cannot read --source {args.source}: {e.strerror}") from None
+    if args.source:
+        from realtime.source_identity import PhotoInput
+
+        photos = []
+        for path, weight in args.source:
+            try:
+                photos.append(PhotoInput(path.read_bytes(), weight, str(path)))
+            except OSError as e:
+                raise ConfigError(f"cannot read --source {path}: {e.strerror}") from None
         if services.weights.ok:
-            services.set_source(data)
+            services.set_source(photos)
     target_fps = args.target_fps or 30.0
     if args.max_sessions is not None:
         limit = capacity.given(args.max_sessions, target_fps)

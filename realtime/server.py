@@ -16,7 +16,7 @@ import mimetypes
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from yarl import URL
 
-from engines.errors import DanceCamError, SignallingError
+from engines.errors import ConfigError, DanceCamError, SignallingError
 from realtime import __version__
 from realtime.identity_cache import MAX_IMAGE_BYTES
 from realtime.session import (
@@ -40,6 +40,7 @@ from realtime.session import (
     SessionKind,
     SessionManager,
 )
+from realtime.source_identity import DEFAULT_LABEL, MAX_PHOTOS, PhotoInput, check_weight
 from realtime.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_TIMEOUT_S, EndCause, Publisher, Viewer
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,19 @@ def _amount(size: int) -> str:
     if size >= 1024 and size % 1024 == 0:
         return f"{size // 1024} KiB"
     return f"{size} bytes"
+
+
+def _weighted(photos: list[PhotoInput], weighted: list[bool], text: str) -> PhotoInput:
+    """The last photo with the `weight` field that follows it; `ConfigError` (422) for a weight out of place."""
+    if not photos:
+        raise ConfigError("a 'weight' field must follow the 'image' field it weighs")
+    if weighted[-1]:
+        raise ConfigError(f"two weights for {photos[-1].label}: give one 'weight' field after each 'image'")
+    try:
+        weight = float(text)
+    except ValueError:
+        raise ConfigError(f"the weight of {photos[-1].label} must be a number >= 0, got {text[:40]!r}") from None
+    return replace(photos[-1], weight=check_weight(weight))  # all 0 is refused once all photos are in
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -291,6 +305,7 @@ class LiveServer:
                     "set": source is not None,
                     "key": source.key if source else None,
                     "note": source.note if source else None,
+                    "photos": [p.to_json() for p in source.photos] if source else [],
                 },
                 "needs_source": self.services.engine == "facedancer",
                 "can_swap": self._can_swap(),
@@ -455,31 +470,50 @@ class LiveServer:
     # --- source, settings, stats, metrics ---------------------------------------------------------------------
 
     async def source(self, request: web.Request) -> web.Response:
+        """One or several photos (`image` fields, each optionally followed by a `weight` field) → the identity."""
         limit = self.options.max_upload_bytes
-        if request.content_length is not None and request.content_length > limit + 64 * 1024:
-            raise HttpError(413, f"the photo is too large: at most {_amount(limit)}")
+        if request.content_length is not None and request.content_length > MAX_PHOTOS * (limit + 64 * 1024):
+            raise HttpError(413, f"the upload is too large: at most {MAX_PHOTOS} photos of {_amount(limit)} each")
         if not request.content_type.startswith("multipart/"):
             raise HttpError(415, "send the photo as multipart/form-data with a file field named 'image'")
+        photos: list[PhotoInput] = []
+        weighted: list[bool] = []  # whether each photo's weight was given
         try:
             reader = await request.multipart()
-            data: bytes | None = None
             while (part := await reader.next()) is not None:
-                if getattr(part, "name", None) != "image":
+                name = getattr(part, "name", None)
+                if name == "weight":
+                    text = (await part.text()).strip()  # type: ignore[union-attr]
+                    photos[-1:] = [_weighted(photos, weighted, text)]
+                    weighted[-1] = True
                     continue
+                if name != "image":
+                    continue
+                if len(photos) == MAX_PHOTOS:
+                    raise ConfigError(f"more than {MAX_PHOTOS} source photos; one identity mixes at most {MAX_PHOTOS}")
                 chunks, size = [], 0
                 while chunk := await part.read_chunk(256 * 1024):  # type: ignore[union-attr]
                     size += len(chunk)
                     if size > limit:
-                        raise HttpError(413, f"the photo is too large: at most {_amount(limit)}")
+                        raise HttpError(413, f"photo {len(photos) + 1} is too large: at most {_amount(limit)}")
                     chunks.append(chunk)
                 data = b"".join(chunks)
-                break
+                if not data:
+                    raise HttpError(400, f"no photo in image field {len(photos) + 1}: it is empty")
+                label = DEFAULT_LABEL if not photos else f"source photo {len(photos) + 1}"
+                photos.append(PhotoInput(data, 1.0, label))
+                weighted.append(False)
         except (ValueError, AssertionError) as e:
             raise HttpError(400, f"malformed multipart body: {e}") from None
-        if not data:
+        if not photos:
             raise HttpError(400, "no photo: send a non-empty file field named 'image'")
-        source = await asyncio.to_thread(self.services.set_source, data)  # detection + ArcFace: off the loop
-        log.info("new source photo %s", source.key[:12])
+        if len(photos) > 1:
+            photos[0] = replace(photos[0], label="source photo 1")
+        # detection + ArcFace: off the loop; any error leaves the current identity as it was
+        source = await asyncio.to_thread(self.services.set_source, photos)
+        log.info(
+            "new source identity %s (%d photo%s)", source.key[:12], len(source.photos), "s" * (len(source.photos) > 1)
+        )
         return web.json_response(source.to_json())
 
     async def get_settings(self, request: web.Request) -> web.Response:

@@ -12,14 +12,13 @@ The WebRTC side (peer connections, tracks) lives in `realtime.transport`; the HT
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -28,16 +27,17 @@ import numpy as np
 import torch
 
 from engines.command import plain
-from engines.detect import FaceDetector, image_tensor
-from engines.errors import ConfigError, DanceCamError, ModelMissingError, NoFaceError
+from engines.detect import FaceDetector
+from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.runners.base import facedancer_io
 from realtime.capacity import Capacity, given
 from realtime.degrade import DegradationController
 from realtime.face_choice import FaceChoice
-from realtime.identity_cache import SOURCE_MAX_SIDE, IdentityCache, decode_image, default_identity_dir
+from realtime.identity_cache import IdentityCache, default_identity_dir
 from realtime.masks import MaskSpec
 from realtime.pipeline import FaceDancerSwap, FramePipeline, FrameResult, IdentitySwap, PipelineConfig, SimulatedCost
 from realtime.profiler import Profiler
+from realtime.source_identity import IdentityBuilder, PhotoInput, SourceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +156,6 @@ def _check_setting(key: str, value: object) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class SourceIdentity:
-    """The uploaded source photo: what every session swaps in."""
-
-    key: str
-    z_id: torch.Tensor | None  # (512,) float32 on the CPU; None for the identity engine (nothing to embed)
-    box: tuple[float, float, float, float]
-    score: float | None
-    width: int
-    height: int
-    note: str | None
-    version: int  # increases with every upload: sessions notice a new source by it
-
-    def to_json(self) -> dict[str, Any]:
-        face: dict[str, Any] = {"box": [round(v, 1) for v in self.box]}
-        if self.score is not None:
-            face["score"] = round(self.score, 4)
-        return {"key": self.key, "note": self.note, "face": face, "width": self.width, "height": self.height}
-
-
-@dataclass(frozen=True, slots=True)
 class WeightsStatus:
     ok: bool
     message: str | None = None
@@ -191,18 +171,6 @@ def _commands(message: str) -> str | None:
 
     parts = message.split("`")[1::2]
     return " && ".join(p for p in parts if p.startswith(prefix() + " ")) or None
-
-
-def _in_photo_pixels(source: SourceIdentity, data: bytes) -> SourceIdentity:
-    """`source` with its size and face box in the uploaded photo's pixels (it was detected on a downscaled copy)."""
-    from realtime.identity_cache import image_size
-
-    scale = max(image_size(data)) / max(source.width, source.height)
-    if scale == 1.0:
-        return source
-    box = tuple(v * scale for v in source.box)
-    width, height = round(source.width * scale), round(source.height * scale)
-    return replace(source, box=box, width=width, height=height)  # type: ignore[arg-type]
 
 
 class LiveServices:
@@ -316,47 +284,25 @@ class LiveServices:
     def ready(self) -> bool:
         return self.weights.ok
 
-    def set_source(self, data: bytes) -> SourceIdentity:
-        """Check, decode and (for FaceDancer) embed a source photo; it becomes every session's source.
+    def set_source(self, photos: Sequence[PhotoInput] | bytes) -> SourceIdentity:
+        """Check, decode and (for FaceDancer) embed and mix the source photos; the identity, with its w mapped once,
+        becomes every session's source.
 
-        Blocking (detection and ArcFace): call it from a thread. Raises `ImageError`, `NoFaceError`, or
-        `NotReadyError` when the engine's weights are missing (nothing to embed the photo with).
+        Blocking (detection and ArcFace): call it from a thread. Raises `ConfigError` (count, weights),
+        `ImageError`, `NoFaceError`, or `NotReadyError` when the weights are missing; the current source stays.
         """
         if not self.weights.ok:
             raise NotReadyError(f"the source photo cannot be used yet: {self.weights.message or 'weights are missing'}")
+        inputs = [PhotoInput(photos)] if isinstance(photos, bytes) else list(photos)
         with self._source_lock:
             version = (self.source.version + 1) if self.source else 1
-            # size and pixel count are checked before any pixel is decoded; detection sees at most SOURCE_MAX_SIDE
-            image = decode_image(data, SOURCE_MAX_SIDE)
-            if self.engine == "facedancer" and self.identities is not None:
-                entry = self.identities.get_or_compute(data, self.detector, self.arcface)  # type: ignore[arg-type]
-                box = (*(float(v) for v in entry.box),)
-                h, w = image.shape[:2]
-                source = SourceIdentity(entry.key, entry.z_id, box, None, w, h, entry.note, version)  # type: ignore[arg-type]
-            else:
-                source = self._embed_uncached(data, image, version)
-            self.source = _in_photo_pixels(source, data)
+            self.source = self.identity_builder().build(inputs, version)
             return self.source
 
-    def _embed_uncached(self, data: bytes, image: np.ndarray, version: int) -> SourceIdentity:
-        """Identity engine (nothing to embed) or models without an identity cache (random weights)."""
-        from engines.identity import source_face
-
-        key = hashlib.sha256(data).hexdigest()
-        h, w = image.shape[:2]
-        if self.engine == "facedancer":
-            assert self.arcface is not None
-            face = source_face(image, self.detector, self.arcface)  # type: ignore[arg-type]
-            note = f"{face.faces_found} faces found; using the largest" if face.faces_found > 1 else None
-            box = tuple(float(v) for v in face.box)
-            return SourceIdentity(key, face.z_id.detach().float().cpu(), box, None, w, h, note, version)  # type: ignore[arg-type]
-        found = self.detector(image_tensor(image, self.detector.device))
-        if len(found) == 0:
-            raise NoFaceError("no face found in the source photo: use a photo where one face is clearly visible")
-        largest = found.sorted_by_area()
-        box = tuple(float(v) for v in largest.boxes[0].cpu().tolist())
-        note = f"{len(found)} faces found; using the largest" if len(found) > 1 else None
-        return SourceIdentity(key, None, box, float(largest.scores[0]), w, h, note, version)  # type: ignore[arg-type]
+    def identity_builder(self) -> IdentityBuilder:
+        fd = self.facedancer if self.engine == "facedancer" else None
+        arcface = self.arcface if self.engine == "facedancer" else None
+        return IdentityBuilder(self.detector, arcface, fd, self.identities)  # type: ignore[arg-type]
 
     def check_can_swap(self) -> None:
         """`NotReadyError` with the reason when a new swapping session cannot start."""
@@ -372,7 +318,7 @@ class LiveServices:
     def _make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap:
         if self.engine == "identity":
             return IdentitySwap()
-        if source is None or source.z_id is None or self.facedancer is None:
+        if source is None or source.w is None or self.facedancer is None:
             raise NotReadyError("no source photo yet: upload one before starting", 409)
         from engines.runners.select import create_runner
 
@@ -386,7 +332,7 @@ class LiveServices:
             cache_dir=self.cache_dir,
             weights_key=self.weights_key,
         )
-        return FaceDancerSwap(self.facedancer, source.z_id, runner)  # type: ignore[arg-type]
+        return FaceDancerSwap(self.facedancer, source.z_id, runner, w=source.w)  # type: ignore[arg-type]
 
     def new_pipeline(self, settings: LiveSettings) -> tuple[FramePipeline, int]:
         """A pipeline of its own for one session (own stream, buffers, tracker, profiler); and the source version."""
@@ -474,7 +420,7 @@ class SessionPipeline:
             slow = engine if isinstance(engine, SimulatedCost) else None
             swap = slow.engine if slow is not None else engine
             if isinstance(swap, FaceDancerSwap) and source.z_id is not None:
-                swap = swap.with_source(source.z_id)  # one mapping-network call, same runner
+                swap = swap.with_source(source.z_id, source.w)  # w mapped once per identity; same runner
                 self.inner.engine = SimulatedCost(swap, slow.ms) if slow is not None else swap
             else:
                 self.inner.engine = self.services.make_engine(source)

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.text import Text
 
 from engines.command import styled
-from realtime.pipeline_args import add_pipeline_options, swap_options
+from realtime.pipeline_args import add_pipeline_options, add_source, swap_options
 
 if TYPE_CHECKING:
     from realtime.filemode import SwapReport
@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "frame. Video keeps its frame count, timing and audio. The output is written only when complete (Ctrl-C "
         "keeps a playable partial video).",
     )
-    p.add_argument("-s", "--source", required=True, type=Path, metavar="PHOTO", help="photo of the face to put in")
+    add_source(p, True, "photo of the face to put in")
     p.add_argument("-i", "--input", required=True, type=Path, metavar="FILE", help="photo or video to swap faces in")
     p.add_argument(
         "-o",

@@ -16,6 +16,7 @@ from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
 from realtime import identity_cache
 from realtime.identity_cache import IdentityCache, decode_image, image_size
+from realtime.source_identity import IdentityBuilder, PhotoInput
 from tests import faces
 
 ARC_SHA = "a" * 64
@@ -324,14 +325,17 @@ def test_mixing_caches_each_source(
 ) -> None:
     mirrored = encode(np.ascontiguousarray(faces.astronaut()[:, ::-1]))
     cache = IdentityCache(tmp_path, ARC_SHA, MAP_KEY)
-    mixed = cache.get_mixed([astronaut_png, mirrored], [1.0, 3.0], detector, arcface, facedancer)
+    builder = IdentityBuilder(detector, arcface, facedancer, cache)
+    photos = [PhotoInput(astronaut_png, 1.0), PhotoInput(mirrored, 3.0)]
+    mixed = builder.build(photos)
     assert detector.calls == 2
     assert len(entries(tmp_path)) == 2
-    a, b = mixed.entries
+    a, b = sorted(mixed.photos, key=lambda p: p.weight)  # weights normalised: 1/4 and 3/4
+    assert (a.weight, b.weight) == (0.25, 0.75)
     assert not torch.equal(a.z_id, b.z_id)
     torch.testing.assert_close(mixed.z_id, (a.z_id + 3 * b.z_id) / 4)
     with torch.inference_mode():
         torch.testing.assert_close(mixed.w, facedancer.map_identity(mixed.z_id[None])[0])
-    again = cache.get_mixed([astronaut_png, mirrored], [1.0, 3.0], detector, arcface, facedancer)
+    again = builder.build(photos)
     assert detector.calls == 2
     assert torch.equal(again.z_id, mixed.z_id)
