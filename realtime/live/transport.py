@@ -30,9 +30,9 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
-from realtime import ice
-from realtime.pipeline import FramePipeline
-from realtime.worker import PipelineWorker, ProcessedFrame
+from realtime.live import ice
+from realtime.pipeline.frame import FramePipeline
+from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
 
 log = logging.getLogger(__name__)
 

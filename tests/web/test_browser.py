@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime import ice
+from realtime.live import ice
 from tests.faces import astronaut
 from tests.web.y4m import face_clip
 
