@@ -105,6 +105,33 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def vanish(self) -> None:
+        """Go silent like a killed process: from now on nothing this client sends leaves its sockets and nothing
+        is read from them, so no DTLS close, no RTCP BYE and no ICE consent reply reaches the server. The outbound
+        tracks stop (they would only feed dead sockets). `close` afterwards frees the client's side, silently."""
+        for transceiver in self.pc.getTransceivers():
+            connection = getattr(transceiver.sender.transport.transport, "_connection", None)  # aioice's Connection
+            for protocol in list(getattr(connection, "_protocols", ())):
+                if not isinstance(protocol.transport, _Silent):
+                    protocol.transport.pause_reading()
+                    protocol.transport = _Silent(protocol.transport)
+            if transceiver.sender.track is not None:
+                transceiver.sender.track.stop()
+
+
+class _Silent:
+    """A vanished client's UDP transport: sends go nowhere; closing still closes the real socket. (Aborting the
+    socket instead would make aioice's consent checks crash on a transport without a socket.)"""
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        self._transport = transport
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:  # close, abort, get_extra_info, ...: the real transport's
+        return getattr(self._transport, name)
+
 
 def _wire(pc: RTCPeerConnection, received: Received, tasks: list[asyncio.Task[Any]]) -> None:
     @pc.on("track")
