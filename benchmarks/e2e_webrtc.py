@@ -6,7 +6,7 @@
     python -m benchmarks.e2e_webrtc --url http://127.0.0.1:8080      # a running `dancecam serve`
 
 An aiortc client plays the part of the browser: it sends a real-face clip (the astronaut photo panned slowly) at
-`--fps` to the server (POST /offer), stamps each frame's number into its top-left corner (realtime/stamp.py), reads
+`--fps` to the server (POST /offer), stamps each frame's number into its top-left corner (realtime/live/stamp.py), reads
 the number back from every returned frame and matches it to the time the frame was handed to the encoder. Per mode
 it reports the round trip p50/p95/p99, the frame rates sent and returned, frames that never came back, repeats and
 unreadable frames, next to the server's own share (GET /api/stats). The first `--warmup` seconds of each session
@@ -16,7 +16,7 @@ Cases: `one` session; `overloaded`, the engine made to cost twice the frame inte
 `overloaded+hog`, the same beside busy processes on every core (a user's machine doing other work).
 
 The client's receiver decodes a frame as soon as its last RTP packet is in, as browsers do and as the server does
-(`realtime.transport.decode_on_marker`); aiortc's own receiver waits for the next frame's first packet, one sender
+(`realtime.live.transport.decode_on_marker`); aiortc's own receiver waits for the next frame's first packet, one sender
 frame interval later, which would add 33 ms per frame at 30 fps and a whole processing interval when swapping
 returns a few frames a second (`--client-receiver aiortc` measures the client that way).
 
@@ -52,8 +52,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.engines import RESULTS, cpu_name
-from realtime import ice, stamp
-from realtime.transport import decode_on_marker
+from realtime.live import ice, stamp
+from realtime.live.transport import decode_on_marker
 
 CLOCK_RATE = 90_000  # RTP video clock: pts in 1/90000 s, as aiortc's own tracks
 MODES = (("off", False), ("on", True))
@@ -75,7 +75,7 @@ class PannedClip:
     """
 
     def __init__(self, width: int, height: int, seconds_per_sweep: float = 4.0, fps: float = 30.0) -> None:
-        from tests.faces import astronaut  # real face, no download (needs the dev extra, like every benchmark)
+        from realtime.bench.faces import astronaut  # real face, no download (needs the dev extra, like every benchmark)
 
         side = max(int(width * 1.35), height)
         self.image = cv2.resize(astronaut(), (side, side), interpolation=cv2.INTER_AREA)
@@ -203,7 +203,7 @@ async def run_session(api: Api, clip: PannedClip, swap: bool, args: argparse.Nam
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: it stalls gathering offline
     track = StampedClipTrack(clip, args.fps, record, args.seconds + TAIL_S)
     transceiver = pc.addTransceiver(track, direction="sendrecv")
-    if args.client_receiver == "browser":  # as the server does (realtime.transport)
+    if args.client_receiver == "browser":  # as the server does (realtime.live.transport)
         decode_on_marker(transceiver.receiver)
     consumers: list[asyncio.Task[None]] = []
     connected = asyncio.Event()
@@ -381,13 +381,13 @@ def build_services(
     FaceDancer on `backend` (auto: the fastest one here); `simulate_ms` of extra work per frame with a face."""
     import torch
 
-    from realtime.session import LiveServices
+    from realtime.live.session import LiveServices
 
     if engine == "facedancer" and random_weights:
         from engines.arcface import ArcFace
         from engines.facedancer import facedancer
         from engines.mtcnn import MTCNN
-        from realtime.context import resolve_device
+        from realtime.pipeline.context import resolve_device
 
         torch.manual_seed(0)
         dev = resolve_device(device)
@@ -403,7 +403,7 @@ class ServerThread:
     """`create_app` served on 127.0.0.1 (a free port) by its own event loop in a thread."""
 
     def __init__(self, services: Any, max_sessions: int = 1) -> None:
-        from realtime.session import SessionManager
+        from realtime.live.session import SessionManager
 
         self.manager = SessionManager(services, max_sessions)
         self.loop = asyncio.new_event_loop()
@@ -416,7 +416,7 @@ class ServerThread:
     def _run(self) -> None:
         from aiohttp import web
 
-        from realtime.server import ServeOptions, create_app
+        from realtime.live.server import ServeOptions, create_app
 
         async def start() -> None:
             app = create_app(self.manager, ServeOptions(ice_addresses=ice.LOOPBACK))
@@ -460,7 +460,7 @@ def source_photo() -> tuple[bytes, str]:
         if spec is not None and spec.submodule_search_locations:
             path = Path(next(iter(spec.submodule_search_locations))) / "data" / "images" / "t1.jpg"
             return path.read_bytes(), "t1.jpg"
-    from tests.faces import astronaut
+    from realtime.bench.faces import astronaut
 
     _, png = cv2.imencode(".png", cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     return png.tobytes(), "astronaut.png"

@@ -27,7 +27,7 @@ from rich.table import Table
 from engines.arcface import ArcFace
 from engines.facedancer import facedancer
 from engines.flops import count_flops, peak
-from realtime.bench import cpu_name
+from realtime.bench.run import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -11,7 +11,7 @@ Parts, each within its share of `--budget` seconds (the elapsed time is printed 
 3. per backend present (eager fp32 and fp16, CUDA graphs fp16, TensorRT fp16, ONNX Runtime with a CUDA provider):
    FaceDancer accuracy on real-face crops against eager fp32 with TF32 off (mean and max abs error, PSNR), its time
    at batch 1, 4 and 8 (CUDA events per call, p50/p95/p99, faces per second, floor), and the whole pipeline at
-   1280x720 with 1 and 4 faces (`realtime.bench`);
+   1280x720 with 1 and 4 faces (`realtime.bench.run`);
 4. SCRFD at 640 when its weights are in the model directory (else skipped, saying so).
 Results: `benchmarks/results/gpu-<device>-<date>.json` and `.md`. Without CUDA it stops (exit 2) unless
 `--allow-cpu`, which runs the same plumbing on the CPU (with tiny settings, for tests).
@@ -43,7 +43,7 @@ import torch
 
 from benchmarks import gpu_wheels
 from benchmarks.engines import RESULTS
-from realtime.bench import md_table
+from realtime.bench.run import md_table
 
 BUDGET_S = 480.0  # 8 minutes, everything included
 TEST_SHARE_S = 240.0  # the most the tests may take
@@ -135,8 +135,8 @@ def run_tests(stem: Path, timeout: float) -> dict[str, Any]:
 
 
 def astronaut_source() -> str:
-    """Where the real faces come from here (tests.faces), or why they cannot."""
-    from tests import faces
+    """Where the real faces come from here (realtime.bench.faces), or why they cannot."""
+    from realtime.bench import faces
 
     if gpu_wheels.importable("skimage"):
         return "scikit-image"
@@ -179,12 +179,12 @@ def accuracy(reference: torch.Tensor, output: torch.Tensor) -> dict[str, float]:
 
 
 def real_crops(device: torch.device, count: int = 4) -> torch.Tensor:
-    """(count, 3, 256, 256) aligned real-face crops in [-1, 1]: up to four faces of `tests.faces`, one across a
+    """(count, 3, 256, 256) aligned real-face crops in [-1, 1]: up to four faces of `realtime.bench.faces`, one across a
     border."""
     from engines.align import estimate_norm
-    from realtime import warp
-    from realtime.context import DeviceContext
-    from tests.faces import compose_faces
+    from realtime.bench.faces import compose_faces
+    from realtime.pipeline import warp
+    from realtime.pipeline.context import DeviceContext
 
     frame, placed = compose_faces(1280, 720)
     placed = placed[:count]
@@ -260,10 +260,10 @@ def backend_specs(device: torch.device, wanted: list[str]) -> tuple[list[tuple[s
 
 
 def face_frame(width: int, height: int, faces: int) -> np.ndarray:
-    """`realtime.bench.face_frame`'s frame, built from `tests.faces` directly: that one asks for scikit-image, this
-    one also takes the astronaut PNG of $DANCECAM_ASTRONAUT."""
-    from realtime.bench import grid_placements
-    from tests.faces import Placement, compose_faces
+    """`realtime.bench.run.face_frame`'s frame, built from `realtime.bench.faces` directly: that one asks for
+    scikit-image, this one also takes the astronaut PNG of $DANCECAM_ASTRONAUT."""
+    from realtime.bench.faces import Placement, compose_faces
+    from realtime.bench.run import grid_placements
 
     frame, _ = compose_faces(width, height, tuple(Placement(*p) for p in grid_placements(faces)))
     return frame
@@ -274,8 +274,8 @@ def run_backends(clock: Clock, args: argparse.Namespace, device: torch.device) -
     from engines.errors import ModelMissingError
     from engines.runners.base import facedancer_io
     from engines.runners.select import create_runner
-    from realtime import bench
-    from realtime.pipeline import FaceDancerSwap
+    from realtime.bench import run as bench
+    from realtime.pipeline.frame import FaceDancerSwap
 
     try:
         model, key, label = bench.load_model(bench.BenchOptions(random_weights=args.random_weights), device)
@@ -486,7 +486,7 @@ def _md_facedancer(back: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 
 
 def _md_pipeline(runs: list[dict[str, Any]], detector: str | None = None) -> str:
-    from realtime.bench import SUMMARY_HEAD, summary_rows
+    from realtime.bench.run import SUMMARY_HEAD, summary_rows
 
     rows = []
     for case in (c for run in runs for c in run.get("pipeline", []) if "latency_ms" in c):
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     from engines import flops
-    from realtime import bench
+    from realtime.bench import run as bench
 
     clock = Clock(args.budget)
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")

@@ -30,7 +30,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from tests.faces import ASTRONAUT_ENV
+from realtime.bench.faces import ASTRONAUT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PACKAGES = ("engines", "realtime", "tests", "benchmarks")
@@ -248,7 +248,7 @@ README_RESERVE = 16 * 1024  # README.txt is written after the plan: kept free fo
 # A needed module not named here is never dropped: pytest and pytest-asyncio (no tests without them), rich and
 # safetensors (the suite imports them), facenet-pytorch (the MTCNN weights, 2 MB).
 DROP_ORDER: tuple[tuple[str, str], ...] = (
-    ("matplotlib", "only realtime/bench.py's plots import it, and the suite draws none"),
+    ("matplotlib", "only realtime/bench/run.py's plots import it, and the suite draws none"),
     (
         "skimage",
         "scikit-image with scipy: astronaut.png stands in for it in tests/faces.py, so only the test files that "
@@ -472,7 +472,7 @@ def write_astronaut(path: Path) -> int:
     import numpy as np
     from skimage import data
 
-    from tests.faces import astronaut_png
+    from realtime.bench.faces import astronaut_png
 
     rgb = np.ascontiguousarray(data.astronaut())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 Roop- and FaceFusion-style `paste_back`, in our own words: each face is cut out with one `cv2.warpAffine`; to paste
 it back, the crop and its mask are each warped with the inverted matrix over the WHOLE frame, and every face then
-blends the whole frame in float32, `frame * (1 - m) + face * m`. Same inputs and outputs as `realtime.warp_cpu`'s
-`align_faces` and `paste_faces`, so `benchmarks.warp_cpu_bench` can time both on the same data.
+blends the whole frame in float32, `frame * (1 - m) + face * m`. Same inputs and outputs as
+`realtime.pipeline.warp_cpu`'s `align_faces` and `paste_faces`, so `benchmarks.warp_cpu_bench` can time both on the
+same data.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from rich.table import Table
 
 from benchmarks.engines import RESULTS
 from engines import flops
-from realtime.bench import device_name, device_slug, environment
-from realtime.context import resolve_device
+from realtime.bench.run import device_name, device_slug, environment
+from realtime.pipeline.context import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,13 +36,13 @@ from engines.flops import facedancer_floor
 from engines.mtcnn import MTCNN
 from engines.runners.base import facedancer_io
 from engines.runners.eager import EagerRunner
-from realtime import warp
-from realtime.bench import device_name
-from realtime.context import DeviceContext
-from realtime.face_choice import FaceChoice
-from realtime.masks import MaskSpec, build_mask
-from realtime.pipeline import FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig
-from tests.faces import Placement, compose_faces
+from realtime.bench.faces import Placement, compose_faces
+from realtime.bench.run import device_name
+from realtime.pipeline import warp
+from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.face_choice import FaceChoice
+from realtime.pipeline.frame import FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig
+from realtime.pipeline.masks import MaskSpec, build_mask
 
 ONE_FACE = (Placement(0.5, 0.5, 0.45),)
 FOUR_FACES = (

@@ -1,11 +1,11 @@
-"""CPU align + paste-back + blend: `realtime.warp_cpu` against the whole-frame way (`benchmarks.naive_blend`).
+"""CPU align + paste-back + blend: `realtime.pipeline.warp_cpu` against the whole-frame way (`benchmarks.naive_blend`).
 
     python -m benchmarks.warp_cpu_bench [--repeats 200] [--warmup 20] [--blocks 10] [--faces 1,4]
                                         [--resolutions 1280x720,...] [--threads N] [--out PATH]
 
-Frames come from `tests.faces.compose_faces` (the astronaut's face pasted over a textured background; needs the dev
-extra's scikit-image): 1 face is the large one (box 0.42 of the frame height), 4 faces add a small one, one near a
-corner and one across the right border. Crops are 256x256 with the official FaceDancer mask. Each step runs in its own
+Frames come from `realtime.bench.faces.compose_faces` (the astronaut's face pasted over a textured background; needs
+scikit-image): 1 face is the large one (box 0.42 of the frame height), 4 faces add a small one, one near a corner and
+one across the right border. Crops are 256x256 with the official FaceDancer mask. Each step runs in its own
 loop, in blocks taken in turn (warm-up, then timed repeats; the sum pairs the i-th align with the i-th paste).
 Prints median and p95 per step and their sum, with naive / ours, and saves JSON (and a Markdown table) under
 benchmarks/results/. Issue target on a 2-core CPU: 1.0 ms for 1 face and 2.6 ms for 4 faces at 1280x720; the
@@ -33,9 +33,9 @@ from rich.table import Table
 from benchmarks.engines import RESULTS, cpu_name, timed
 from benchmarks.naive_blend import naive_align, naive_paste
 from engines.align import estimate_norm
-from realtime.masks import build_mask
-from realtime.warp_cpu import align_faces, paste_faces
-from tests.faces import compose_faces
+from realtime.bench.faces import compose_faces
+from realtime.pipeline.masks import build_mask
+from realtime.pipeline.warp_cpu import align_faces, paste_faces
 
 RESOLUTIONS = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
 TARGET_720P_MS = {1: 1.0, 4: 2.6}

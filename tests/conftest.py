@@ -74,7 +74,7 @@ def _media_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     Servers in tests get `ice_addresses=ice.LOOPBACK` and clients gather inside `ice.host_addresses(ice.LOOPBACK)`.
     """
     try:
-        from realtime import ice
+        from realtime.live import ice
     except ImportError:  # aioice absent (a GPU machine's image): no WebRTC test runs there either
         return
 

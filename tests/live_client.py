@@ -16,8 +16,8 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
-from realtime import ice, stamp
-from realtime.transport import rtc_configuration
+from realtime.live import ice, stamp
+from realtime.live.transport import rtc_configuration
 
 VIDEO_CLOCK = 90_000
 

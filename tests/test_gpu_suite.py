@@ -79,7 +79,7 @@ def test_allow_cpu_writes_the_report(report: dict[str, Any]) -> None:
 def test_backends_are_timed_without_a_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MTCNN's weights come with facenet-pytorch, which a device may lack: the network timings do not need it."""
     from engines.errors import ModelMissingError
-    from realtime import bench
+    from realtime.bench import run as bench
 
     def missing(*args: object) -> None:
         raise ModelMissingError("MTCNN pnet weights pnet.pt not found (facenet-pytorch is not installed)")

@@ -1,12 +1,8 @@
-"""Real face images for tests, with no download: scikit-image's astronaut photo, and frames composed from it
-with several faces at known positions and scales, some near or across the frame border.
+"""Real face frames with no download, for the bench, the capacity probe and the tests: scikit-image's astronaut
+photo, and frames composed from it with several faces at known positions and scales.
 
-Where scikit-image is not installed (a bare GPU machine), the same photo comes from a PNG named by the environment
-variable DANCECAM_ASTRONAUT, written losslessly from scikit-image elsewhere (`python -m benchmarks.gpu_suite
---prepare-carry` writes `.carry/astronaut.png`): pixel for pixel the same image, so every expectation holds.
-
-Ground truth for the astronaut comes from facenet-pytorch's MTCNN on the original image (see
-../shared/TESTING.md); composed frames carry the same box and landmarks mapped through each placement.
+Without scikit-image (a bare GPU machine) the same photo comes, pixel for pixel, from the lossless PNG named by
+$DANCECAM_ASTRONAUT. The box and landmarks are facenet-pytorch MTCNN's on the original photo.
 """
 
 from __future__ import annotations
@@ -42,7 +38,8 @@ def astronaut() -> np.ndarray:
 def astronaut_png(path: str | Path | None = None) -> np.ndarray:
     """The astronaut photo from a lossless PNG (`path`, else $DANCECAM_ASTRONAUT), checked to be 512x512 RGB."""
     hint = (
-        "tests.faces needs scikit-image's astronaut photo: install scikit-image (`pip install scikit-image`, a "
+        "realtime.bench.faces needs scikit-image's astronaut photo: install scikit-image (`pip install "
+        "scikit-image`, a "
         f"dependency of dancecam), or set {ASTRONAUT_ENV} to a PNG of it written on a machine that has scikit-image "
         "(`python -m benchmarks.gpu_suite --prepare-carry` writes .carry/astronaut.png)"
     )
@@ -51,7 +48,7 @@ def astronaut_png(path: str | Path | None = None) -> np.ndarray:
         raise ImportError(f"{hint}; scikit-image is not installed and {ASTRONAUT_ENV} is not set")
     file = Path(name).expanduser()
     if not file.is_absolute() and not file.is_file():  # relative to the checkout, wherever the tests run from
-        file = Path(__file__).resolve().parents[1] / file
+        file = Path(__file__).resolve().parents[2] / file
     bgr = cv2.imread(str(file), cv2.IMREAD_UNCHANGED) if file.is_file() else None
     if bgr is None:
         raise ImportError(f"{hint}; {name} is not a readable image")

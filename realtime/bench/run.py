@@ -8,7 +8,7 @@ the latency is the host wall time of one `process()` call (on CUDA it ends with 
 the time a caller waits); the stage breakdown comes from the pipeline's profiler (CUDA events on a GPU). The
 floor is the FaceDancer FLOPs of the faces in the frame over the device's measured peak (`engines.flops`).
 
-Library code: typed errors, a progress callback, never prints or exits. The CLI is `realtime.bench_cli`.
+Library code: typed errors, a progress callback, never prints or exits. The CLI is `realtime.cli.bench`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.facedancer import FaceDancer
 from engines.runners.base import facedancer_io
 from engines.runners.select import BACKENDS, available, choose
-from realtime.pipeline import FaceDancerSwap, SwapEngine
+from realtime.pipeline.frame import FaceDancerSwap, SwapEngine
 
 Progress = Callable[[str], None]
 STAGE_ORDER = ("upload", "to_rgb", "detect", "track", "align", "swap", "colour", "paste", "to_yuv", "download")
@@ -189,45 +188,18 @@ def grid_placements(n: int) -> list[tuple[float, float, float]]:
 
 
 def face_frame(width: int, height: int, faces: int) -> tuple[np.ndarray, str]:
-    """An RGB frame with `faces` real faces, and what made it.
+    """An RGB frame with `faces` real faces on a grid, and what made it (the astronaut: scikit-image's, or the PNG
+    named by $DANCECAM_ASTRONAUT)."""
+    from realtime.bench.faces import Placement, compose_faces
 
-    From a source checkout: `tests.faces.compose_faces` (the frames the other benchmarks use; the photo comes from
-    scikit-image, or from the PNG named by $DANCECAM_ASTRONAUT). Elsewhere: scikit-image's astronaut tiled on a grid.
-    """
-    hint = (
-        "dancecam bench makes its frames from scikit-image's astronaut photo: install it with "
-        "`.venv/bin/python -m pip install scikit-image` (a dependency of dancecam: re-run scripts/setup.sh)"
-    )
-    root = str(Path(__file__).resolve().parents[1])
-    if (Path(root) / "tests" / "faces.py").is_file() and root not in sys.path:
-        sys.path.append(root)  # an editable install run from elsewhere still finds the checkout's tests/
-    try:
-        from tests.faces import Placement, compose_faces
-    except ImportError:
-        if importlib.util.find_spec("skimage") is None:
-            raise ConfigError(hint) from None
-        return _astronaut_grid(width, height, faces), "scikit-image astronaut on a grid"
     try:
         frame, _ = compose_faces(width, height, tuple(Placement(*p) for p in grid_placements(faces)))
     except ImportError:  # neither scikit-image nor $DANCECAM_ASTRONAUT
-        raise ConfigError(hint) from None
-    return frame, "tests.faces.compose_faces (astronaut)"
-
-
-def _astronaut_grid(width: int, height: int, faces: int) -> np.ndarray:
-    import cv2
-    from skimage import data
-
-    face = data.astronaut()[20:260, 110:340]  # the head, as MTCNN finds it, with margin
-    frame = np.full((height, width, 3), 96, np.uint8)
-    for cx, cy, fh in grid_placements(faces):
-        h = max(8, int(fh * height * 240 / 110))  # box height 110 px of 240 in the crop
-        w = min(width, int(h * face.shape[1] / face.shape[0]))
-        h = min(height, h)
-        x0 = min(max(0, int(cx * width - w / 2)), width - w)
-        y0 = min(max(0, int(cy * height - h / 2)), height - h)
-        frame[y0 : y0 + h, x0 : x0 + w] = cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA)
-    return frame
+        raise ConfigError(
+            "dancecam bench makes its frames from scikit-image's astronaut photo: install it with "
+            "`.venv/bin/python -m pip install scikit-image` (a dependency of dancecam: re-run scripts/setup.sh)"
+        ) from None
+    return frame, "realtime.bench.faces.compose_faces (astronaut)"
 
 
 # --- the model and the backends -------------------------------------------------------------------------------
@@ -242,7 +214,7 @@ def load_model(options: BenchOptions, device: torch.device) -> tuple[FaceDancer,
     if options.random_weights:
         torch.manual_seed(0)
         return facedancer("config_c").to(device).eval(), "random", "FaceDancer config C, random weights"
-    from realtime.filemode import find_weights  # file mode imports av: only where converted weights are read
+    from realtime.files.swap import find_weights  # file mode imports av: only where converted weights are read
 
     model_dir = resolve_model_dir(options.model_dir)
     try:
@@ -324,9 +296,9 @@ def run_case(
 ) -> dict[str, Any]:
     """Warm up, then time `options.frames` frames of one configuration through a fresh pipeline (MTCNN when no
     `detector` is given)."""
-    from realtime.context import DeviceContext
-    from realtime.face_choice import FaceChoice
-    from realtime.pipeline import FramePipeline, PipelineConfig
+    from realtime.pipeline.context import DeviceContext
+    from realtime.pipeline.face_choice import FaceChoice
+    from realtime.pipeline.frame import FramePipeline, PipelineConfig
 
     if detector is None:
         from engines.mtcnn import MTCNN
@@ -400,7 +372,7 @@ def timed_frames(settings: Mapping[str, Any]) -> str:
 def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Every backend x size x face count; the result as a JSON-able dict (see `save`)."""
     from engines import flops
-    from realtime.context import resolve_device
+    from realtime.pipeline.context import resolve_device
 
     say = progress or (lambda _: None)
     device = resolve_device(options.device)

@@ -1,4 +1,4 @@
-"""`dancecam bench`: the latency benchmark's command line (the work is in `realtime.bench`, imported only when it
+"""`dancecam bench`: the latency benchmark's command line (the work is in `realtime.bench.run`, imported only when it
 runs, so that `dancecam --help` does not load torch)."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from realtime import bench
+    from realtime.bench import run as bench
 
     options = bench.BenchOptions(
         backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()),
@@ -129,7 +129,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _print(console: Console, result: dict[str, Any]) -> None:
-    from realtime import bench
+    from realtime.bench import run as bench
 
     env = result["environment"]
     versions = ", ".join(f"{k} {env[k]}" for k in ("driver", "cuda", "cudnn", "torch", "onnxruntime") if env.get(k))

@@ -1,6 +1,6 @@
 """`dancecam cam`: local camera in, swapped video out to a virtual camera and/or a preview window.
 
-camera thread (`realtime.camera.Capture`) → worker's one-slot mailbox → pipeline thread (`PipelineWorker`) →
+camera thread (`realtime.local.camera.Capture`) → worker's one-slot mailbox → pipeline thread (`PipelineWorker`) →
 `Presenter` on the main thread → sinks. The heavy modules are imported only when the command runs, so that
 `dancecam --help` does not load torch.
 """
@@ -17,12 +17,12 @@ from rich.markup import escape
 
 from engines.command import styled
 from engines.errors import ConfigError, MediaError
-from realtime.pipeline_args import add_pipeline_options, add_source, swap_options
+from realtime.cli.options import add_pipeline_options, add_source, swap_options
 
 if TYPE_CHECKING:
-    from realtime.camera import Capture
-    from realtime.sinks import Presenter, SinkFactory
-    from realtime.worker import PipelineWorker
+    from realtime.local.camera import Capture
+    from realtime.local.sinks import Presenter, SinkFactory
+    from realtime.pipeline.worker import PipelineWorker
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _sink_factories(args: argparse.Namespace) -> list[SinkFactory]:
-    from realtime import sinks  # looked up at run time, so tests can put a fake sink class in its place
+    from realtime.local import sinks  # looked up at run time, so tests can put a fake sink class in its place
 
     factories: list[SinkFactory] = []
     if args.virtual_cam:
@@ -68,10 +68,10 @@ def cmd_cam(args: argparse.Namespace) -> int:
         raise ConfigError(
             "choose where the video goes: --virtual-cam (for video calls and OBS), --preview (a window), or both"
         )
-    from realtime.camera import Capture, open_source, parse_size
-    from realtime.filemode import build_pipeline
-    from realtime.sinks import Presenter
-    from realtime.worker import PipelineWorker
+    from realtime.files.swap import build_pipeline
+    from realtime.local.camera import Capture, open_source, parse_size
+    from realtime.local.sinks import Presenter
+    from realtime.pipeline.worker import PipelineWorker
 
     size = parse_size(args.size) if args.size else None
     for photo, _ in args.source:

@@ -11,7 +11,12 @@ from rich.markup import escape
 
 from engines.command import styled
 from engines.errors import DanceCamError
-from realtime import __version__, bench_cli, cam_cli, models_cli, serve_cli, swap_cli
+from realtime import __version__
+from realtime.cli import bench as bench_cli
+from realtime.cli import cam as cam_cli
+from realtime.cli import models as models_cli
+from realtime.cli import serve as serve_cli
+from realtime.cli import swap as swap_cli
 
 _INTERRUPTED = {"models": "interrupted; partial downloads are kept and resume on the next run"}
 

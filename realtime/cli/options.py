@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from realtime.filemode import SwapOptions
+    from realtime.files.swap import SwapOptions
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 def source_photo(text: str) -> tuple[Path, float]:
     """argparse type of `--source PHOTO[:WEIGHT]`."""
     from engines.errors import ConfigError
-    from realtime.source_identity import parse_photo_arg
+    from realtime.identity.source import parse_photo_arg
 
     try:
         return parse_photo_arg(text)
@@ -103,7 +103,7 @@ def add_simulate_ms(group: argparse._ActionsContainer) -> None:
 
 def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
     """`SwapOptions` from the options `add_pipeline_options` added (plus `extra` fields)."""
-    from realtime.filemode import SwapOptions
+    from realtime.files.swap import SwapOptions
 
     return SwapOptions(
         engine=args.engine,

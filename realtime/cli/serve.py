@@ -24,7 +24,7 @@ from engines.command import styled
 from engines.errors import ConfigError, DanceCamError
 
 if TYPE_CHECKING:
-    from realtime.session import SessionManager
+    from realtime.live.session import SessionManager
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -65,7 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
-    from realtime.pipeline_args import add_simulate_ms, add_source
+    from realtime.cli.options import add_simulate_ms, add_source
 
     add_source(p, False, "source photo to start with (else upload one)")
     p.add_argument(
@@ -152,15 +152,15 @@ def run(args: argparse.Namespace) -> int:
     context = ssl_context(args.cert, args.key) if args.cert else None
     if args.max_sessions is not None and args.max_sessions < 1:
         raise ConfigError(f"--max-sessions must be at least 1, got {args.max_sessions}")
-    from realtime.ice import check_addresses
+    from realtime.live.ice import check_addresses
 
     ice_addresses = check_addresses(args.ice_address) if args.ice_address else None
-    from realtime.pipeline import IdentitySwap, SimulatedCost
+    from realtime.pipeline.frame import IdentitySwap, SimulatedCost
 
     SimulatedCost(IdentitySwap(), args.simulate_ms)  # a bad value is refused before any model loads
 
-    from realtime import capacity
-    from realtime.session import LiveServices, LiveSettings, SessionManager
+    from realtime.live import capacity
+    from realtime.live.session import LiveServices, LiveSettings, SessionManager
 
     defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
     console.print(f"loading models ({args.engine}) ...")
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if not services.weights.ok:
         console.print(f"[yellow]weights missing:[/] {styled(services.weights.message or '')}", soft_wrap=True)
     if args.source:
-        from realtime.source_identity import PhotoInput
+        from realtime.identity.source import PhotoInput
 
         photos = []
         for path, weight in args.source:
@@ -207,7 +207,7 @@ def _serve(
 ) -> int:
     from aiohttp import web
 
-    from realtime.server import LOOPBACK_HOSTS, ServeOptions, create_app
+    from realtime.live.server import LOOPBACK_HOSTS, ServeOptions, create_app
 
     # on loopback, only loopback names (DNS rebinding); elsewhere the token guards every route whatever the name
     hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, host.strip("[]").lower()))) if is_loopback(host) else None

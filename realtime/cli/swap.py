@@ -1,4 +1,4 @@
-"""`dancecam swap`: file mode's command line (the work is in `realtime.filemode`, imported only when it runs, so
+"""`dancecam swap`: file mode's command line (the work is in `realtime.files.swap`, imported only when it runs, so
 that `dancecam --help` does not load torch and FFmpeg)."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from rich.progress import (
 from rich.text import Text
 
 from engines.command import styled
-from realtime.pipeline_args import add_pipeline_options, add_source, swap_options
+from realtime.cli.options import add_pipeline_options, add_source, swap_options
 
 if TYPE_CHECKING:
-    from realtime.filemode import SwapReport
+    from realtime.files.swap import SwapReport
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ class FpsColumn(ProgressColumn):
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
-    from realtime.filemode import swap_file
+    from realtime.files.swap import swap_file
 
     options = swap_options(args, overwrite=args.overwrite)
     err = Console(stderr=True, highlight=False)

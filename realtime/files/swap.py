@@ -39,10 +39,10 @@ from engines.convert.cache import cache_path, cached_metadata
 from engines.errors import ConfigError, ImageError, MediaError, ModelMissingError, NoFaceError
 from engines.registry import ModelEntry
 from engines.store import resolve_model_dir, sha256_file
-from realtime.face_choice import FaceChoice, FaceMode
-from realtime.identity_cache import IdentityCache, IdentityEntry, decode_image, default_identity_dir
-from realtime.masks import MaskKind, MaskSpec
-from realtime.pipeline import (
+from realtime.identity.cache import IdentityCache, IdentityEntry, decode_image, default_identity_dir
+from realtime.identity.source import IdentityBuilder, PhotoInput
+from realtime.pipeline.face_choice import FaceChoice, FaceMode
+from realtime.pipeline.frame import (
     ArcFaceEmbedder,
     FaceDancerSwap,
     FramePipeline,
@@ -50,7 +50,7 @@ from realtime.pipeline import (
     PipelineConfig,
     SimulatedCost,
 )
-from realtime.source_identity import IdentityBuilder, PhotoInput
+from realtime.pipeline.masks import MaskKind, MaskSpec
 
 IMAGE_INPUTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_INPUTS = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
@@ -288,7 +288,7 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     from engines.facedancer import load_facedancer
     from engines.runners.base import facedancer_io
     from engines.runners.select import BACKENDS, choose
-    from realtime.context import DeviceContext, resolve_device
+    from realtime.pipeline.context import DeviceContext, resolve_device
 
     if options.engine not in ("facedancer", "identity"):
         raise ConfigError(f"engine must be facedancer or identity, not {options.engine!r}")

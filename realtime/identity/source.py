@@ -22,7 +22,7 @@ from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError, ImageError, NoFaceError
 from engines.facedancer import FaceDancer
 from engines.identity import mix, source_face
-from realtime.identity_cache import (
+from realtime.identity.cache import (
     SOURCE_MAX_SIDE,
     IdentityCache,
     check_data_size,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from realtime.session import LiveServices
+    from realtime.live.session import LiveServices
 
 PROBE_SIZE = (640, 480)
 USABLE_SHARE = 0.8  # of the CPU (and device) time: the event loop, the network and the rest need some too
@@ -116,9 +116,9 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
     """The session limit for `services` on this machine, measured with a probe session (see the module notes)."""
     import torch
 
-    from realtime.identity_cache import map_identity
-    from realtime.session import LiveSettings
-    from realtime.source_identity import SourceIdentity, SourcePhoto
+    from realtime.identity.cache import map_identity
+    from realtime.identity.source import SourceIdentity, SourcePhoto
+    from realtime.live.session import LiveSettings
 
     if not services.ready:
         return not_measured(f"the {services.engine} engine cannot start ({services.weights.message})", target_fps)
@@ -134,7 +134,7 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
     photo = SourcePhoto("probe", 1.0, 1, 1, (0.0, 0.0, 1.0, 1.0), None, 1, z)
     probe_source = SourceIdentity("probe", (photo,), z, w, 0)
     engine = services.make_engine(probe_source if services.engine == "facedancer" else None)
-    from realtime.pipeline import FramePipeline
+    from realtime.pipeline.frame import FramePipeline
 
     pipeline = FramePipeline(services.detector, engine, settings.pipeline_config())
     codec = _Codec()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from engines.errors import ConfigError
-from realtime.pipeline import PipelineConfig
+from realtime.pipeline.frame import PipelineConfig
 
 MAX_TARGET_FPS = 240.0
 

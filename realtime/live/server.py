@@ -29,8 +29,9 @@ from yarl import URL
 
 from engines.errors import ConfigError, DanceCamError, SignallingError
 from realtime import __version__
-from realtime.identity_cache import MAX_IMAGE_BYTES
-from realtime.session import (
+from realtime.identity.cache import MAX_IMAGE_BYTES
+from realtime.identity.source import DEFAULT_LABEL, MAX_PHOTOS, PhotoInput, check_weight
+from realtime.live.session import (
     COUNTERS,
     SETTING_LIMITS,
     EngineStartError,
@@ -40,12 +41,11 @@ from realtime.session import (
     SessionKind,
     SessionManager,
 )
-from realtime.source_identity import DEFAULT_LABEL, MAX_PHOTOS, PhotoInput, check_weight
-from realtime.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_TIMEOUT_S, EndCause, Publisher, Viewer
+from realtime.live.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_TIMEOUT_S, EndCause, Publisher, Viewer
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"  # the checkout's web/ (realtime/live/server.py → root)
 MAX_SDP_BYTES = 64 * 1024  # a browser offer with audio and video is 4-8 KiB
 MAX_JSON_BYTES = 16 * 1024  # settings objects
 MAX_VIEWERS = 8  # WHEP players per session: each costs one video encode

@@ -6,7 +6,7 @@ in a `SessionPipeline`, which the worker thread runs: before each frame it appli
 the degradation level and a new source identity if one was uploaded, so nothing on the event loop ever touches a
 pipeline mid-frame. `SessionManager` keeps the sessions, enforces `max_sessions` and answers stats.
 
-The WebRTC side (peer connections, tracks) lives in `realtime.transport`; the HTTP side in `realtime.server`.
+The WebRTC side (peer connections, tracks) lives in `realtime.live.transport`; the HTTP side in `realtime.live.server`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,21 @@ from engines.command import plain
 from engines.detect import FaceDetector
 from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.runners.base import facedancer_io
-from realtime.capacity import Capacity, given
-from realtime.degrade import DegradationController
-from realtime.face_choice import FaceChoice
-from realtime.identity_cache import IdentityCache, default_identity_dir
-from realtime.masks import MaskSpec
-from realtime.pipeline import FaceDancerSwap, FramePipeline, FrameResult, IdentitySwap, PipelineConfig, SimulatedCost
-from realtime.profiler import Profiler
-from realtime.source_identity import IdentityBuilder, PhotoInput, SourceIdentity
+from realtime.identity.cache import IdentityCache, default_identity_dir
+from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
+from realtime.live.capacity import Capacity, given
+from realtime.live.degrade import DegradationController
+from realtime.pipeline.face_choice import FaceChoice
+from realtime.pipeline.frame import (
+    FaceDancerSwap,
+    FramePipeline,
+    FrameResult,
+    IdentitySwap,
+    PipelineConfig,
+    SimulatedCost,
+)
+from realtime.pipeline.masks import MaskSpec
+from realtime.pipeline.profiler import Profiler
 
 log = logging.getLogger(__name__)
 
@@ -229,14 +236,14 @@ class LiveServices:
         from engines.detectors import load_detector
         from engines.facedancer import load_facedancer
         from engines.store import resolve_model_dir
-        from realtime.context import resolve_device
-        from realtime.filemode import find_weights
+        from realtime.files.swap import find_weights
+        from realtime.pipeline.context import resolve_device
 
         if engine not in ("facedancer", "identity"):
             raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
         dev = resolve_device(device)
         if dev.type == "cuda":
-            from realtime.context import DeviceContext
+            from realtime.pipeline.context import DeviceContext
 
             DeviceContext(dev).close()  # CuPy and the warp kernels: a broken set-up stops the server at start
         home = resolve_model_dir(model_dir)
@@ -467,7 +474,7 @@ class Session:
         self.created = time.monotonic()
         self.input_rate = RateMeter()  # ticked by the transport for every inbound video frame
         self.pipeline: SessionPipeline | None = None
-        self.link: Any = None  # realtime.transport.Publisher once negotiated
+        self.link: Any = None  # realtime.live.transport.Publisher once negotiated
         self.state = "new"
         self.closed = False
 

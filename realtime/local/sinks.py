@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 
 from engines.errors import MediaError
-from realtime.camera import RateMeter
+from realtime.local.camera import RateMeter
 
 if TYPE_CHECKING:
-    from realtime.worker import PipelineWorker, ProcessedFrame
+    from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
 
 LOOPBACK_HINT = (
     "create one with `sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=DanceCam` (the module "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engines.errors import ConfigError
-from realtime.masks import MaskSpec, build_mask
+from realtime.pipeline.masks import MaskSpec, build_mask
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -68,7 +68,7 @@ class DeviceContext:
                 "pip install 'dancecam[gpu]'; or use --device cpu"
             )
         if self.is_cuda:
-            from realtime import warp_cuda
+            from realtime.pipeline import warp_cuda
 
             try:
                 warp_cuda.compile_kernels()  # once per process (cached): fail now, not on the first face

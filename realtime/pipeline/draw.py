@@ -10,14 +10,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from realtime.colour import rgb_to_yuv420p
+from realtime.pipeline.colour import rgb_to_yuv420p
 
 SWAPPED_RGB = (0, 230, 0)  # a face that was swapped (or hidden)
 OTHER_RGB = (255, 160, 0)  # a tracked face that was not chosen
 
 
 def _as_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The colour in yuv420p as realtime.colour converts (BT.601 limited range)."""
+    """The colour in yuv420p as realtime.pipeline.colour converts (BT.601 limited range)."""
     y, u, v = rgb_to_yuv420p(torch.tensor(rgb, dtype=torch.uint8).expand(2, 2, 3))
     return int(y[0, 0]), int(u[0, 0]), int(v[0, 0])
 

@@ -3,8 +3,8 @@ align → swap → colour transfer (optional) → paste back → download. This 
 the live worker drive; it never touches asyncio.
 
 The same code runs on CUDA and on the CPU: the frame lives in the `DeviceContext`'s buffer on its device, warps go
-to the CuPy kernels or OpenCV (`realtime.warp`), and everything else is torch. On CUDA the frame's only waits are
-the download at its end and, on frames where the detector runs, reading its few boxes and landmarks back for the
+to the CuPy kernels or OpenCV (`realtime.pipeline.warp`), and everything else is torch. On CUDA the frame's only waits
+are the download at its end and, on frames where the detector runs, reading its few boxes and landmarks back for the
 tracker (the tracker and face choice are a handful of numbers on the host).
 
 Fail closed: with swapping on and a face being tracked, the output never shows that face unswapped. When the swap
@@ -33,14 +33,14 @@ from engines.detect import Detections, FaceDetector, image_tensor
 from engines.errors import ConfigError
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
-from realtime import warp
-from realtime.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
-from realtime.context import DeviceContext
-from realtime.draw import draw_boxes_rgb, draw_boxes_yuv
-from realtime.face_choice import FaceChoice, choose_faces
-from realtime.masks import MaskSpec
-from realtime.profiler import FrameRecord, Profiler
-from realtime.tracking import FaceTracker, Track
+from realtime.pipeline import warp
+from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
+from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
+from realtime.pipeline.face_choice import FaceChoice, choose_faces
+from realtime.pipeline.masks import MaskSpec
+from realtime.pipeline.profiler import FrameRecord, Profiler
+from realtime.pipeline.tracking import FaceTracker, Track
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class FaceDancerSwap:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.z_id = z_id
-        if w is not None:  # mapped once per identity by its owner (realtime.source_identity), shared by sessions
+        if w is not None:  # mapped once per identity by its owner (realtime.identity.source), shared by sessions
             self.w = w.reshape(1, -1).to(self.device, torch.float32)
         else:
             with torch.inference_mode():

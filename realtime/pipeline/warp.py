@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from realtime import warp_cpu
+from realtime.pipeline import warp_cpu
 
 if TYPE_CHECKING:
-    from realtime.warp_cuda import FaceGeometry
+    from realtime.pipeline.warp_cuda import FaceGeometry
 
 Box = tuple[int, int, int, int]
 
@@ -28,7 +28,7 @@ def upload_geometry(matrices: np.ndarray, boxes: list[Box | None], device: torch
     """On CUDA, the faces' matrices and boxes in one upload, for `align` and `paste` to share; None on the CPU."""
     if device.type != "cuda":
         return None
-    from realtime import warp_cuda
+    from realtime.pipeline import warp_cuda
 
     return warp_cuda.upload_geometry(matrices, boxes, device)
 
@@ -42,7 +42,7 @@ def align(
 ) -> torch.Tensor:
     """(N, 3, size, size) crops in [-1, 1] of `dtype` on the frame's device."""
     if frame.device.type == "cuda":
-        from realtime import warp_cuda
+        from realtime.pipeline import warp_cuda
 
         return warp_cuda.align_faces(frame, matrices, size, dtype, geometry)
     crops = warp_cpu.align_faces(frame.numpy(), matrices, size)
@@ -59,7 +59,7 @@ def paste(
 ) -> torch.Tensor:
     """Blend the crops back into `frame` in place, touching only the faces' boxes; returns `frame`."""
     if frame.device.type == "cuda":
-        from realtime import warp_cuda
+        from realtime.pipeline import warp_cuda
 
         return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes, geometry)
     keep = [i for i, b in enumerate(boxes) if b is not None]

@@ -117,8 +117,8 @@ def face_box(matrix: np.ndarray, size: int, width: int, height: int) -> Box | No
 def mask_support(mask: np.ndarray, threshold: float = SUPPORT_THRESHOLD) -> Box | None:
     """The crop region (x0, y0, x1, y1), end-exclusive, holding every mask value >= `threshold`; None if none.
 
-    Cached for read-only masks (what `realtime.masks.build_mask` returns): passing the same mask every frame costs
-    nothing after the first call.
+    Cached for read-only masks (what `realtime.pipeline.masks.build_mask` returns): passing the same mask every frame
+    costs nothing after the first call.
     """
 
     def make() -> Box | None:

@@ -1,5 +1,5 @@
 """Face alignment and paste-back on the GPU: two fused CuPy kernels with the CPU path's behaviour
-(`realtime.warp_cpu`), on torch tensors, on the caller's CUDA stream, with no host synchronisation.
+(`realtime.pipeline.warp_cpu`), on torch tensors, on the caller's CUDA stream, with no host synchronisation.
 
 - `align_faces`: one launch for every face of the frame: inverse-map each crop pixel into the frame, bilinear
   sample with the border replicated, normalise to [-1, 1] and write NCHW (float32 or float16).
@@ -249,8 +249,8 @@ def paste_faces(
 ) -> torch.Tensor:
     """Blend (N, 3, S, S) crops in [-1, 1] back into the (H, W, 3) uint8 CUDA frame, in place; one launch.
 
-    `boxes` are the faces' frame regions from `realtime.warp_cpu.face_box` (computed on the host from the matrices
-    the host already has, so no device value is read back here); None skips a face. `geometry`: the same
+    `boxes` are the faces' frame regions from `realtime.pipeline.warp_cpu.face_box` (computed on the host from the
+    matrices the host already has, so no device value is read back here); None skips a face. `geometry`: the same
     matrices and boxes already uploaded (`upload_geometry`), else uploaded here.
     """
     if frame.device.type != "cuda" or frame.dtype != torch.uint8 or not frame.is_contiguous():

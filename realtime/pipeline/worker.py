@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from realtime.pipeline import FramePipeline, FrameResult
+from realtime.pipeline.frame import FramePipeline, FrameResult
 
 log = logging.getLogger(__name__)
 BROKEN_AFTER = 30  # frames in a row the pipeline raised on before its users give up (a second at 30 fps)

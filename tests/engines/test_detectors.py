@@ -12,7 +12,7 @@ from engines.detectors import decide, load_detector, scrfd_path
 from engines.errors import ConfigError, ModelMissingError
 from engines.mtcnn import MTCNN
 from engines.scrfd import SCRFD
-from realtime.cli import main
+from realtime.cli.main import main
 from tests import faces
 from tests.engines.test_scrfd import build_fake_scrfd
 

@@ -18,7 +18,7 @@ from engines.facedancer import FaceDancer, FaceDancerConfig, InstanceNorm, _spat
 from engines.runners.base import facedancer_io
 from engines.runners.cuda_graphs import CudaGraphRunner
 from engines.runners.eager import ieee_fp32_convolutions
-from realtime.warp_cpu import align_faces
+from realtime.pipeline.warp_cpu import align_faces
 from tests import faces
 
 # config C's layout with a quarter of its channels: the same 256 px maps, ~16x cheaper on a CPU in fp16

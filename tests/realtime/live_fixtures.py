@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection
 
 from engines.mtcnn import MTCNN
-from realtime import ice
-from realtime.server import SERVER, LiveServer, ServeOptions, create_app
-from realtime.session import LiveServices, SessionManager
+from realtime.live import ice
+from realtime.live.server import SERVER, LiveServer, ServeOptions, create_app
+from realtime.live.session import LiveServices, SessionManager
 from tests.live_client import wait_for
 
 

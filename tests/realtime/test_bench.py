@@ -14,8 +14,8 @@ import pytest
 
 from engines.detect import image_tensor
 from engines.mtcnn import MTCNN
-from realtime import bench
-from realtime.cli import main
+from realtime.bench import run as bench
+from realtime.cli.main import main
 
 TINY = ["--frames", "3", "--warmup", "1", "--sizes", "320x240", "--faces", "1", "--device", "cpu"]
 
@@ -184,8 +184,9 @@ def test_grid_placements_fit_the_frame(n: int) -> None:
 
 
 def test_frames_without_a_checkout_still_have_real_faces() -> None:
-    """The fallback for an installed package (no tests/ beside it): the astronaut tiled on a grid."""
-    frame = bench._astronaut_grid(640, 480, 4)
+    """An installed package (no tests/ beside it) makes the same frames: its sample faces are part of it."""
+    frame, made_by = bench.face_frame(640, 480, 4)
+    assert made_by.startswith("realtime.bench.faces")
     assert frame.shape == (480, 640, 3)
     assert frame.dtype == np.uint8
     assert len(MTCNN()(image_tensor(frame, "cpu"))) == 4

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from engines.errors import ConfigError, MediaError
-from realtime import sinks
-from realtime.camera import Capture, VideoFileSource, open_source, parse_size
-from realtime.cli import main
-from realtime.worker import ProcessedFrame
+from realtime.cli.main import main
+from realtime.local import sinks
+from realtime.local.camera import Capture, VideoFileSource, open_source, parse_size
+from realtime.pipeline.worker import ProcessedFrame
 from tests import faces
 from tests.realtime.test_filemode import make_clip, model_home, probe  # noqa: F401 (model_home: autouse)
 

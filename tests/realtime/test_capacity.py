@@ -12,8 +12,8 @@ import torch
 from engines.arcface import ArcFace, ArcFaceConfig
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
-from realtime import capacity
-from realtime.session import LiveServices, SessionManager
+from realtime.live import capacity
+from realtime.live.session import LiveServices, SessionManager
 from tests.realtime.live_fixtures import identity_services, live_server
 
 HOG = "import time\nend = time.time() + 120\nwhile time.time() < end: pass\n"

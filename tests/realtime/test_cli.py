@@ -16,7 +16,7 @@ import pytest
 from engines import download as dl
 from engines import registry, store
 from engines.registry import ModelEntry, Source
-from realtime.cli import main
+from realtime.cli.main import main
 from tests.fileserver import FileServer, Served
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import pytest
 import torch
 from skimage.color import lab2rgb, rgb2lab
 
-from realtime.colour import (
+from realtime.pipeline.colour import (
     colour_transfer,
     lab_to_rgb,
     masked_lab_stats,
@@ -18,7 +18,7 @@ from realtime.colour import (
     rgb_to_yuv420p,
     yuv420p_to_rgb,
 )
-from realtime.masks import build_mask
+from realtime.pipeline.masks import build_mask
 from tests import faces
 
 # ---------------------------------------------------------------------------------------------- references

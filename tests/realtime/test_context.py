@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from engines.errors import ConfigError
-from realtime.context import DeviceContext, resolve_device
-from realtime.masks import MaskSpec, build_mask
+from realtime.pipeline.context import DeviceContext, resolve_device
+from realtime.pipeline.masks import MaskSpec, build_mask
 
 
 def _devices() -> list[str]:
@@ -67,7 +67,7 @@ def test_mask_is_built_once_per_size_and_spec() -> None:
 
 def test_mask_cache_keeps_only_the_recent_specs() -> None:
     """Live settings change the feather and erosion freely: the cache stays bounded, the newest spec stays."""
-    from realtime.context import MASK_CACHE
+    from realtime.pipeline.context import MASK_CACHE
 
     ctx = DeviceContext("cpu")
     specs = [MaskSpec(feather_px=float(f)) for f in range(1, 2 * MASK_CACHE)]

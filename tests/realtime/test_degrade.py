@@ -10,9 +10,9 @@ from itertools import pairwise
 import pytest
 
 from engines.errors import ConfigError
-from realtime.degrade import LEVELS, DegradationController
-from realtime.face_choice import FaceChoice
-from realtime.pipeline import PipelineConfig
+from realtime.live.degrade import LEVELS, DegradationController
+from realtime.pipeline.face_choice import FaceChoice
+from realtime.pipeline.frame import PipelineConfig
 
 FPS = 30.0
 BUDGET = 1000.0 / FPS

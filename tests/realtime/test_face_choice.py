@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engines.errors import ConfigError
-from realtime.face_choice import FaceChoice, choose_faces, cosine_similarity
+from realtime.pipeline.face_choice import FaceChoice, choose_faces, cosine_similarity
 
 BOXES = np.array([[0, 0, 10, 10], [0, 0, 30, 30], [5, 5, 25, 25], [0, 0, 2, 2]], float)  # areas 100, 900, 400, 4
 

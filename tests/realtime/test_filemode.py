@@ -21,8 +21,8 @@ from engines.convert.cache import FORMAT
 from engines.errors import ConfigError, ImageError, ModelMissingError, NoFaceError
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
-from realtime.filemode import MediaError, SwapInterrupted, SwapOptions, swap_file
-from realtime.pipeline import FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig
+from realtime.files.swap import MediaError, SwapInterrupted, SwapOptions, swap_file
+from realtime.pipeline.frame import FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig
 from tests import faces
 
 W, H, FPS, FRAMES = 320, 240, 25, 12

@@ -9,8 +9,8 @@ from aiortc import RTCPeerConnection
 
 from engines.errors import ConfigError
 from engines.mtcnn import MTCNN
-from realtime import ice
-from realtime.transport import rtc_configuration
+from realtime.live import ice
+from realtime.live.transport import rtc_configuration
 from tests import faces
 from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
 from tests.realtime.live_fixtures import identity_services, live_server
@@ -72,7 +72,7 @@ def test_ice_addresses_are_checked() -> None:
 
 
 def test_serve_refuses_a_bad_ice_address(capsys: pytest.CaptureFixture[str]) -> None:
-    from realtime.cli import main
+    from realtime.cli.main import main
 
     assert main(["serve", "--engine", "identity", "--ice-address", "192.0.2.1"]) != 0
     err = capsys.readouterr().err

@@ -14,9 +14,9 @@ from engines.detect import Detections
 from engines.errors import ImageError, NoFaceError
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
-from realtime import identity_cache
-from realtime.identity_cache import IdentityCache, decode_image, image_size
-from realtime.source_identity import IdentityBuilder, PhotoInput
+from realtime.identity import cache as identity_cache
+from realtime.identity.cache import IdentityCache, decode_image, image_size
+from realtime.identity.source import IdentityBuilder, PhotoInput
 from tests import faces
 
 ARC_SHA = "a" * 64

@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from engines.errors import ConfigError
-from realtime.masks import MaskSpec, build_mask
+from realtime.pipeline.masks import MaskSpec, build_mask
 
 
 def test_official_mask_matches_the_official_recipe() -> None:

@@ -16,11 +16,18 @@ from engines.errors import ConfigError
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.identity import source_face
 from engines.mtcnn import MTCNN
-from realtime import warp_cpu
-from realtime.context import DeviceContext
-from realtime.face_choice import FaceChoice, choose_faces
-from realtime.masks import build_mask
-from realtime.pipeline import ArcFaceEmbedder, FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig, pixelate
+from realtime.pipeline import warp_cpu
+from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.face_choice import FaceChoice, choose_faces
+from realtime.pipeline.frame import (
+    ArcFaceEmbedder,
+    FaceDancerSwap,
+    FramePipeline,
+    IdentitySwap,
+    PipelineConfig,
+    pixelate,
+)
+from realtime.pipeline.masks import build_mask
 from tests import faces
 
 
@@ -370,7 +377,7 @@ def test_yuv420p_rejects_what_is_not_packed_planes(detector: MTCNN, shape: tuple
 
 def test_detection_at_half_resolution_finds_the_same_face(detector: MTCNN, astronaut: np.ndarray) -> None:
     """The detector sees the frame at half size; boxes and landmarks come back in full-frame pixels."""
-    from realtime.pipeline import detect_scaled
+    from realtime.pipeline.frame import detect_scaled
 
     full = detect_scaled(detector, torch.from_numpy(astronaut), 1.0)
     half = detect_scaled(detector, torch.from_numpy(astronaut), 0.5)
@@ -393,7 +400,7 @@ def test_detection_at_half_resolution_finds_the_same_face(detector: MTCNN, astro
 def test_detection_scale_maps_pixel_centres_back(size: tuple[int, int], scale: float) -> None:
     """A point found at small-image pixel (x, y) is at ((x + 0.5) * W / w - 0.5, ...) in the frame; the small
     image is the frame area-averaged."""
-    from realtime.pipeline import detect_scaled
+    from realtime.pipeline.frame import detect_scaled
 
     w, h = size
     frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -445,8 +452,8 @@ def test_faces_are_counted_detected_tracked_and_swapped(detector: MTCNN) -> None
 
 @pytest.mark.parametrize("yuv", [False, True], ids=["rgb", "yuv420p"])
 def test_draw_boxes_outlines_every_tracked_face(detector: MTCNN, yuv: bool) -> None:
-    from realtime import draw
-    from realtime.colour import rgb_to_yuv420p, yuv420p_to_rgb
+    from realtime.pipeline import draw
+    from realtime.pipeline.colour import rgb_to_yuv420p, yuv420p_to_rgb
 
     frame, _ = faces.compose_faces(640, 480)
     y, u, v = rgb_to_yuv420p(torch.from_numpy(frame))
@@ -475,6 +482,6 @@ def test_draw_boxes_outlines_every_tracked_face(detector: MTCNN, yuv: bool) -> N
 def test_boxes_are_not_drawn_unless_asked(detector: MTCNN) -> None:
     frame, _ = faces.compose_faces(640, 480)
     out = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1)).process(frame, 0.0).frame
-    from realtime import draw
+    from realtime.pipeline import draw
 
     assert not (np.abs(out.astype(int) - draw.SWAPPED_RGB).max(-1) == 0).any()

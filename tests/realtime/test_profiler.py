@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime.profiler import MAX_PENDING, FrameRecord, Profiler
+from realtime.pipeline.profiler import MAX_PENDING, FrameRecord, Profiler
 
 
 class FakeClock:

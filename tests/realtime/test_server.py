@@ -17,8 +17,8 @@ import torch
 from engines.arcface import ArcFace, ArcFaceConfig
 from engines.facedancer import facedancer
 from engines.mtcnn import MTCNN
-from realtime import stamp
-from realtime.session import LiveServices
+from realtime.live import stamp
+from realtime.live.session import LiveServices
 from tests import faces
 from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for, whep, whip
 from tests.realtime.live_fixtures import Live, live_server
@@ -234,7 +234,7 @@ async def test_settings_stats_metrics_and_audio_for_a_browser_session(identity_l
 @pytest.mark.gpu
 async def test_a_cuda_session_returns_what_the_cpu_session_returns(frame: np.ndarray) -> None:
     """The server on CUDA (own stream and buffers per session, memory measured at start) against the CPU server."""
-    from realtime import capacity
+    from realtime.live import capacity
 
     results = {}
     for device in ("cpu", "cuda"):

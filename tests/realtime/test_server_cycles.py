@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engines.mtcnn import MTCNN
-from realtime.session import LiveServices
+from realtime.live.session import LiveServices
 from tests import faces
 from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
 from tests.realtime.live_fixtures import live_server

@@ -30,9 +30,9 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
 from engines.mtcnn import MTCNN
-from realtime import ice
-from realtime.session import LiveSettings
-from realtime.transport import rtc_configuration
+from realtime.live import ice
+from realtime.live.session import LiveSettings
+from realtime.live.transport import rtc_configuration
 from tests import faces
 from tests.live_client import Client, StampedFaceTrack, face_frame, offer, wait_for
 from tests.realtime.live_fixtures import Live, Reply, assert_clean, identity_services, live_server, session_name

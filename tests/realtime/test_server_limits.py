@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from engines.mtcnn import MTCNN
-from realtime.identity_cache import SOURCE_MAX_SIDE, decode_image
-from realtime.pipeline import IdentitySwap, SimulatedCost
-from realtime.serve_cli import reachable_addresses
-from realtime.session import LiveServices
+from realtime.cli.serve import reachable_addresses
+from realtime.identity.cache import SOURCE_MAX_SIDE, decode_image
+from realtime.live.session import LiveServices
+from realtime.pipeline.frame import IdentitySwap, SimulatedCost
 from tests import faces
 from tests.realtime.live_fixtures import get, identity_services, live_server
 
@@ -159,7 +159,7 @@ def test_simulated_cost_waits_then_swaps() -> None:
 
 
 def test_serve_refuses_a_bad_simulate_ms(capsys: pytest.CaptureFixture[str]) -> None:
-    from realtime.cli import main
+    from realtime.cli.main import main
 
     assert main(["serve", "--engine", "identity", "--simulate-ms", "-5"]) != 0
     err = capsys.readouterr().err

@@ -26,11 +26,11 @@ import pytest
 
 from engines.errors import ConfigError
 from engines.mtcnn import MTCNN
-from realtime.cli import build_parser, main
-from realtime.identity_cache import MAX_IMAGE_BYTES
-from realtime.serve_cli import check_binding, is_loopback, ssl_context
-from realtime.server import WEB_DIR
-from realtime.session import LiveSettings
+from realtime.cli.main import build_parser, main
+from realtime.cli.serve import check_binding, is_loopback, ssl_context
+from realtime.identity.cache import MAX_IMAGE_BYTES
+from realtime.live.server import WEB_DIR
+from realtime.live.session import LiveSettings
 from tests import faces
 from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
 from tests.realtime.live_fixtures import Live, assert_clean, get, identity_services, live_server
@@ -240,7 +240,7 @@ class LoopbackSite(_site):
     def __init__(self, runner, host=None, port=None, **kw):
         super().__init__(runner, "127.0.0.1", port, **kw)
 web.TCPSite = LoopbackSite
-from realtime.cli import main
+from realtime.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -541,7 +541,7 @@ TRAVERSALS = [
     "//etc/passwd",
     "/%2fetc%2fpasswd",
     "/etc/passwd",
-    "/realtime/server.py",
+    "/realtime/live/server.py",
     "/static/../../pyproject.toml",
 ]
 

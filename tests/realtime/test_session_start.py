@@ -17,8 +17,8 @@ import torch
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
 from engines.runners.base import RunnerBase, facedancer_io
-from realtime.pipeline import FaceDancerSwap
-from realtime.session import CapacityError, EngineStartError, LiveServices, SessionManager
+from realtime.live.session import CapacityError, EngineStartError, LiveServices, SessionManager
+from realtime.pipeline.frame import FaceDancerSwap
 from tests.live_client import StampedFaceTrack, offer, wait_for
 from tests.realtime.live_fixtures import live_server
 
@@ -160,7 +160,7 @@ async def test_a_session_whose_pipeline_fails_on_every_frame_is_ended(caplog: py
     from tests import faces
 
     services = LiveServices(torch.device("cpu"), BrokenDetector(), "identity")  # type: ignore[arg-type]
-    caplog.set_level(logging.INFO, logger="realtime.server")
+    caplog.set_level(logging.INFO, logger="realtime.live.server")
     async with live_server(services) as live:
         track = StampedFaceTrack(faces.compose_faces(640, 480, seed=1)[0])
         client = await offer(live.http, live.base, track)

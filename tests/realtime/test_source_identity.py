@@ -17,9 +17,9 @@ from engines.arcface import ArcFace
 from engines.errors import ConfigError, ImageError, NoFaceError
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
-from realtime.identity_cache import map_identity
-from realtime.session import LiveServices
-from realtime.source_identity import MAX_PHOTOS, IdentityBuilder, PhotoInput, check_weights, parse_photo_arg
+from realtime.identity.cache import map_identity
+from realtime.identity.source import MAX_PHOTOS, IdentityBuilder, PhotoInput, check_weights, parse_photo_arg
+from realtime.live.session import LiveServices
 from tests import faces
 from tests.realtime.live_fixtures import identity_services, live_server
 
@@ -181,7 +181,7 @@ async def test_a_one_photo_upload_answers_as_before(detector: MTCNN, photos: tup
 
 
 def test_swap_mixes_weighted_sources_from_the_command_line(tmp_path: Path, photos: tuple[bytes, bytes]) -> None:
-    from realtime.cli import main
+    from realtime.cli.main import main
 
     a, b, target = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "target.png"
     a.write_bytes(photos[0])

@@ -1,4 +1,4 @@
-"""The glass-to-glass stamp (realtime/stamp.py, web/stamp.js): round trips, real VP8/H.264 encodes, the encoder's
+"""The glass-to-glass stamp (realtime/live/stamp.py, web/stamp.js): round trips, real VP8/H.264 encodes, the encoder's
 downscale, rejection of damaged codes, and pixel-for-pixel agreement of the JavaScript module with the Python one.
 """
 
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime import stamp
+from realtime.live import stamp
 from tests.faces import astronaut
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime import pipeline
-from realtime.cli import main
+from realtime.cli.main import main
+from realtime.pipeline import frame as pipeline
 from tests import faces
 from tests.realtime.test_filemode import FRAMES, leftovers, make_clip, model_home, probe  # noqa: F401 (autouse)
 

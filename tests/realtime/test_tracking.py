@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engines.detect import Detections
-from realtime.tracking import FaceTracker, OneEuroFilter, box_iou
+from realtime.pipeline.tracking import FaceTracker, OneEuroFilter, box_iou
 from tests import faces
 
 FPS = 30.0

@@ -18,10 +18,10 @@ from aiortc.rtp import RtpPacket
 
 from engines.align import estimate_norm
 from engines.mtcnn import MTCNN
-from realtime.masks import build_mask
-from realtime.pipeline import FramePipeline, PipelineConfig
-from realtime.profiler import Profiler
-from realtime.transport import LiveSession, MarkerJitterBuffer, SwappedVideoTrack, decode_on_marker, drain
+from realtime.live.transport import LiveSession, MarkerJitterBuffer, SwappedVideoTrack, decode_on_marker, drain
+from realtime.pipeline.frame import FramePipeline, PipelineConfig
+from realtime.pipeline.masks import build_mask
+from realtime.pipeline.profiler import Profiler
 from tests import faces
 
 TIME_BASE = Fraction(1, 90000)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engines.align import estimate_norm, template
-from realtime.masks import MaskSpec, build_mask
-from realtime.warp_cpu import SUPPORT_THRESHOLD, align_faces, face_box, mask_support, paste_faces
+from realtime.pipeline.masks import MaskSpec, build_mask
+from realtime.pipeline.warp_cpu import SUPPORT_THRESHOLD, align_faces, face_box, mask_support, paste_faces
 from tests import faces
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from engines.align import estimate_norm
-from realtime import warp_cpu, warp_cuda
-from realtime.masks import build_mask
+from realtime.pipeline import warp_cpu, warp_cuda
+from realtime.pipeline.masks import build_mask
 from tests import faces
 
 

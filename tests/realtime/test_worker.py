@@ -11,9 +11,9 @@ import torch
 
 from engines.align import estimate_norm
 from engines.mtcnn import MTCNN
-from realtime.masks import build_mask
-from realtime.pipeline import FramePipeline, PipelineConfig
-from realtime.worker import Mailbox, PipelineWorker
+from realtime.pipeline.frame import FramePipeline, PipelineConfig
+from realtime.pipeline.masks import build_mask
+from realtime.pipeline.worker import Mailbox, PipelineWorker
 from tests import faces
 
 
