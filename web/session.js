@@ -6,7 +6,9 @@
 import { deleteSession, postOffer } from './api.js';
 
 const GATHER_TIMEOUT_MS = 5000;
-export const CONNECT_TIMEOUT_MS = 8000; // from the answer: on loopback or a LAN, ICE connects in well under 1 s
+// from the answer: ICE connects in well under 1 s on loopback or a LAN, a few seconds through a relay; the answer
+// itself may take seconds (a backend made ready first), so the page still speaks within 10 s of a quick Start
+export const CONNECT_TIMEOUT_MS = 6000;
 const DISCONNECTED_GRACE_MS = 5000; // 'disconnected' often recovers by itself; longer than this, it has gone
 
 function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
