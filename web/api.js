@@ -1,11 +1,13 @@
 // HTTP helpers: every request carries the page's token (from `#token=...`) and every error becomes an ApiError
-// whose message is the server's own `{"error": "..."}` text.
+// whose message is the server's own `{"error": "..."}` text. A 401 from any call also goes to one handler (the
+// token prompt), told whether this page sent a token at all.
 
 export class ApiError extends Error {
-  constructor(message, status) {
+  constructor(message, status, { tokenSent = false } = {}) {
     super(message);
     this.name = 'ApiError';
-    this.status = status;
+    this.status = status; // 0: the server could not be reached
+    this.tokenSent = tokenSent; // for a 401: whether the refused request carried a token
   }
 }
 
@@ -16,8 +18,23 @@ export function pageToken(hash = window.location.hash) {
   return token ? token : null;
 }
 
-function withAuth(headers = {}) {
-  const token = pageToken();
+/** Keep `token` in the URL fragment (replacing the current history entry), where pageToken() reads it. */
+export function setPageToken(token) {
+  const params = new URLSearchParams(window.location.hash.replace(/^#/, ''));
+  params.set('token', token);
+  const url = new URL(window.location.href);
+  url.hash = params.toString();
+  window.history.replaceState(window.history.state, '', url.href);
+}
+
+let unauthorized = () => {};
+
+/** `handler({ tokenSent })` is called on every 401 answer. */
+export function onUnauthorized(handler) {
+  unauthorized = handler;
+}
+
+function withAuth(token, headers = {}) {
   return token ? { ...headers, Authorization: `Bearer ${token}` } : { ...headers };
 }
 
@@ -38,20 +55,23 @@ async function errorMessage(response) {
   return text && text.length < 300 ? text : fallback;
 }
 
-/** fetch() with the token; resolves to the Response, or throws ApiError (HTTP error) / Error (no connection). */
+/** fetch() with the token; resolves to the Response, or throws ApiError (HTTP error, or status 0: no connection). */
 export async function request(path, { method = 'GET', headers, body, keepalive = false } = {}) {
+  const token = pageToken();
   let response;
   try {
-    response = await fetch(path, { method, headers: withAuth(headers), body, keepalive, cache: 'no-store' });
+    response = await fetch(path, { method, headers: withAuth(token, headers), body, keepalive, cache: 'no-store' });
   } catch (err) {
-    throw new ApiError(`cannot reach the DanceCam server (${err.message || err})`, 0);
+    throw new ApiError(`the DanceCam server is not reachable (${err.message || err})`, 0);
   }
   if (!response.ok) {
     let message = await errorMessage(response);
-    if (response.status === 401 && !pageToken()) {
-      message += ' (this server needs a token: open the page as …/#token=YOUR_TOKEN)';
+    const tokenSent = Boolean(token);
+    if (response.status === 401) {
+      message = tokenSent ? "the server refused this page's access token" : 'this server needs its access token';
+      unauthorized({ tokenSent });
     }
-    throw new ApiError(message, response.status);
+    throw new ApiError(message, response.status, { tokenSent });
   }
   return response;
 }

@@ -1,18 +1,23 @@
-// DanceCam page: wires the camera, the source photo, the live session, the settings and the stats overlay.
+// DanceCam page: wires the camera, the source photo, the live session, the settings, the stats overlay, the
+// access-token prompt and whether Start can be pressed.
 
-import { getInfo, getStats, putSettings } from './api.js';
+import { getInfo, getStats, onUnauthorized, putSettings } from './api.js';
 import { FRAME_RATES, RESOLUTIONS, cameraErrorMessage, listDevices, openCamera, stopStream } from './camera.js';
 import { StampReader, StampedSender } from './latency.js';
 import { StatsOverlay } from './overlay.js';
-import { LiveSession } from './session.js';
+import { CONNECT_TIMEOUT_MS, LiveSession } from './session.js';
 import { SettingsForm } from './settings.js';
 import { SourcePicker } from './source.js';
+import { setTextWithCode } from './text.js';
+import { TokenPrompt } from './token.js';
 
 const STATS_INTERVAL_MS = 1000;
 const $ = (id) => document.getElementById(id);
 
 const state = {
   info: null,
+  infoProblem: 'Waiting for the server…', // why there is no info (null once it loaded)
+  settingsShown: false, // the form shows the server's settings (done once: later reads keep the user's edits)
   camera: null, // { stream, audio, note }
   session: null,
   sendTrack: null,
@@ -26,6 +31,7 @@ const els = {
   remote: $('remote'),
   placeholder: $('remote-placeholder'),
   start: $('start'),
+  startReason: $('start-reason'),
   stop: $('stop'),
   camera: $('camera'),
   mic: $('mic'),
@@ -39,13 +45,13 @@ const els = {
 
 const sender = new StampedSender(els.local, $('send-canvas'));
 const reader = new StampReader(els.remote, sender);
-const overlay = new StatsOverlay($('overlay'));
+const overlay = new StatsOverlay($('overlay'), $('show-overlay'));
 const settings = new SettingsForm($('settings'), applySettings);
 
 // --- messages -------------------------------------------------------------------------------------------------
 
 function showError(message) {
-  $('error-text').textContent = message;
+  setTextWithCode($('error-text'), message);
   $('error').hidden = false;
 }
 
@@ -60,17 +66,17 @@ function setConnection(text) {
 }
 
 function setStatus(el, text, kind = 'info') {
-  el.textContent = text;
+  setTextWithCode(el, text); // server text names commands between backticks
   el.dataset.kind = kind;
 }
 
-// --- server info and the missing-weights notice ---------------------------------------------------------------
+// --- server info, the missing-weights notice and the token prompt --------------------------------------------
 
 function showWeightsNotice(weights) {
   const missing = weights && weights.ok === false;
   $('weights-notice').hidden = !missing;
   if (!missing) return;
-  $('weights-message').textContent = weights.message || 'The face-swap model files are not on the server.';
+  setTextWithCode($('weights-message'), weights.message || 'The face-swap model files are not on the server.');
   $('weights-command').textContent = weights.command || 'dancecam models list';
 }
 
@@ -96,22 +102,57 @@ function showServerInfo(sessions) {
   $('server-info').textContent = `DanceCam ${info.version} · engine ${info.engine} on ${info.device} · ${count}`;
 }
 
+/** Start is enabled only when idle and the server can swap; otherwise the reason is shown beside it. */
+function updateStart() {
+  const live = Boolean(state.session);
+  // can_swap: {ok, reason}, e.g. no weights or no source photo yet (the reason names the command to run)
+  const ready = state.info ? state.info.can_swap : { ok: false, reason: state.infoProblem };
+  els.start.disabled = live || !ready.ok;
+  if (live || ready.ok) setStatus(els.startReason, '');
+  else if (state.info && state.info.weights && state.info.weights.ok === false) {
+    // the notice above has the server's whole message and the command: no second copy of it here
+    setStatus(els.startReason, 'The server has no model weights yet: see “Model weights are missing” above.', 'error');
+  } else setStatus(els.startReason, ready.reason || 'The server cannot swap faces yet.', state.info ? 'error' : 'info');
+}
+
+/** Read GET /api/info and show what depends on it; true when it worked. */
 async function loadInfo() {
+  let info;
   try {
-    const info = await getInfo();
-    state.info = info;
-    showWeightsNotice(info.weights);
+    info = await getInfo();
+  } catch (err) {
+    if (err.status === 401) {
+      state.infoProblem = 'Start needs the access token (above).';
+      $('server-info').textContent = 'the server needs its access token';
+    } else if (err.status === 0) {
+      state.infoProblem = 'The server is not reachable: reload once dancecam serve runs.';
+      $('server-info').textContent = 'server not reachable';
+      showError(`Cannot reach the DanceCam server: ${err.message}`);
+    } else {
+      state.infoProblem = `The server's state could not be read: ${err.message}`;
+      $('server-info').textContent = 'server error';
+      showError(`Cannot read the server's state: ${err.message}`);
+    }
+    updateStart();
+    return false;
+  }
+  state.info = info;
+  state.infoProblem = null;
+  token.hide();
+  showWeightsNotice(info.weights);
+  if (!state.settingsShown) {
+    // the first answer fills the form; later ones (after an upload) must not undo what the user changed
     source.showServerSource(info.source, info.needs_source !== false);
     settings.applyLimits(info.limits);
-    if (info.settings) {
+    if (info.settings && !state.session) {
       settings.show(info.settings);
       state.lastSettings = { ...info.settings };
     }
-    showServerInfo(info.sessions);
-  } catch (err) {
-    $('server-info').textContent = 'server not reachable';
-    showError(`Cannot read the server's state: ${err.message}`);
+    state.settingsShown = Boolean(info.settings);
   }
+  showServerInfo(info.sessions);
+  updateStart();
+  return true;
 }
 
 // --- camera -----------------------------------------------------------------------------------------------------
@@ -201,9 +242,9 @@ async function followCamera() {
 // --- live session -----------------------------------------------------------------------------------------------
 
 function setLive(live) {
-  els.start.disabled = live;
   els.stop.disabled = !live;
   els.placeholder.hidden = live;
+  updateStart();
 }
 
 function onTrack(event) {
@@ -216,12 +257,67 @@ function onTrack(event) {
   }
 }
 
+const LOOPBACK = /^(127\.|::1$|localhost$)/;
+
+/** Why ICE never connected: what the server offers, and the usual causes. */
+function connectFailureMessage({ ice, candidates }) {
+  const seconds = Math.round(CONNECT_TIMEOUT_MS / 1000);
+  const offered = candidates.length ? candidates.join(', ') : 'no addresses at all';
+  const onlyLoopback = candidates.length > 0 && candidates.every((c) => LOOPBACK.test(c.replace(/:\d+ \w+$/, '')));
+  const loopback = onlyLoopback ? ': loopback only, which a browser on another machine cannot reach' : '';
+  return (
+    `Could not connect the media: no working network path between this browser and the server within ${seconds} s` +
+    ` (ICE ${ice === 'failed' ? 'failed' : `stayed "${ice}"`}). The server offers ${offered}${loopback}.` +
+    ' Likely causes: the server offers addresses this browser cannot reach (start it with --ice-address <an' +
+    ' address of the server this browser can reach>), a firewall blocking UDP, or a VPN.'
+  );
+}
+
+/**
+ * The server's reason a session ended, from GET /api/stats (its 404 says it, `known` when already fetched);
+ * null while the session is still there.
+ */
+async function endedReason(session, known = null) {
+  let err = known;
+  if (!err) {
+    try {
+      await getStats(session.id);
+      return null;
+    } catch (e) {
+      err = e;
+    }
+  }
+  if (err.status === 404) {
+    session.forget(); // gone on the server: no DELETE
+    const text = err.message || 'the session ended';
+    if (/^the session ended/i.test(text)) return text.charAt(0).toUpperCase() + text.slice(1);
+    return `The server ended this session: ${text}`;
+  }
+  return 'The connection was lost: the server did not answer.';
+}
+
+/**
+ * The session went away without the user pressing Stop (its connection was lost, or the server's stats say it
+ * ended): say why, go back to idle, keep the camera.
+ */
+async function sessionLost(session, known404 = null) {
+  if (state.session !== session || session.lostHandled) return;
+  session.lostHandled = true;
+  const link = session.describe();
+  const reason = await endedReason(session, known404);
+  let message;
+  if (!link.connected) {
+    message = connectFailureMessage(link) + (reason ? ` (The server says: ${reason})` : '');
+  } else {
+    message = reason || `The connection was lost (${link.connection}).`;
+  }
+  if (state.session !== session) return;
+  await stopSession();
+  showError(message);
+}
+
 function onSessionState(text) {
   setConnection(text);
-  if (text === 'failed') {
-    showError('The connection to the server failed (no network path between browser and server).');
-    stopSession();
-  }
 }
 
 async function startSession() {
@@ -230,18 +326,20 @@ async function startSession() {
     showError('Start needs a camera: see the camera panel.');
     return;
   }
-  setLive(true);
   const fps = Number(els.fps.value);
   state.sendTrack = sender.track(fps);
   const audio = els.mic.value === 'none' ? null : state.camera.stream.getAudioTracks()[0] || null;
-  const session = new LiveSession({ onState: onSessionState, onTrack });
+  const session = new LiveSession({ onState: onSessionState, onTrack, onLost: () => sessionLost(session) });
   state.session = session;
+  setLive(true);
   try {
     await session.start({ videoTrack: state.sendTrack, audioTrack: audio, settings: settings.current() });
   } catch (err) {
+    if (state.session !== session) return;
+    await stopSession();
+    if (err.status === 401) return; // the token prompt says it
     const noWeights = err.status === 503 && !$('weights-notice').hidden;
     showError(`Could not start: ${noWeights ? 'the server has no model weights (see the notice above)' : err.message}`);
-    await stopSession();
     return;
   }
   if (state.session !== session) return; // stopped meanwhile
@@ -283,10 +381,10 @@ async function pollStats() {
     if (stats.server) showServerInfo(stats.server.sessions);
   } catch (err) {
     if (err.status === 404 && state.session === session) {
-      showError('The server ended this session.');
-      await stopSession();
+      await sessionLost(session, err);
       return;
     }
+    // anything else (a moment without the network): keep polling, the connection's own state decides
   }
   if (state.session !== session) return;
   overlay.render(mine, reader.summary());
@@ -323,8 +421,25 @@ const source = new SourcePicker(
     box: $('source-box'),
     status: $('source-status'),
   },
-  () => clearError(),
+  () => {
+    clearError();
+    loadInfo(); // a source photo can make the server ready to swap
+  },
 );
+
+const token = new TokenPrompt(
+  {
+    panel: $('token-panel'),
+    heading: $('token-heading'),
+    missing: $('token-missing'),
+    wrong: $('token-wrong'),
+    form: $('token-form'),
+    input: $('token-input'),
+    status: $('token-status'),
+  },
+  loadInfo,
+);
+onUnauthorized((refused) => token.show(refused));
 
 function wire() {
   els.start.addEventListener('click', startSession);
@@ -334,8 +449,11 @@ function wire() {
     els.remote.muted = !els.playAudio.checked;
   });
   $('measure').addEventListener('change', () => {
-    sender.measure = $('measure').checked;
+    sender.setMeasure($('measure').checked);
     reader.reset();
+  });
+  window.addEventListener('hashchange', () => {
+    if (!state.info || token.state) loadInfo(); // a token typed into the address bar
   });
   $('copy-command').addEventListener('click', copyCommand);
   $('error-dismiss').addEventListener('click', clearError);
@@ -356,6 +474,9 @@ window.dancecam = {
       latency: reader.summary(),
       sent: sender.frames,
       weightsMissing: !$('weights-notice').hidden,
+      token: token.state, // null, 'missing' or 'wrong'
+      start: { enabled: !els.start.disabled, reason: els.startReason.textContent || null },
+      overlay: { shown: overlay.shown, renders: overlay.renders },
       error: $('error').hidden ? null : $('error-text').textContent,
     };
   },
@@ -368,6 +489,7 @@ window.dancecam = {
 
 fillFormats();
 wire();
+sender.setMeasure($('measure').checked);
 overlay.clear();
 setLive(false);
 loadInfo();

@@ -86,7 +86,7 @@ export class StampedSender {
     this.next = 0;
     this.frames = 0;
     this.stampOk = true;
-    this.measure = true; // false: frames go out unstamped (no code in the corner, no glass-to-glass)
+    this.measure = false; // true only while the user measures: the code is in the video everyone downstream sees
     this.stop = null;
   }
 
@@ -97,6 +97,12 @@ export class StampedSender {
   halt() {
     if (this.stop) this.stop();
     this.stop = null;
+  }
+
+  /** Measure or not. Off takes effect at once: the canvas is redrawn without the code, not at the next frame. */
+  setMeasure(on) {
+    this.measure = on;
+    if (!on) this.draw();
   }
 
   /** A video track of the canvas, `fps` frames a second at most. */

@@ -1,10 +1,15 @@
 // One live session: an RTCPeerConnection that sends the stamped canvas (and the microphone, if any) and receives
 // the swapped video (and the audio) back. The offer is posted only once ICE gathering is complete, because the
-// server (aiortc) reads only the candidates written into the SDP.
+// server (aiortc) reads only the candidates written into the SDP. A connection that does not come up within
+// CONNECT_TIMEOUT_MS of the answer, fails, or stays disconnected is reported once through `onLost`.
 
 import { deleteSession, postOffer } from './api.js';
 
 const GATHER_TIMEOUT_MS = 5000;
+// from the answer: ICE connects in well under 1 s on loopback or a LAN, a few seconds through a relay; the answer
+// itself may take seconds (a backend made ready first), so the page still speaks within 10 s of a quick Start
+export const CONNECT_TIMEOUT_MS = 6000;
+const DISCONNECTED_GRACE_MS = 5000; // 'disconnected' often recovers by itself; longer than this, it has gone
 
 function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
@@ -23,18 +28,37 @@ function gatheringComplete(pc, timeoutMs = GATHER_TIMEOUT_MS) {
   });
 }
 
+/** The addresses an SDP offers ICE, e.g. ["127.0.0.1:50123 udp"], without repeats. */
+export function sdpCandidates(sdp) {
+  const found = new Set();
+  for (const line of String(sdp).split(/\r?\n/)) {
+    // a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...
+    const m = /^a=candidate:\S+ \d+ (\S+) \d+ (\S+) (\d+) typ/.exec(line);
+    if (m) found.add(`${m[2]}:${m[3]} ${m[1].toLowerCase()}`);
+  }
+  return [...found];
+}
+
 export class LiveSession {
   /**
-   * @param {object} handlers  onState(state: string), onTrack(event: RTCTrackEvent)
+   * @param {object} handlers  onState(state: string), onTrack(event: RTCTrackEvent),
+   *   onLost(describe()): the connection did not come up, failed or went away; called at most once
    */
-  constructor({ onState, onTrack }) {
+  constructor({ onState, onTrack, onLost = () => {} }) {
     this.onState = onState;
     this.onTrack = onTrack;
+    this.onLost = onLost;
     this.pc = null;
     this.id = null;
     this.videoSender = null;
     this.audioSender = null;
     this.closed = false;
+    this.connected = false; // reached 'connected' at least once
+    this.lost = false;
+    this.lostHandled = false; // the page has dealt with the loss (it may learn of it twice: here and from stats)
+    this.candidates = []; // what the server's answer offers
+    this.connectTimer = 0;
+    this.disconnectTimer = 0;
   }
 
   /** Connect: send `videoTrack` (and `audioTrack` if given), with `settings` for the new session. */
@@ -61,14 +85,52 @@ export class LiveSession {
       await this.end();
       return;
     }
+    this.candidates = sdpCandidates(answer.sdp);
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+    this.connectTimer = setTimeout(() => this.lose(), CONNECT_TIMEOUT_MS);
     this.report();
   }
 
   report() {
-    if (!this.pc || this.closed) return;
-    const state = this.pc.connectionState || this.pc.iceConnectionState;
+    const pc = this.pc;
+    if (!pc || this.closed) return;
+    const state = pc.connectionState || pc.iceConnectionState;
+    if (state === 'connected') {
+      this.connected = true;
+      clearTimeout(this.connectTimer);
+    }
+    if (state === 'disconnected') {
+      if (!this.disconnectTimer) this.disconnectTimer = setTimeout(() => this.lose(), DISCONNECTED_GRACE_MS);
+    } else {
+      clearTimeout(this.disconnectTimer);
+      this.disconnectTimer = 0;
+    }
     this.onState(state);
+    if (state === 'failed' || state === 'closed' || pc.iceConnectionState === 'failed') this.lose();
+  }
+
+  lose() {
+    if (this.closed || this.lost || !this.pc) return;
+    this.lost = true;
+    clearTimeout(this.connectTimer);
+    clearTimeout(this.disconnectTimer);
+    this.onLost(this.describe());
+  }
+
+  /** { connected: reached 'connected' once, ice, connection: the states now, candidates: the server's offer }. */
+  describe() {
+    const pc = this.pc;
+    return {
+      connected: this.connected,
+      ice: pc ? pc.iceConnectionState : 'closed',
+      connection: pc ? pc.connectionState : 'closed',
+      candidates: this.candidates,
+    };
+  }
+
+  /** The server has already ended this session: end() then only closes the connection. */
+  forget() {
+    this.id = null;
   }
 
   /** Send another video track (e.g. a new frame rate) without renegotiating. */
@@ -87,6 +149,8 @@ export class LiveSession {
    */
   async end({ keepalive = false } = {}) {
     this.closed = true;
+    clearTimeout(this.connectTimer);
+    clearTimeout(this.disconnectTimer);
     const id = this.id;
     this.id = null;
     try {

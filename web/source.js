@@ -2,6 +2,7 @@
 // The server's answer (face box and score, or its error such as "no face found") is shown beside the preview.
 
 import { postSource } from './api.js';
+import { setTextWithCode } from './text.js';
 
 const ACCEPTED = ['image/png', 'image/jpeg', 'image/webp', 'image/bmp'];
 
@@ -36,7 +37,7 @@ export class SourcePicker {
   }
 
   status(text, kind = 'info') {
-    this.els.status.textContent = text;
+    setTextWithCode(this.els.status, text); // the server's messages name commands between backticks
     this.els.status.dataset.kind = kind;
   }
 

@@ -30,7 +30,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
-from realtime.live import ice
+from realtime.live import dtls_peer, ice
 from realtime.pipeline.frame import FramePipeline
 from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
 
@@ -459,9 +459,11 @@ class Publisher:
                 return
 
     async def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            cause: EndCause = "peer_closed" if self.pc.connectionState == "closed" else "connection_failed"
-            await self._end(cause, f"the connection {self.pc.connectionState}")
+        if self.pc.connectionState == "closed":
+            await self._end("peer_closed", "the connection closed")
+        elif self.pc.connectionState == "failed":
+            why = dtls_peer.failure_reason(self.pc)  # FFmpeg's own certificate: say what the publisher must change
+            await self._end("connection_failed", "the connection failed" + (f": {why}" if why else ""))
 
     async def _end(self, cause: EndCause, reason: str) -> None:
         if self._ending or self.closed:
