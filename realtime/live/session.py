@@ -17,6 +17,7 @@ import math
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -32,6 +33,7 @@ from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.runners.base import facedancer_io
 from realtime.identity.cache import IdentityCache, default_identity_dir
 from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
+from realtime.live import allocator
 from realtime.live.capacity import Capacity, given
 from realtime.live.degrade import DegradationController
 from realtime.pipeline.face_choice import FaceChoice
@@ -403,7 +405,9 @@ class SessionPipeline:
     """
 
     def __init__(self, session: Session, services: LiveServices) -> None:
-        self.session = session
+        # weak: the session owns its pipeline; a pipeline holding its session back made a reference cycle, so an
+        # ended session (its frames, tracker, peer connection) waited for a full garbage collection to be freed
+        self._session = weakref.ref(session)
         self.services = services
         self.inner, self._source_version = services.new_pipeline(session.settings)
         self.profiler = self.inner.profiler
@@ -419,8 +423,16 @@ class SessionPipeline:
     def process_yuv420p(self, planes: np.ndarray, t: float | None = None) -> FrameResult:
         return self._run(planes, t, yuv=True)
 
+    @property
+    def session(self) -> Session:
+        session = self._session()
+        if session is None:
+            raise RuntimeError("the session of this pipeline has ended")
+        return session
+
     def _run(self, image: np.ndarray, t: float | None, yuv: bool) -> FrameResult:
-        settings = self.session.settings
+        session = self.session
+        settings = session.settings
         source = self.services.source
         if source is not None and source.version != self._source_version:
             engine = self.inner.engine
@@ -444,7 +456,7 @@ class SessionPipeline:
         result = self.inner.process_yuv420p(image, t) if yuv else self.inner.process(image, t)
         ms = (time.perf_counter() - start) * 1e3
         self.size = (image.shape[1], image.shape[0] * 2 // 3 if yuv else image.shape[0])
-        self.controller.observe(ms, self.session.input_rate.rate() or None)
+        self.controller.observe(ms, session.input_rate.rate() or None)
         self.output_rate.tick()
         found = self.faces["detected"] if result.found is None else result.found
         self.faces = {"detected": found, "tracked": result.tracked, "swapped": result.faces}  # one reference swap
@@ -533,6 +545,8 @@ class SessionManager:
     ) -> None:
         if max_sessions < 1:
             raise ConfigError(f"--max-sessions must be at least 1, got {max_sessions}")
+        # each session's threads would get malloc arenas of their own, each keeping memory it cannot give back
+        allocator.limit_arenas()
         self.services = services
         self.max_sessions = max_sessions
         self.capacity = capacity or given(max_sessions)  # how the limit was found, for /api/info

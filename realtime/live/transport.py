@@ -30,7 +30,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
-from realtime.live import dtls_peer, ice
+from realtime.live import allocator, dtls_peer, ice
 from realtime.pipeline.frame import FramePipeline
 from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
 
@@ -494,6 +494,17 @@ class Publisher:
             await self.pc.close()
             for track in self._tracks:
                 track.stop()
+            # aiortc's connection is a reference cycle (its transports' event handlers): through our handlers it held
+            # this session (pipeline, frames) until a full garbage collection; so did our on_end, through the server
+            self.pc.remove_all_listeners()
+            self._on_end = _ended
+            # glibc keeps what the session freed (frames, codec buffers, tensors) in its arenas: without this the
+            # server's RSS grew with every session and was never given back (benchmarks/memory.py)
+            await asyncio.to_thread(allocator.trim)
+
+
+async def _ended(cause: EndCause, reason: str) -> None:
+    """A closed publisher's `on_end`: the session has already ended."""
 
 
 class Viewer:
