@@ -37,9 +37,10 @@ from typing import Any
 
 FIRST = 2  # sessions run alone before the reference RSS is taken: one ends by DELETE, one vanishes
 SETTINGS = {"detect_every": 5}  # the server's default: detection on every fifth frame, tracking between
-# what a session is made of on the server (module.class): none of these may outlive the sessions; ours must be
-# freed as soon as a session ends, by reference counting, not only by a full garbage collection
-OURS = (
+# what a session is made of on the server (module.class): none of these may outlive the sessions, and each must be
+# freed when its session ends, by reference counting, not only by a full garbage collection (which a server with a
+# large heap runs rarely)
+CENSUS = (
     "realtime.live.session.Session",
     "realtime.live.session.SessionPipeline",
     "realtime.pipeline.frame.FramePipeline",
@@ -48,9 +49,6 @@ OURS = (
     "realtime.live.transport.LiveSession",
     "realtime.live.transport.SwappedVideoTrack",
     "realtime.pipeline.worker.PipelineWorker",
-)
-CENSUS = (
-    *OURS,
     "aiortc.rtcpeerconnection.RTCPeerConnection",
     "aiortc.rtcrtpreceiver.RemoteStreamTrack",
     "av.video.frame.VideoFrame",

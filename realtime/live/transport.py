@@ -269,6 +269,18 @@ def media_route(pc: RTCPeerConnection) -> dict[str, str] | None:
     return None
 
 
+def detach_listeners(pc: RTCPeerConnection) -> None:
+    """Drop the event handlers of a closed `pc` and of its transports. aiortc's transports call back into the
+    connection that made them, a reference cycle: without this a closed connection, and all that its own handlers
+    reach, is freed only by a full garbage collection."""
+    sctp = pc.sctp
+    emitters: list[Any] = [pc] if sctp is None else [pc, sctp]
+    for dtls in [t.sender.transport for t in pc.getTransceivers()] + ([sctp.transport] if sctp is not None else []):
+        emitters += [dtls, dtls.transport, dtls.transport.iceGatherer]  # DTLS, ICE, ICE gatherer
+    for emitter in emitters:
+        emitter.remove_all_listeners()
+
+
 def rtc_configuration() -> RTCConfiguration:
     # no ICE servers: aiortc would otherwise add a public STUN server, which stalls gathering offline, and
     # DanceCam serves peers that reach it directly (localhost or the LAN)
@@ -494,9 +506,9 @@ class Publisher:
             await self.pc.close()
             for track in self._tracks:
                 track.stop()
-            # aiortc's connection is a reference cycle (its transports' event handlers): through our handlers it held
-            # this session (pipeline, frames) until a full garbage collection; so did our on_end, through the server
-            self.pc.remove_all_listeners()
+            # reference cycles held this session (pipeline, frames, connection) until a full garbage collection,
+            # which a server with a large heap runs rarely: the connection's handlers, and our on_end (the server's)
+            detach_listeners(self.pc)
             self._on_end = _ended
             # glibc keeps what the session freed (frames, codec buffers, tensors) in its arenas: without this the
             # server's RSS grew with every session and was never given back (benchmarks/memory.py)
