@@ -16,7 +16,8 @@ import os
 from typing import Any
 
 M_ARENA_MAX = -8  # mallopt parameter, from glibc's malloc.h
-# benchmarks/memory.py, 40 sessions on 2 cores: RSS grew 1.16x with glibc's 16 arenas, 1.09x with 4, 1.04x with 2
+# benchmarks/memory.py, 100 sessions on 2 cores: RSS x1.12 with glibc's 16 arenas, x1.07 with 4 (fewer arenas would
+# make the threads of many sessions wait on each other's malloc locks)
 ARENAS = 4
 
 
