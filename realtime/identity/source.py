@@ -173,25 +173,29 @@ class IdentityBuilder:
         if len(inputs) > MAX_PHOTOS:
             raise ConfigError(f"{len(inputs)} source photos; one identity mixes at most {MAX_PHOTOS}")
         weights = check_weights([p.weight for p in inputs])
+        sizes = []
         for p in inputs:  # every photo's bytes and header are checked, even a weight-0 one's
             _named(p.label, check_data_size, p.data)
-            _named(p.label, image_size, p.data)
-        merged: dict[str, tuple[PhotoInput, float]] = {}
-        for p, weight in zip(inputs, weights, strict=True):
+            sizes.append(_named(p.label, image_size, p.data))
+        merged: dict[str, tuple[PhotoInput, tuple[int, int], float]] = {}
+        for p, size, weight in zip(inputs, sizes, weights, strict=True):
             if weight == 0:
                 continue
             sha = hashlib.sha256(p.data).hexdigest()
-            first, total = merged.get(sha, (p, 0.0))
-            merged[sha] = (first, total + weight)  # the same photo twice counts once, with both weights
-        photos = sorted((_named(p.label, self._photo, p, weight) for p, weight in merged.values()), key=lambda p: p.key)
+            first, first_size, total = merged.get(sha, (p, size, 0.0))
+            merged[sha] = (first, first_size, total + weight)  # the same photo twice counts once, with both weights
+        photos = sorted(
+            (_named(p.label, self._photo, p, size, weight) for p, size, weight in merged.values()),
+            key=lambda p: p.key,
+        )
         z = None
         if self.arcface is not None:
             z = mix([p.z_id for p in photos], [p.weight for p in photos])  # type: ignore[misc]
         w = map_identity(self.facedancer, z) if self.facedancer is not None and z is not None else None
         return SourceIdentity(identity_key(photos), tuple(photos), z, w, version)
 
-    def _photo(self, given: PhotoInput, weight: float) -> SourcePhoto:
-        width, height = image_size(given.data)
+    def _photo(self, given: PhotoInput, size: tuple[int, int], weight: float) -> SourcePhoto:
+        width, height = size  # from the header, read once in `build`
         if self.arcface is not None and self.cache is not None:
             entry = self.cache.get_or_compute(given.data, self.detector, self.arcface, label=given.label)
             box = tuple(float(v) for v in entry.box)

@@ -89,7 +89,6 @@ class FaceDancerSwap:
     ) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.z_id = z_id
         if w is not None:  # mapped once per identity by its owner (realtime.identity.source), shared by sessions
             self.w = w.reshape(1, -1).to(self.device, torch.float32)
         else:
