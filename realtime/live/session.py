@@ -29,7 +29,16 @@ import torch
 
 from engines.command import plain
 from engines.detect import FaceDetector
-from engines.errors import ConfigError, DanceCamError, ModelMissingError
+from engines.errors import (
+    CapacityError,
+    ConfigError,
+    DanceCamError,
+    EngineStartError,
+    ModelMissingError,
+    NoSourceError,
+    SettingsError,
+    WeightsNotReadyError,
+)
 from engines.runners.base import facedancer_io
 from realtime.identity.cache import IdentityCache, default_identity_dir
 from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
@@ -63,26 +72,6 @@ COUNTERS = (
     "faces_detected",
     "faces_swapped",
 )  # ended sessions whose reason /api/stats?session= still tells
-
-
-class SettingsError(ConfigError):
-    """A settings change with an unknown key or a value out of range; nothing was changed."""
-
-
-class CapacityError(DanceCamError):
-    """The server runs as many sessions as it can hold."""
-
-
-class EngineStartError(DanceCamError):
-    """A session's swap engine could not be made ready (out of device memory, a failed capture or engine load)."""
-
-
-class NotReadyError(DanceCamError):
-    """The server cannot start a swapping session yet: no weights (503) or no source photo (409)."""
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.http_status = status
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -298,10 +287,11 @@ class LiveServices:
         becomes every session's source.
 
         Blocking (detection and ArcFace): call it from a thread. Raises `ConfigError` (count, weights),
-        `ImageError`, `NoFaceError`, or `NotReadyError` when the weights are missing; the current source stays.
+        `ImageError`, `NoFaceError`, or `WeightsNotReadyError` when the weights are missing; the current source stays.
         """
         if not self.weights.ok:
-            raise NotReadyError(f"the source photo cannot be used yet: {self.weights.message or 'weights are missing'}")
+            reason = self.weights.message or "weights are missing"
+            raise WeightsNotReadyError(f"the source photo cannot be used yet: {reason}")
         inputs = [PhotoInput(photos)] if isinstance(photos, bytes) else list(photos)
         with self._source_lock:
             version = (self.source.version + 1) if self.source else 1
@@ -314,11 +304,11 @@ class LiveServices:
         return IdentityBuilder(self.detector, arcface, fd, self.identities)  # type: ignore[arg-type]
 
     def check_can_swap(self) -> None:
-        """`NotReadyError` with the reason when a new swapping session cannot start."""
+        """A `NotReadyError` (`WeightsNotReadyError` or `NoSourceError`) when a new swapping session cannot start."""
         if not self.weights.ok:
-            raise NotReadyError(self.weights.message or "model weights are missing")
+            raise WeightsNotReadyError(self.weights.message or "model weights are missing")
         if self.engine == "facedancer" and self.source is None:
-            raise NotReadyError("no source photo yet: upload one (POST /api/source) before starting", 409)
+            raise NoSourceError("no source photo yet: upload one (POST /api/source) before starting")
 
     def make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap | SimulatedCost:
         engine = self._make_engine(source)
@@ -328,7 +318,7 @@ class LiveServices:
         if self.engine == "identity":
             return IdentitySwap()
         if source is None or source.w is None or self.facedancer is None:
-            raise NotReadyError("no source photo yet: upload one before starting", 409)
+            raise NoSourceError("no source photo yet: upload one before starting")
         from engines.runners.select import create_runner
 
         io = facedancer_io(self.facedancer.config.mapping_width)  # type: ignore[union-attr]
