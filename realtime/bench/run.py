@@ -214,7 +214,7 @@ def load_model(options: BenchOptions, device: torch.device) -> tuple[FaceDancer,
     if options.random_weights:
         torch.manual_seed(0)
         return facedancer("config_c").to(device).eval(), "random", "FaceDancer config C, random weights"
-    from realtime.files.swap import find_weights  # file mode imports av: only where converted weights are read
+    from realtime.assembly.weights import find_weights
 
     model_dir = resolve_model_dir(options.model_dir)
     try:

@@ -227,7 +227,7 @@ class LiveServices:
         from engines.detectors import load_detector
         from engines.facedancer import load_facedancer
         from engines.store import resolve_model_dir
-        from realtime.files.swap import find_weights
+        from realtime.assembly.weights import find_weights
         from realtime.pipeline.context import resolve_device
 
         if engine not in ("facedancer", "identity"):
