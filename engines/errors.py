@@ -79,6 +79,37 @@ class NoFaceError(DanceCamError):
     http_status = 422
 
 
+# --- live serving -----------------------------------------------------------------------------------------
+
+
+class SettingsError(ConfigError):
+    """A settings change with an unknown key or a value out of range; nothing was changed."""
+
+
+class CapacityError(DanceCamError):
+    """The server runs as many sessions as it can hold."""
+
+
+class EngineStartError(DanceCamError):
+    """A session's swap engine could not be made ready (out of device memory, a failed capture or engine load)."""
+
+
+class NotReadyError(DanceCamError):
+    """The server cannot start a swapping session yet (one of the two reasons below)."""
+
+
+class WeightsNotReadyError(NotReadyError):
+    """The model weights are missing: the server must be restarted with them (the server's state, 503)."""
+
+    http_status = 503
+
+
+class NoSourceError(NotReadyError):
+    """No source photo yet: the client must upload one first (a conflict with the server's state, 409)."""
+
+    http_status = 409
+
+
 # --- downloads --------------------------------------------------------------------------------------------
 
 

@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from engines.detect import FaceDetector
 from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.facedancer import FaceDancer
-from engines.runners.base import facedancer_io
-from engines.runners.select import BACKENDS, available, choose
+from engines.runners.select import BACKENDS, available
+from realtime.assembly import builder
+from realtime.assembly.builder import Models
+from realtime.assembly.spec import ModelSpec
 from realtime.pipeline.frame import FaceDancerSwap, SwapEngine
 
 Progress = Callable[[str], None]
@@ -81,6 +83,21 @@ class BenchOptions:
             raise ConfigError(f"unknown detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}")
         if self.precision not in (None, "fp32", "fp16"):
             raise ConfigError(f"--precision must be fp32 or fp16, got {self.precision!r}")
+
+    def model_spec(self, backends: list[str] | None = None) -> ModelSpec:
+        """The models the cases share, as the product builds them: FaceDancer (no ArcFace: a fixed random identity)
+        and the detector, which follows the one backend asked for (SCRFD on TensorRT or ONNX Runtime)."""
+        backend = backends[0] if backends is not None and len(backends) == 1 else "auto"
+        return ModelSpec(
+            engine="facedancer",
+            device=self.device,
+            detector=self.detector,
+            backend=backend,
+            precision=self.precision,
+            model_dir=self.model_dir,
+            arcface=False,
+            random_weights=self.random_weights,
+        )
 
 
 @dataclass(slots=True)
@@ -205,8 +222,16 @@ def face_frame(width: int, height: int, faces: int) -> tuple[np.ndarray, str]:
 # --- the model and the backends -------------------------------------------------------------------------------
 
 
+def load_models(options: BenchOptions, backends: list[str] | None = None) -> Models:
+    """`build_models` for the benchmark's spec; missing weights name the way out (random weights, the same compute)."""
+    try:
+        return builder.build_models(options.model_spec(backends))
+    except ModelMissingError as e:
+        raise ModelMissingError(f"{e} Or time random weights (the same compute): --random-weights") from None
+
+
 def load_model(options: BenchOptions, device: torch.device) -> tuple[FaceDancer, str, str]:
-    """(FaceDancer, weights key, label): the user's converted weights, or random ones (the same compute)."""
+    """(FaceDancer, weights key, label) without the detector (benchmarks/gpu_suite.py times the network alone)."""
     from engines import registry
     from engines.facedancer import facedancer, load_facedancer
     from engines.store import resolve_model_dir
@@ -214,7 +239,7 @@ def load_model(options: BenchOptions, device: torch.device) -> tuple[FaceDancer,
     if options.random_weights:
         torch.manual_seed(0)
         return facedancer("config_c").to(device).eval(), "random", "FaceDancer config C, random weights"
-    from realtime.files.swap import find_weights  # file mode imports av: only where converted weights are read
+    from realtime.assembly.weights import find_weights
 
     model_dir = resolve_model_dir(options.model_dir)
     try:
@@ -243,12 +268,12 @@ def backend_names(options: BenchOptions, device: torch.device) -> tuple[list[str
     return list(dict.fromkeys(options.backends)), missing
 
 
-def swap_engine(name: str, model: FaceDancer, device: torch.device, options: BenchOptions, key: str) -> Backend:
-    """The pipeline's swap engine on backend `name` ("auto": the fastest here), as the product builds it: the
-    one place the benchmark touches the backend plumbing. The identity changes no compute: a fixed random one."""
-    io = facedancer_io(model.config.mapping_width, model.config.image_size, MAX_FACES)
-    runner, message = choose(name, model, io, device, precision=options.precision, weights_key=key)  # type: ignore[arg-type]
-    engine = FaceDancerSwap(model, random_identity(), runner)
+def swap_engine(name: str, models: Models) -> Backend:
+    """The pipeline's swap engine on backend `name` ("auto": the fastest here), made by the product's builder. The
+    identity changes no compute: a fixed random one."""
+    assert models.facedancer is not None
+    runner, message = models.choose_runner(name)
+    engine = FaceDancerSwap(models.facedancer, random_identity(), runner)  # type: ignore[arg-type]
     return Backend(runner.backend, runner.precision, message, engine=engine, close=runner.close)
 
 
@@ -378,8 +403,10 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
     device = resolve_device(options.device)
     names, missing = backend_names(options, device)
     frames = {(w, h, n): face_frame(w, h, n) for w, h in options.sizes for n in options.faces}
-    model, key, label = load_model(options, device)
-    detector, detector_line = load_bench_detector(options, device, names)
+    models = load_models(options, names)  # FaceDancer, then the detector
+    assert models.facedancer is not None
+    model, key, label = models.facedancer, models.weights_key, models.label
+    detector, detector_line = models.detector, models.detector_note
     say(detector_line)
     say(f"measuring the peak of {device_name(device)} (dense matmul) ...")
     peaks = flops.device_peaks(device)
@@ -389,7 +416,7 @@ def run(options: BenchOptions, progress: Progress | None = None) -> dict[str, An
     for name in names:
         say(f"backend {name}: preparing ...")
         try:
-            backend = swap_engine(name, model, device, options, key)
+            backend = swap_engine(name, models)
         except Exception as e:  # one backend failing to build leaves the others to run; the reason is recorded
             if len(names) == 1:
                 raise

@@ -286,7 +286,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engines.arcface import load_arcface
     from engines.facedancer import load_facedancer
     from engines.runners.onnx_export import export_for_users
-    from realtime.files.swap import find_weights
+    from realtime.assembly.weights import find_weights
 
     model_dir = store.resolve_model_dir(args.model_dir)
     if args.names:
@@ -321,7 +321,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _converted(entry: ModelEntry, model_dir: Path) -> bool:
-    from realtime.files.swap import find_weights
+    from realtime.assembly.weights import find_weights
 
     try:
         find_weights([entry], model_dir)

@@ -155,18 +155,24 @@ def run(args: argparse.Namespace) -> int:
     from realtime.live.ice import check_addresses
 
     ice_addresses = check_addresses(args.ice_address) if args.ice_address else None
-    from realtime.pipeline.frame import IdentitySwap, SimulatedCost
+    from realtime.assembly.spec import ModelSpec
 
-    SimulatedCost(IdentitySwap(), args.simulate_ms)  # a bad value is refused before any model loads
+    spec = ModelSpec(  # a bad value is refused here, before any model loads
+        engine=args.engine,
+        device=args.device,
+        detector=args.detector,
+        backend=args.backend,
+        model_dir=args.model_dir,
+        weights_optional=True,  # the server starts without weights and says how to get them
+        simulate_ms=args.simulate_ms,
+    )
 
     from realtime.live import capacity
     from realtime.live.session import LiveServices, LiveSettings, SessionManager
 
     defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
     console.print(f"loading models ({args.engine}) ...")
-    services = LiveServices.load(
-        args.engine, args.device, args.model_dir, args.backend, args.detector, simulate_ms=args.simulate_ms
-    )
+    services = LiveServices.from_spec(spec)
     if services.backend_message:
         console.print(styled(services.backend_message), soft_wrap=True)
     if not services.weights.ok:

@@ -33,22 +33,14 @@ import cv2
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
-from engines import registry
-from engines.command import dancecam
-from engines.convert.cache import cache_path, cached_metadata
-from engines.errors import ConfigError, ImageError, MediaError, ModelMissingError, NoFaceError
-from engines.registry import ModelEntry
-from engines.store import resolve_model_dir, sha256_file
-from realtime.identity.cache import IdentityCache, IdentityEntry, decode_image, default_identity_dir
-from realtime.identity.source import IdentityBuilder, PhotoInput
+from engines.errors import ConfigError, ImageError, MediaError, NoFaceError
+from realtime.assembly.spec import ModelSpec
+from realtime.identity.cache import decode_image
+from realtime.identity.source import PhotoInput
 from realtime.pipeline.face_choice import FaceChoice, FaceMode
 from realtime.pipeline.frame import (
-    ArcFaceEmbedder,
-    FaceDancerSwap,
     FramePipeline,
-    IdentitySwap,
     PipelineConfig,
-    SimulatedCost,
 )
 from realtime.pipeline.masks import MaskKind, MaskSpec
 
@@ -113,6 +105,18 @@ class SwapOptions:
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
     overwrite: bool = False
+
+    def model_spec(self) -> ModelSpec:
+        """The models this swap runs (validated: `ConfigError` for a bad engine, detector, backend or cost)."""
+        return ModelSpec(
+            engine=self.engine,
+            device=self.device,
+            detector=self.detector,
+            backend=self.backend,
+            model_dir=self.model_dir,
+            arcface=self.engine == "facedancer" or self.faces == "reference",
+            simulate_ms=self.simulate_ms,
+        )
 
 
 @dataclass(slots=True)
@@ -215,53 +219,6 @@ def _commit(tmp: Path, output: Path, overwrite: bool) -> None:
 # --- models ---------------------------------------------------------------------------------------------------
 
 
-def _cache_source_sha(path: Path, kind: str) -> str | None:
-    """The source sha256 recorded in a converted-weights cache of `kind`; None when it is absent or foreign."""
-    meta = cached_metadata(path, kind)
-    if meta is None:
-        return None
-    return meta.get("source_sha256") or "unknown"
-
-
-def find_weights(entries: list[ModelEntry], model_dir: Path, dir_flag: bool = False) -> list[tuple[Path, str]]:
-    """(converted weights path, weights key) per entry, or `ModelMissingError` naming the commands that fix it.
-
-    The key is the sha256 of the original file the cache was converted from (it keys the identity cache).
-    `dir_flag`: the model directory was given with --model-dir, so the commands must name it too.
-    """
-    found: list[tuple[Path, str]] = []
-    download: list[str] = []
-    convert: list[str] = []
-    for entry in entries:
-        assert entry.converter is not None
-        original = model_dir / entry.file_name
-        cache = cache_path(original)
-        cached = _cache_source_sha(cache, entry.converter)
-        if original.is_file():
-            digest = sha256_file(original)
-            if cached == digest:
-                found.append((cache, digest))
-            else:
-                convert.append(entry.name)
-        elif cached is not None:  # the original was removed after conversion: the cache alone is enough
-            found.append((cache, cached))
-        else:
-            download.append(entry.name)
-            convert.append(entry.name)
-    if not (download or convert):
-        return found
-    where = f" --model-dir {model_dir}" if dir_flag else ""
-    steps = [f"`{dancecam('models', 'download', *download)}{where}`"] if download else []
-    steps.append(f"`{dancecam('models', 'convert', *convert)}{where}`")
-    gated = [e for e in entries if e.name in download and e.gated]
-    hint = "".join(f" ({e.name} is gated: request access at {e.access_url} and set HF_TOKEN)" for e in gated)
-    what = "missing" if download else "downloaded but not converted"
-    raise ModelMissingError(
-        f"model weights {what} in {model_dir} ({', '.join(convert)}): run {' and then '.join(steps)}{hint}. "
-        "To try the pipeline without weights, use --engine identity."
-    )
-
-
 def _read_bytes(path: Path, label: str) -> bytes:
     try:
         return path.read_bytes()
@@ -283,19 +240,10 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     is reported before any video is read. FaceDancer (and reference-person choice) need ArcFace; the source's
     embedding is kept in the identity cache, so a photo is embedded once.
     """
-    from engines.arcface import load_arcface
-    from engines.detectors import DETECTORS, load_detector
-    from engines.facedancer import load_facedancer
-    from engines.runners.base import facedancer_io
-    from engines.runners.select import BACKENDS, choose
-    from realtime.pipeline.context import DeviceContext, resolve_device
+    from realtime.assembly import builder
+    from realtime.pipeline.context import DeviceContext
 
-    if options.engine not in ("facedancer", "identity"):
-        raise ConfigError(f"engine must be facedancer or identity, not {options.engine!r}")
-    if options.detector not in DETECTORS:
-        raise ConfigError(f"unknown detector {options.detector!r}; choose one of: {', '.join(DETECTORS)}")
-    if options.backend != "auto" and options.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {options.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    spec = options.model_spec()  # engine, detector, backend and --simulate-ms are checked here
     reference_mode = options.faces == "reference"
     if reference_mode and options.reference is None:
         raise ConfigError("--faces reference needs --reference PHOTO (a photo of the person whose face to swap)")
@@ -305,68 +253,33 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     FaceChoice("all" if reference_mode else options.faces, options.max_faces, options.threshold)
     mask = MaskSpec(options.mask, options.feather_px, options.erode_px)
     PipelineConfig(detect_every=options.detect_every)
-    if options.simulate_ms:
-        SimulatedCost(IdentitySwap(), options.simulate_ms)  # checked before any model loads
-    device = resolve_device(options.device)
-    if options.engine == "facedancer" and options.backend != "auto":
-        from engines.runners.select import available
-
-        why = available(device)[options.backend]
-        if why:  # before any model loads
-            raise ConfigError(f"--backend {options.backend} cannot run on {device}: {why}")
-    context = DeviceContext(device)  # CuPy and the warp kernels on a GPU: checked before any model loads
-    model_dir = resolve_model_dir(options.model_dir)
-    needed = (["facedancer_c_hq"] if options.engine == "facedancer" else []) + (
-        ["arcface_r50"] if options.engine == "facedancer" or reference_mode else []
-    )
-    entries = [registry.find(n) for n in needed]
-    weights = dict(zip(needed, find_weights(entries, model_dir, options.model_dir is not None), strict=True))
+    models = builder.build_models(spec)
+    context = DeviceContext(models.device)
 
     notes: list[str] = []
-    detector, detector_note = load_detector(
-        options.detector, device, model_dir, options.backend, model_dir / "compiled"
-    )
     if options.detector != "mtcnn":
-        notes.append(detector_note)
+        notes.append(models.detector_note)
     photos = [PhotoInput(_read_bytes(path, "source photo"), weight, str(path)) for path, weight in as_sources(source)]
-    embed: Callable[[bytes], IdentityEntry] | None = None
-    arcface = None
-    cache = None
-    if "arcface_r50" in weights:
-        arcface = load_arcface(weights["arcface_r50"][0], device)
-        mapping_key = weights["facedancer_c_hq"][1] if "facedancer_c_hq" in weights else ""
-        cache = IdentityCache(default_identity_dir(model_dir), weights["arcface_r50"][1], mapping_key)
-        embed = partial(cache.get_or_compute, detector=detector, arcface=arcface)
-
-    engine: FaceDancerSwap | IdentitySwap | SimulatedCost
-    if options.engine == "facedancer":
-        model = load_facedancer(weights["facedancer_c_hq"][0], device)
-        identity = IdentityBuilder(detector, arcface, model, cache).build(photos)
-        if identity.note:
-            notes.append(f"source photo: {identity.note}")
-        runner, message = choose(
-            options.backend,
-            model,
-            facedancer_io(model.config.mapping_width),
-            device,
-            cache_dir=model_dir / "compiled",
-            weights_key=weights["facedancer_c_hq"][1],
-        )
-        notes.append(message)
-        engine = FaceDancerSwap(model, identity.z_id, runner, w=identity.w)  # type: ignore[arg-type]
-    else:  # no weights needed, but a photo without a usable face is still reported now, not after the video
-        IdentityBuilder(detector).build(photos)
-        engine = IdentitySwap()
+    # FaceDancer: embedded, mixed, w mapped; identity: no weights needed, but a photo without a usable face is
+    # still reported now, not after the video
+    identity = models.identity_builder().build(photos)
+    if options.engine == "facedancer" and identity.note:
+        notes.append(f"source photo: {identity.note}")
+    engine = models.swap_engine(identity)  # FaceDancer's backend is chosen here, once
+    if models.backend_message:
+        notes.append(models.backend_message)
 
     reference = None
     embedder = None
     if reference_mode:
         assert options.reference is not None
-        assert embed is not None
-        assert arcface is not None
+        assert models.identities is not None
+        assert models.arcface is not None
+        cache, arcface = models.identities, models.arcface
         ref_bytes = _read_bytes(options.reference, "reference photo")
+        embed = partial(cache.get_or_compute, detector=models.detector, arcface=arcface)
         reference = _labelled(lambda: embed(ref_bytes), options.reference).z_id.float().cpu().numpy()
-        embedder = ArcFaceEmbedder(arcface)
+        embedder = models.embedder()
     config = PipelineConfig(
         swap=True,
         detect_every=options.detect_every,
@@ -376,9 +289,8 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
         draw_boxes=options.draw_boxes,
     )
     if options.simulate_ms:
-        engine = SimulatedCost(engine, options.simulate_ms)
         notes.append(f"simulating {options.simulate_ms:g} ms of extra swap work per frame with a face")
-    return FramePipeline(detector, engine, config, context=context, embedder=embedder), notes
+    return FramePipeline(models.detector, engine, config, context=context, embedder=embedder), notes
 
 
 def _labelled(fn: Callable[[], T], path: Path) -> T:

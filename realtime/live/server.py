@@ -27,16 +27,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from yarl import URL
 
-from engines.errors import ConfigError, DanceCamError, SignallingError
+from engines.errors import ConfigError, DanceCamError, EngineStartError, NotReadyError, SignallingError
 from realtime import __version__
 from realtime.identity.cache import MAX_IMAGE_BYTES
 from realtime.identity.source import DEFAULT_LABEL, MAX_PHOTOS, PhotoInput, check_weight
 from realtime.live.session import (
     COUNTERS,
     SETTING_LIMITS,
-    EngineStartError,
     LiveSettings,
-    NotReadyError,
     Session,
     SessionKind,
     SessionManager,
@@ -81,6 +79,7 @@ class ServeOptions:
     ice_addresses: tuple[str, ...] | None = None
 
 
+# not in engines/errors.py: request framing (a status and headers chosen per request), never raised by library code
 class HttpError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

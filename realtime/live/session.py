@@ -29,9 +29,19 @@ import torch
 
 from engines.command import plain
 from engines.detect import FaceDetector
-from engines.errors import ConfigError, DanceCamError, ModelMissingError
-from engines.runners.base import facedancer_io
-from realtime.identity.cache import IdentityCache, default_identity_dir
+from engines.errors import (
+    CapacityError,
+    ConfigError,
+    DanceCamError,
+    EngineStartError,
+    NoSourceError,
+    SettingsError,
+    WeightsNotReadyError,
+)
+from realtime.assembly import builder
+from realtime.assembly.builder import Models
+from realtime.assembly.spec import EngineName, ModelSpec
+from realtime.identity.cache import IdentityCache
 from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
 from realtime.live.capacity import Capacity, given
@@ -50,7 +60,6 @@ from realtime.pipeline.profiler import Profiler
 
 log = logging.getLogger(__name__)
 
-EngineName = Literal["facedancer", "identity"]
 SessionKind = Literal["offer", "whip"]
 ENDED_KEPT = 256
 # every session counter, zero until it first counts (stats and metrics always carry them all)
@@ -63,26 +72,6 @@ COUNTERS = (
     "faces_detected",
     "faces_swapped",
 )  # ended sessions whose reason /api/stats?session= still tells
-
-
-class SettingsError(ConfigError):
-    """A settings change with an unknown key or a value out of range; nothing was changed."""
-
-
-class CapacityError(DanceCamError):
-    """The server runs as many sessions as it can hold."""
-
-
-class EngineStartError(DanceCamError):
-    """A session's swap engine could not be made ready (out of device memory, a failed capture or engine load)."""
-
-
-class NotReadyError(DanceCamError):
-    """The server cannot start a swapping session yet: no weights (503) or no source photo (409)."""
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.http_status = status
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -183,7 +172,8 @@ def _commands(message: str) -> str | None:
 
 
 class LiveServices:
-    """The models every session shares, and the current source identity. Build with `load` or `with_models`."""
+    """The models every session shares (a `realtime.assembly` `Models`), and the current source identity. Build with
+    `load`, or from parts (tests)."""
 
     def __init__(
         self,
@@ -202,21 +192,47 @@ class LiveServices:
     ) -> None:
         if engine == "facedancer" and (weights is None or weights.ok) and (facedancer is None or arcface is None):
             raise ConfigError("the facedancer engine needs FaceDancer and ArcFace models")
-        self.device = device
-        self.detector = detector
-        self.engine: EngineName = engine
-        self.facedancer = facedancer
-        self.arcface = arcface
-        self.identities = identities
+        spec = ModelSpec(engine=engine, device=str(device), backend=backend, simulate_ms=simulate_ms)
+        models = Models(spec, device, detector, "", facedancer, arcface, identities, weights_key, cache_dir)
+        models.backend, models.precision = backend, precision  # decided by the caller
+        self._init(models, weights)
+
+    def _init(self, models: Models, weights: WeightsStatus | None) -> None:
+        self.models = models
+        self.device = models.device
+        self.detector = models.detector
+        self.engine: EngineName = models.spec.engine
+        self.facedancer = models.facedancer
+        self.arcface = models.arcface
+        self.identities = models.identities
         self.weights = weights or WeightsStatus(True)
-        self.backend = backend  # FaceDancer's backend, resolved ("auto" is decided once, at load)
-        self.precision = precision
-        self.weights_key = weights_key  # names the weights in cached exports and compiled engines
-        self.backend_message: str | None = None
-        self.cache_dir = cache_dir  # compiled and exported networks (None: <model dir>/compiled)
-        self.simulate_ms = SimulatedCost(IdentitySwap(), simulate_ms).ms  # checked here, applied per engine
+        self.weights_key = models.weights_key
+        self.cache_dir = models.cache_dir
+        self.simulate_ms = models.spec.simulate_ms  # checked by the spec, applied per engine
         self.source: SourceIdentity | None = None
         self._source_lock = threading.Lock()  # one upload at a time; the detector is shared with the sessions
+
+    @classmethod
+    def from_models(cls, models: Models) -> LiveServices:
+        """Services over what `build_models` made; missing weights (`models.missing`) become `weights`."""
+        services = cls.__new__(cls)
+        missing = models.missing
+        weights = WeightsStatus(False, str(missing), _commands(str(missing))) if missing is not None else None
+        services._init(models, weights)
+        return services
+
+    @property
+    def backend(self) -> str:
+        """FaceDancer's backend, resolved ("auto" is decided once, at load)."""
+        return self.models.backend or "eager"
+
+    @property
+    def precision(self) -> str | None:
+        return self.models.precision
+
+    @property
+    def backend_message(self) -> str | None:
+        return self.models.backend_message
 
     @classmethod
     def load(
@@ -233,61 +249,34 @@ class LiveServices:
         Missing weights do not stop the server: it starts, reports them in `weights` (the page shows the commands
         that fetch them) and refuses swapping sessions until restarted with them.
         """
-        from engines import registry
-        from engines.arcface import load_arcface
-        from engines.detectors import load_detector
-        from engines.facedancer import load_facedancer
-        from engines.store import resolve_model_dir
-        from realtime.files.swap import find_weights
-        from realtime.pipeline.context import resolve_device
-
-        if engine not in ("facedancer", "identity"):
-            raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
-        dev = resolve_device(device)
-        if dev.type == "cuda":
-            from realtime.pipeline.context import DeviceContext
-
-            DeviceContext(dev).close()  # CuPy and the warp kernels: a broken set-up stops the server at start
-        home = resolve_model_dir(model_dir)
-        detector, detector_message = load_detector(detector_name, dev, home, backend, home / "compiled")
-        log.info("%s", plain(detector_message))
-        if engine == "identity":
-            return cls(dev, detector, "identity", simulate_ms=simulate_ms)
-        names = ["facedancer_c_hq", "arcface_r50"]
-        try:
-            found = find_weights([registry.find(n) for n in names], home, model_dir is not None)
-        except ModelMissingError as e:
-            weights = WeightsStatus(False, str(e), _commands(str(e)))
-            return cls(dev, detector, engine, weights=weights, simulate_ms=simulate_ms)
-        (fd_path, fd_key), (af_path, af_key) = found
-        identities = IdentityCache(default_identity_dir(home), af_key, fd_key)
-        services = cls(
-            dev,
-            detector,
-            engine,
-            load_facedancer(fd_path, dev),
-            load_arcface(af_path, dev),
-            identities,
-            weights_key=fd_key,
-            cache_dir=home / "compiled",  # exported and compiled networks live beside the weights they came from
+        spec = ModelSpec(
+            engine=engine,
+            device=device,
+            detector=detector_name,
+            backend=backend,
+            model_dir=model_dir,
+            weights_optional=True,
             simulate_ms=simulate_ms,
         )
-        services.choose_backend(backend)
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> LiveServices:
+        """`build_models(spec)`, FaceDancer's backend chosen once (each session then makes its own runner on it)."""
+        models = builder.build_models(spec)  # looked up at run time: tests watch the one builder
+        log.info("%s", plain(models.detector_note))
+        services = cls.from_models(models)
+        if services.engine == "facedancer" and services.weights.ok:
+            services.choose_backend()
         return services
 
-    def choose_backend(self, backend: str = "auto") -> str:
-        """Decide FaceDancer's backend once (for "auto": time the ones present); returns the line that says which."""
-        from engines.runners.select import choose
-
+    def choose_backend(self, backend: str | None = None) -> str:
+        """Decide FaceDancer's backend once (for "auto": time the ones present); returns the line that says which.
+        `backend`: instead of the one the services were made with."""
         assert self.facedancer is not None
-        io = facedancer_io(self.facedancer.config.mapping_width)
-        runner, message = choose(
-            backend, self.facedancer, io, self.device, cache_dir=self.cache_dir, weights_key=self.weights_key
-        )
-        self.backend, self.precision = runner.backend, runner.precision
-        runner.close()  # each session gets its own runner (CUDA graphs and TensorRT hold per-stream state)
-        self.backend_message = message
-        return message
+        if backend is not None:
+            self.models.spec = replace(self.models.spec, backend=backend)
+        return self.models.choose_backend()
 
     @property
     def ready(self) -> bool:
@@ -298,10 +287,11 @@ class LiveServices:
         becomes every session's source.
 
         Blocking (detection and ArcFace): call it from a thread. Raises `ConfigError` (count, weights),
-        `ImageError`, `NoFaceError`, or `NotReadyError` when the weights are missing; the current source stays.
+        `ImageError`, `NoFaceError`, or `WeightsNotReadyError` when the weights are missing; the current source stays.
         """
         if not self.weights.ok:
-            raise NotReadyError(f"the source photo cannot be used yet: {self.weights.message or 'weights are missing'}")
+            reason = self.weights.message or "weights are missing"
+            raise WeightsNotReadyError(f"the source photo cannot be used yet: {reason}")
         inputs = [PhotoInput(photos)] if isinstance(photos, bytes) else list(photos)
         with self._source_lock:
             version = (self.source.version + 1) if self.source else 1
@@ -309,39 +299,18 @@ class LiveServices:
             return self.source
 
     def identity_builder(self) -> IdentityBuilder:
-        fd = self.facedancer if self.engine == "facedancer" else None
-        arcface = self.arcface if self.engine == "facedancer" else None
-        return IdentityBuilder(self.detector, arcface, fd, self.identities)  # type: ignore[arg-type]
+        return self.models.identity_builder()
 
     def check_can_swap(self) -> None:
-        """`NotReadyError` with the reason when a new swapping session cannot start."""
+        """A `NotReadyError` (`WeightsNotReadyError` or `NoSourceError`) when a new swapping session cannot start."""
         if not self.weights.ok:
-            raise NotReadyError(self.weights.message or "model weights are missing")
+            raise WeightsNotReadyError(self.weights.message or "model weights are missing")
         if self.engine == "facedancer" and self.source is None:
-            raise NotReadyError("no source photo yet: upload one (POST /api/source) before starting", 409)
+            raise NoSourceError("no source photo yet: upload one (POST /api/source) before starting")
 
     def make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap | SimulatedCost:
-        engine = self._make_engine(source)
-        return SimulatedCost(engine, self.simulate_ms) if self.simulate_ms else engine
-
-    def _make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap:
-        if self.engine == "identity":
-            return IdentitySwap()
-        if source is None or source.w is None or self.facedancer is None:
-            raise NotReadyError("no source photo yet: upload one before starting", 409)
-        from engines.runners.select import create_runner
-
-        io = facedancer_io(self.facedancer.config.mapping_width)  # type: ignore[union-attr]
-        runner = create_runner(
-            self.backend,
-            self.facedancer,
-            io,
-            self.device,
-            precision=self.precision,  # type: ignore[arg-type]
-            cache_dir=self.cache_dir,
-            weights_key=self.weights_key,
-        )
-        return FaceDancerSwap(self.facedancer, source.z_id, runner, w=source.w)  # type: ignore[arg-type]
+        """This session's engine on the backend chosen at load (`NoSourceError` before a source photo)."""
+        return self.models.swap_engine(source)
 
     def new_pipeline(self, settings: LiveSettings) -> tuple[FramePipeline, int]:
         """A pipeline of its own for one session (own stream, buffers, tracker, profiler); and the source version."""

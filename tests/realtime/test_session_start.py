@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from engines.errors import CapacityError, EngineStartError
 from engines.facedancer import FaceDancer, FaceDancerConfig
 from engines.mtcnn import MTCNN
 from engines.runners.base import RunnerBase, facedancer_io
-from realtime.live.session import CapacityError, EngineStartError, LiveServices, SessionManager
+from realtime.live.session import LiveServices, SessionManager
 from realtime.pipeline.frame import FaceDancerSwap
 from tests.live_client import StampedFaceTrack, offer, wait_for
 from tests.realtime.live_fixtures import live_server
