@@ -560,5 +560,6 @@ class Viewer:
         self.closed = True
         self.publisher.viewers.discard(self)
         await self.pc.close()
+        detach_listeners(self.pc)  # the same cycle as a publisher's: freed now, not at the next full collection
         for track in self._tracks:
             track.stop()

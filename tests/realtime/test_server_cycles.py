@@ -6,6 +6,7 @@ import asyncio
 import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from engines.mtcnn import MTCNN
 from realtime.live.session import LiveServices
 from tests import faces
-from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for
+from tests.live_client import StampedFaceTrack, face_frame, offer, wait_for, whep, whip
 from tests.realtime.live_fixtures import live_server
 
 pytestmark = pytest.mark.network
@@ -70,3 +71,34 @@ async def test_hundred_connect_disconnect_cycles_leave_nothing_behind() -> None:
     growth = memory[-1] - memory[1]
     print(f"{CYCLES} cycles in {elapsed:.1f} s; RSS every 10 cycles: {np.round(memory).tolist()} MiB")
     assert growth < 40, (growth, memory)
+
+
+async def test_a_closed_whep_viewer_is_freed_without_a_garbage_collection() -> None:
+    """aiortc's transports hold handlers on the connection that made them (a cycle): a viewer's connection must be
+    freed when the viewer goes, not at the next full collection, which a server with a large heap runs rarely."""
+    frame = face_frame(faces.astronaut()[40:440, 56:456], 320, 240)
+    services = LiveServices(torch.device("cpu"), MTCNN("cpu"), "identity")
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        async with live_server(services, max_sessions=1) as live:
+            publisher = await whip(live.http, live.base, StampedFaceTrack(frame))
+            try:
+                assert await wait_for(lambda: publisher.session in live.manager.sessions, timeout=5)
+                viewer = await whep(live.http, live.base, query=f"?session={publisher.session}")
+                try:
+                    assert await wait_for(lambda: len(viewer.received.images) >= 3, timeout=20)
+                    (server_side,) = live.app.viewers.values()
+                    connection = weakref.ref(server_side.pc)
+                    del server_side
+                    assert viewer.location is not None
+                    async with live.http.delete(live.base + viewer.location) as r:
+                        assert r.status == 204
+                finally:
+                    await viewer.close()
+                assert await wait_for(lambda: connection() is None, timeout=5), gc.get_referrers(connection())
+            finally:
+                await publisher.close()
+    finally:
+        if enabled:
+            gc.enable()
