@@ -480,6 +480,10 @@ window.dancecam = {
       error: $('error').hidden ? null : $('error-text').textContent,
     };
   },
+  /** Glass-to-glass samples [shown at (performance.now() ms), ms] from index `since`, for benchmarks. */
+  latencySamples(since = 0) {
+    return reader.samplesSince(since);
+  },
   /** The live connection's RTCStatsReport (null when idle): candidate pairs, codecs, bitrates. */
   async peerStats() {
     const pc = state.session && state.session.pc;

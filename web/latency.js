@@ -9,6 +9,7 @@ import * as stamp from './stamp.js';
 const MODULO = 1 << 16; // the stamp carries 16 bits (realtime/stamp.py MODULO)
 const SENT_SLOTS = 1024; // send times remembered: far more than the frames in flight
 const WINDOW = 100; // glass-to-glass samples in the percentiles
+const LOG_SLOTS = 8192; // timed samples kept for benchmarks (4.5 min at 30 fps)
 const READ_WIDTH = 320; // width of the read-back canvas (cells of 8 px)
 const STAMP_ROWS_PER_WIDTH = 4 / 40; // the code is 4 cells high, a cell is 1/40 of the width
 
@@ -159,6 +160,8 @@ export class StampReader {
     this.canvas = document.createElement('canvas');
     this.ctx = this.canvas.getContext('2d', { willReadFrequently: true, alpha: false });
     this.samples = [];
+    this.log = []; // [shownAt ms, glass-to-glass ms], the newest LOG_SLOTS
+    this.logged = 0; // samples ever logged: the index of the next one
     this.meter = new RateMeter();
     this.frames = 0; // returned frames seen
     this.read = 0; // frames whose stamp was read
@@ -203,8 +206,18 @@ export class StampReader {
     if (sentAt === null) return;
     // the frame's presentation time when the browser gives one, else now
     const shownAt = metadata && metadata.expectedDisplayTime ? metadata.expectedDisplayTime : arrived;
-    this.samples.push(Math.max(0, shownAt - sentAt));
+    const ms = Math.max(0, shownAt - sentAt);
+    this.samples.push(ms);
     if (this.samples.length > WINDOW) this.samples.shift();
+    this.log.push([shownAt, ms]);
+    if (this.log.length > LOG_SLOTS) this.log.shift();
+    this.logged += 1;
+  }
+
+  /** The timed samples logged from index `since` on (as many as are still kept) and the index to ask from next. */
+  samplesSince(since) {
+    const first = this.logged - this.log.length;
+    return { next: this.logged, samples: this.log.slice(Math.max(0, since - first)) };
   }
 
   readNumber(w, h) {
