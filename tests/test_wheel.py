@@ -143,10 +143,11 @@ def test_serve_sends_the_page_from_the_installed_package(installed: Installed) -
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STEP_TIMEOUT_S
         while True:
             assert server.poll() is None, f"serve exited {server.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"serve did not answer /healthz in 60 s:\n{log.read_text()[-3000:]}"
+            late = f"serve did not answer /healthz in {STEP_TIMEOUT_S} s"
+            assert time.monotonic() < deadline, f"{late}:\n{log.read_text()[-3000:]}"
             try:
                 if _get(f"{base}/healthz")[0] == 200:
                     break
