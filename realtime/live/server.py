@@ -17,6 +17,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,21 @@ from realtime.live.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_T
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"  # the checkout's web/ (realtime/live/server.py → root)
+
+def find_web_dir() -> Path:
+    """The page's folder: the checkout's web/ when this code runs from one, else the installed `realtime/web`.
+
+    The checkout comes first so that a worktree (or any clone run with its root on sys.path) serves its own page
+    even where an editable install of another clone would map `realtime.web` elsewhere. A wheel carries web/ as
+    package data of `realtime.web` (setup.py).
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "web" / "index.html").is_file():
+        return checkout / "web"
+    return Path(str(resources.files("realtime") / "web"))
+
+
+WEB_DIR = find_web_dir()
 MAX_SDP_BYTES = 64 * 1024  # a browser offer with audio and video is 4-8 KiB
 MAX_JSON_BYTES = 16 * 1024  # settings objects
 MAX_VIEWERS = 8  # WHEP players per session: each costs one video encode
