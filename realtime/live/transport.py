@@ -30,7 +30,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
-from realtime.live import allocator, dtls_peer, ice
+from realtime.live import allocator, dtls_peer, ice, playout
 from realtime.pipeline.frame import FramePipeline
 from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
 
@@ -287,6 +287,11 @@ def rtc_configuration() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
 
 
+def _peer_connection() -> RTCPeerConnection:
+    playout.install()  # a ceiling on the receiver's jitter buffer (realtime/live/playout.py)
+    return RTCPeerConnection(rtc_configuration())
+
+
 def _offer(sdp: object, ice_addresses: tuple[str, ...] | None = None) -> RTCSessionDescription:
     if not isinstance(sdp, str) or "m=" not in sdp or not sdp.lstrip().startswith("v=0"):
         raise SignallingError("the offer is not an SDP session description (it must start with v=0)")
@@ -354,7 +359,7 @@ class Publisher:
         ice_addresses: tuple[str, ...] | None = None,
         silence_timeout: float = SILENCE_TIMEOUT_S,
     ) -> None:
-        self.pc = RTCPeerConnection(rtc_configuration())
+        self.pc = _peer_connection()
         self.ice_addresses = ice_addresses
         self.relay = MediaRelay()
         self.live: LiveSession | None = None
@@ -526,7 +531,7 @@ class Viewer:
         if publisher.live is None:
             raise SignallingError("that session has no video yet")
         self.publisher = publisher
-        self.pc = RTCPeerConnection(rtc_configuration())
+        self.pc = _peer_connection()
         self.closed = False
         self._tracks: list[MediaStreamTrack] = []  # relay subscriptions: stopped on close, or the relay keeps them
         self.pc.on("connectionstatechange", self._on_state)
