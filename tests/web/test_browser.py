@@ -111,11 +111,12 @@ def test_live_session_round_trip(browser: Browser, identity_server: Server, arti
     assert page.is_disabled("#start")
     page.screenshot(path=str(artifacts / "source-no-face.png"))
 
-    # a real face: the page reads /api/info again, and Start is enabled
+    # a real face instead (the refused photo removed): the page reads /api/info again, and Start is enabled
+    page.click('li.source-photo[data-name="blank.png"] .remove')
     page.set_input_files("#source-file", str(write_image(tmp_path / "astronaut.png", astronaut())))
     page.wait_for_selector("#source-status[data-kind=ok]", timeout=20_000)
-    assert "Face found" in page.text_content("#source-status")
-    assert page.is_visible("#source-box")
+    assert page.text_content('li.source-photo[data-name="astronaut.png"] .photo-status').startswith("1 face found")
+    assert page.is_visible('li.source-photo[data-name="astronaut.png"] .face-box')
     page.wait_for_selector("#start:enabled", timeout=5_000)
     assert page.text_content("#start-reason") == ""
 
