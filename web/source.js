@@ -136,7 +136,11 @@ export class SourceMixer {
   /** A read-only view for tests and debugging. */
   summary() {
     return {
-      photos: this.photos.map((p) => ({ name: p.name, weight: p.weight, faces: p.result ? p.result.faces_found : null })),
+      photos: this.photos.map((p) => ({
+        name: p.name,
+        weight: p.weight,
+        faces: p.result ? p.result.faces_found : null,
+      })),
       synced: this.synced,
       uploads: this.uploads,
       serverKey: this.server ? this.server.key : null,
@@ -242,7 +246,8 @@ export class SourceMixer {
     }
     if (!this.sendable().length) {
       this.status(
-        `${before}All weights are 0: give at least one photo a weight above 0. Nothing was sent: ${this.keptText(true)}`,
+        `${before}All weights are 0: give at least one photo a weight above 0. ` +
+          `Nothing was sent: ${this.keptText(true)}`,
         'error',
       );
       return;
@@ -364,7 +369,8 @@ export class SourceMixer {
       key.title = photo.key;
       const size = photo.width && photo.height ? ` · ${photo.width}×${photo.height}` : '';
       li.append(
-        element('span', '', `photo ${i + 1} · weight ${photo.weight.toFixed(2)}${size} · ${facesText(photo)} · key `),
+        element('span', '', `photo ${i + 1} · weight ${photo.weight.toFixed(2)}${size} · ${facesText(photo)}`),
+        ' · key ',
         key,
       );
       return li;
