@@ -101,10 +101,17 @@ export const postOffer = (sdp, type, settings) => json('/offer', { method: 'POST
 export const deleteSession = (session, { keepalive = false } = {}) =>
   json(`/api/sessions/${encodeURIComponent(session)}`, { method: 'DELETE', keepalive });
 
-/** Upload a source photo (multipart field `image`); resolves to the server's face report. */
-export async function postSource(file) {
+/**
+ * Upload the source photos, `[{file, weight}]`: each an `image` field followed by its `weight` (the server
+ * normalises them). Resolves to the server's new identity (its photos, faces found, the key); on any error the
+ * server keeps the identity it had.
+ */
+export async function postSource(photos) {
   const form = new FormData();
-  form.append('image', file, file.name || 'source');
+  for (const { file, weight } of photos) {
+    form.append('image', file, file.name || 'source');
+    form.append('weight', String(weight));
+  }
   const response = await request('/api/source', { method: 'POST', body: form });
   return response.json();
 }

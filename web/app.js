@@ -7,7 +7,7 @@ import { StampReader, StampedSender } from './latency.js';
 import { StatsOverlay } from './overlay.js';
 import { CONNECT_TIMEOUT_MS, LiveSession } from './session.js';
 import { SettingsForm } from './settings.js';
-import { SourcePicker } from './source.js';
+import { SourceMixer } from './source.js';
 import { setTextWithCode } from './text.js';
 import { TokenPrompt } from './token.js';
 
@@ -140,9 +140,9 @@ async function loadInfo() {
   state.infoProblem = null;
   token.hide();
   showWeightsNotice(info.weights);
+  source.showServerSource(info.source, info.needs_source !== false);
   if (!state.settingsShown) {
     // the first answer fills the form; later ones (after an upload) must not undo what the user changed
-    source.showServerSource(info.source, info.needs_source !== false);
     settings.applyLimits(info.limits);
     if (info.settings && !state.session) {
       settings.show(info.settings);
@@ -413,13 +413,15 @@ async function applySettings(partial) {
 
 // --- wiring -----------------------------------------------------------------------------------------------------
 
-const source = new SourcePicker(
+const source = new SourceMixer(
   {
     zone: $('drop-zone'),
     input: $('source-file'),
-    preview: $('source-preview'),
-    box: $('source-box'),
+    list: $('source-photos'),
     status: $('source-status'),
+    server: $('source-server'),
+    serverNote: $('source-server-note'),
+    serverList: $('source-server-list'),
   },
   () => {
     clearError();
@@ -478,6 +480,7 @@ window.dancecam = {
       start: { enabled: !els.start.disabled, reason: els.startReason.textContent || null },
       overlay: { shown: overlay.shown, renders: overlay.renders },
       error: $('error').hidden ? null : $('error-text').textContent,
+      source: source.summary(),
     };
   },
   /** Glass-to-glass samples [shown at (performance.now() ms), ms] from index `since`, for benchmarks. */

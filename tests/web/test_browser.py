@@ -36,7 +36,7 @@ from tests.web.harness import (
 )
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Route
+    from playwright.sync_api import Browser, Page, Route
 
 pytestmark = pytest.mark.network
 
@@ -81,20 +81,28 @@ PREVIEW_PLAYING = """async () => {
 NO_SOURCE_YET = "no source photo on the server yet: upload one"
 
 
-def needs_source_until_upload(route: Route) -> None:
-    """/api/info as a server that needs a source photo answers it: `can_swap` false until one is set."""
-    response = route.fetch()
-    info = response.json()
-    if not info["source"]["set"]:
-        info["can_swap"] = {"ok": False, "reason": NO_SOURCE_YET}
-    route.fulfill(response=response, body=json.dumps(info))
+def needs_source_until_upload(page: Page) -> None:
+    """/api/info as a server that needs a source photo answers it: `can_swap` false until this page set one (the
+    shared server may hold another test's source already)."""
+    uploaded: list[bool] = []  # (a route would lose the multipart body of the upload: watch its answer instead)
+    page.on("response", lambda r: uploaded.append(True) if r.url.endswith("/api/source") and r.ok else None)
+
+    def info(route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        if not uploaded:
+            body["source"] = {"set": False, "key": None, "note": None, "photos": []}
+            body["can_swap"] = {"ok": False, "reason": NO_SOURCE_YET}
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route("**/api/info", info)
 
 
 def test_live_session_round_trip(browser: Browser, identity_server: Server, artifacts: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     server = identity_server
     page, console = open_page(browser, server.page_url, go=False)
-    page.route("**/api/info", needs_source_until_upload)
+    needs_source_until_upload(page)
     page.goto(server.page_url)
     page.wait_for_selector("#camera-status[data-kind=ok]", timeout=15_000)
     assert "640×480" in page.text_content("#camera-status"), page.text_content("#camera-status")
@@ -111,11 +119,12 @@ def test_live_session_round_trip(browser: Browser, identity_server: Server, arti
     assert page.is_disabled("#start")
     page.screenshot(path=str(artifacts / "source-no-face.png"))
 
-    # a real face: the page reads /api/info again, and Start is enabled
+    # a real face instead (the refused photo removed): the page reads /api/info again, and Start is enabled
+    page.click('li.source-photo[data-name="blank.png"] .remove')
     page.set_input_files("#source-file", str(write_image(tmp_path / "astronaut.png", astronaut())))
     page.wait_for_selector("#source-status[data-kind=ok]", timeout=20_000)
-    assert "Face found" in page.text_content("#source-status")
-    assert page.is_visible("#source-box")
+    assert page.text_content('li.source-photo[data-name="astronaut.png"] .photo-status').startswith("1 face found")
+    assert page.is_visible('li.source-photo[data-name="astronaut.png"] .face-box')
     page.wait_for_selector("#start:enabled", timeout=5_000)
     assert page.text_content("#start-reason") == ""
 
