@@ -293,7 +293,7 @@ def test_one_thread_records_while_another_snapshots() -> None:
                 busy_snapshots += 1
                 assert snap["stages"]["a"]["count"] == expected
                 assert snap["stages"]["b"]["count"] == expected
-            assert snap["counters"]["dropped_frames"] in (n, n - 1)  # counted just after its frame finished
+            assert snap["counters"].get("dropped_frames", 0) in (n, n - 1)  # counted just after its frame finished
     finally:
         stop.set()
         thread.join()
