@@ -43,6 +43,7 @@ from realtime.pipeline.context import DeviceContext
 from realtime.pipeline.face_choice import FaceChoice
 from realtime.pipeline.frame import FaceDancerSwap, FramePipeline, IdentitySwap, PipelineConfig
 from realtime.pipeline.masks import MaskSpec, build_mask
+from realtime.pipeline.video import Frame
 
 ONE_FACE = (Placement(0.5, 0.5, 0.45),)
 FOUR_FACES = (
@@ -83,11 +84,11 @@ def pipeline_case(
     config = PipelineConfig(detect_every=args.detect_every, choice=FaceChoice(max_faces=max(faces, 1)))
     pipe = FramePipeline(detector, engine, config, context=ctx)  # type: ignore[arg-type]
     for k in range(args.warmup):
-        pipe.process(frame, k / 30)
+        pipe.process(Frame(frame, "rgb24"), k / 30)
     pipe.profiler.reset()
     swapped = []
     for k in range(args.frames):
-        swapped.append(pipe.process(frame, (args.warmup + k) / 30).faces)
+        swapped.append(pipe.process(Frame(frame, "rgb24"), (args.warmup + k) / 30).faces)
     snap = pipe.profiler.snapshot()
     pipe.close()
     return {

@@ -324,6 +324,7 @@ def run_case(
     from realtime.pipeline.context import DeviceContext
     from realtime.pipeline.face_choice import FaceChoice
     from realtime.pipeline.frame import FramePipeline, PipelineConfig
+    from realtime.pipeline.video import Frame
 
     if detector is None:
         from engines.mtcnn import MTCNN
@@ -334,7 +335,7 @@ def run_case(
     pipe = FramePipeline(detector, checked, config, context=DeviceContext(device))
     try:
         for k in range(options.warmup):
-            pipe.process(frame, k / 30)
+            pipe.process(Frame(frame, "rgb24"), k / 30)
             checked.check(k)
         pipe.profiler.reset()
         pipe.fail_closed_events = 0
@@ -347,7 +348,7 @@ def run_case(
             if options.max_seconds and k >= least and time.perf_counter() - start > options.max_seconds:
                 break
             t0 = time.perf_counter()
-            result = pipe.process(frame, (options.warmup + k) / 30)
+            result = pipe.process(Frame(frame, "rgb24"), (options.warmup + k) / 30)
             latency.append((time.perf_counter() - t0) * 1e3)
             checked.check(options.warmup + k)
             swapped.append(result.faces)

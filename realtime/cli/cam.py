@@ -18,6 +18,7 @@ from rich.markup import escape
 from engines.command import styled
 from engines.errors import ConfigError, MediaError
 from realtime.cli.options import add_pipeline_options, add_source, swap_options
+from realtime.pipeline.counters import read_counters
 
 if TYPE_CHECKING:
     from realtime.local.camera import Capture
@@ -137,7 +138,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def _counters(worker: PipelineWorker) -> dict[str, int]:
-    return worker.pipeline.profiler.snapshot()["counters"]
+    return read_counters(worker.pipeline, worker)  # the pipeline's counts and the worker's own
 
 
 def _status_line(capture: Capture, presenter: Presenter, worker: PipelineWorker) -> str:

@@ -43,6 +43,7 @@ from realtime.pipeline.frame import (
     PipelineConfig,
 )
 from realtime.pipeline.masks import MaskKind, MaskSpec
+from realtime.pipeline.video import Frame
 
 IMAGE_INPUTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_INPUTS = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
@@ -348,10 +349,10 @@ def _swap_image(
     image = _labelled(lambda: decode_image(_read_bytes(input, "input")), input)
     if progress:
         progress(0, 1)
-    result = pipeline.process(image, 0.0)
+    result = pipeline.process(Frame(image, "rgb24"), 0.0)
     ext = output.suffix.lower()
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
-    ok, data = cv2.imencode(ext, np.ascontiguousarray(result.frame[:, :, ::-1]), params)
+    ok, data = cv2.imencode(ext, np.ascontiguousarray(result.frame.data[:, :, ::-1]), params)
     if not ok:
         raise MediaError(f"could not encode {output.name}")
     with _staged(output) as tmp:
@@ -495,17 +496,19 @@ class _VideoWriter:
             for frame in packet.decode():
                 self.out.mux(self.aout.encode(frame))
 
-    def upright(self, frame: av.VideoFrame) -> np.ndarray:
-        """The decoded frame as (H, W, 3) RGB, turned as the input asks to be displayed."""
+    def upright(self, frame: av.VideoFrame, pts: int) -> Frame:
+        """The decoded frame as rgb24, turned as the input asks to be displayed, at `pts` of the output's time base."""
         rgb = frame.to_ndarray(
             format="rgb24",
             src_colorspace=self.matrix,
             src_color_range=ColorRange.JPEG if self.vin.codec_context.color_range == ColorRange.JPEG else None,
         )
-        return np.ascontiguousarray(np.rot90(rgb, self.turns)) if self.turns else rgb
+        rgb = np.ascontiguousarray(np.rot90(rgb, self.turns)) if self.turns else rgb
+        return Frame(rgb, "rgb24", pts, self.time_base)
 
-    def video(self, image: np.ndarray, pts: int) -> None:
+    def video(self, frame: Frame) -> None:
         assert self.vout is not None
+        image, pts = frame.data, frame.pts
         w, h = self.size
         if image.shape[:2] != (h, w):
             image = _fit(image, w, h)
@@ -563,8 +566,8 @@ def _swap_video(
                         if last_pts is not None and pts <= last_pts:
                             pts = last_pts + 1  # the encoder needs strictly increasing pts
                         last_pts = pts
-                        result = pipeline.process(writer.upright(frame), float(pts * time_base))
-                        writer.video(result.frame, pts)
+                        result = pipeline.process(writer.upright(frame, pts))  # t: pts in seconds
+                        writer.video(result.frame)
                         report.frames += 1
                         report.frames_with_faces += result.faces > 0
                         if progress:

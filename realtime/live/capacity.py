@@ -135,6 +135,7 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
     probe_source = SourceIdentity("probe", (photo,), z, w, 0)
     engine = services.make_engine(probe_source if services.engine == "facedancer" else None)
     from realtime.pipeline.frame import FramePipeline
+    from realtime.pipeline.video import Frame
 
     pipeline = FramePipeline(services.detector, engine, settings.pipeline_config())
     codec = _Codec()
@@ -149,8 +150,8 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
             for _ in range(cycle):  # a whole detection cycle: the detector's cost amortised as in a session
                 planes = codec.inbound(rgb)
                 start_cpu, start_wall = time.process_time(), time.perf_counter()
-                result = pipeline.process_yuv420p(planes)
-                codec.outbound(result.frame)
+                result = pipeline.process(Frame(planes, "yuv420p"))
+                codec.outbound(result.frame.data)
                 cpu += time.process_time() - start_cpu + codec.decode_cpu
                 wall += time.perf_counter() - start_wall
                 faces = max(faces, result.faces)

@@ -46,6 +46,7 @@ from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
 from realtime.live.capacity import Capacity, given
 from realtime.live.degrade import DegradationController
+from realtime.pipeline.counters import read_counters
 from realtime.pipeline.face_choice import FaceChoice
 from realtime.pipeline.frame import (
     FaceDancerSwap,
@@ -57,6 +58,7 @@ from realtime.pipeline.frame import (
 )
 from realtime.pipeline.masks import MaskSpec
 from realtime.pipeline.profiler import Profiler
+from realtime.pipeline.video import Frame
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +371,9 @@ class RateMeter:
 class SessionPipeline:
     """What a session's worker thread runs: the user's settings and the degradation level applied per frame.
 
-    Duck-types `FramePipeline` for `PipelineWorker` (`process`, `process_yuv420p`, `profiler`, `close`). Settings
-    and the source are read once per frame from `Session`, which the event loop replaces whole (an atomic swap).
+    A `FrameProcessor` for `PipelineWorker` (`process`, `close`), and a `CounterSource` (its pipeline's counters) for
+    the stats. Settings and the source are read once per frame from `Session`, which the event loop replaces whole
+    (an atomic swap).
     """
 
     def __init__(self, session: Session, services: LiveServices) -> None:
@@ -386,11 +389,8 @@ class SessionPipeline:
         self.size: tuple[int, int] | None = None
         self.faces = {"detected": 0, "tracked": 0, "swapped": 0}  # of the latest frame (detected: latest detection)
 
-    def process(self, image: np.ndarray, t: float | None = None) -> FrameResult:
-        return self._run(image, t, yuv=False)
-
-    def process_yuv420p(self, planes: np.ndarray, t: float | None = None) -> FrameResult:
-        return self._run(planes, t, yuv=True)
+    def counters(self) -> dict[str, int]:
+        return self.inner.counters()
 
     @property
     def session(self) -> Session:
@@ -399,7 +399,7 @@ class SessionPipeline:
             raise RuntimeError("the session of this pipeline has ended")
         return session
 
-    def _run(self, image: np.ndarray, t: float | None, yuv: bool) -> FrameResult:
+    def process(self, frame: Frame, t: float | None = None) -> FrameResult:
         session = self.session
         settings = session.settings
         source = self.services.source
@@ -422,9 +422,9 @@ class SessionPipeline:
             self.inner.config = self.controller.apply(settings.pipeline_config())
             self._config_for = (settings, self.controller.level)
         start = time.perf_counter()
-        result = self.inner.process_yuv420p(image, t) if yuv else self.inner.process(image, t)
+        result = self.inner.process(frame, t)
         ms = (time.perf_counter() - start) * 1e3
-        self.size = (image.shape[1], image.shape[0] * 2 // 3 if yuv else image.shape[0])
+        self.size = (frame.width, frame.height)
         self.controller.observe(ms, session.input_rate.rate() or None)
         self.output_rate.tick()
         found = self.faces["detected"] if result.found is None else result.found
@@ -465,9 +465,9 @@ class Session:
 
     def stats(self) -> dict[str, Any]:
         pipeline = self.pipeline
-        snapshot = pipeline.profiler.snapshot() if pipeline else {"stages": {}, "end_to_end": {}, "counters": {}}
+        snapshot = pipeline.profiler.snapshot() if pipeline else {"stages": {}, "end_to_end": {}}
         counters = {k: 0 for k in COUNTERS}
-        counters.update(snapshot.get("counters", {}))
+        counters.update(read_counters(pipeline, getattr(self.link, "worker", None)))
         config = self.settings.pipeline_config()
         degradation = pipeline.controller.state(config) if pipeline else {"level": 0}
         width, height = pipeline.size if pipeline and pipeline.size else (None, None)

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import av
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
@@ -30,20 +29,13 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
+from realtime.live.av_frames import from_av, to_av
 from realtime.live import allocator, dtls_peer, ice, playout
-from realtime.pipeline.frame import FramePipeline
-from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
+from realtime.pipeline.worker import FrameProcessor, PipelineWorker, ProcessedFrame
 
 log = logging.getLogger(__name__)
 
 REPEAT_AFTER_S = 0.5  # how long the outbound track waits for a new processed frame before repeating the last one
-
-
-def frame_array(frame: av.VideoFrame) -> np.ndarray:
-    """Packed yuv420p planes (H * 3 / 2, W) for even-sized yuv420p frames, else (H, W, 3) RGB."""
-    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-        return frame.to_ndarray()
-    return frame.to_ndarray(format="rgb24")
 
 
 async def drain(
@@ -57,8 +49,8 @@ async def drain(
     Decoded WebRTC video is yuv420p: its planes go to the worker as they are (one packed (H * 3 / 2, W) copy, no
     colour conversion on the event loop); the pipeline converts on its device and converts back only the faces'
     boxes, so every other pixel (the glass-to-glass stamp too) leaves bit-identical. Frames in any other format (or
-    with an odd size, which yuv420p cannot pack) go as RGB. The worker gets `pts=(pts, time_base)` as its opaque
-    pts, so the outbound frame can carry both, and the timestamp in seconds for the tracker.
+    with an odd size, which yuv420p cannot pack) go as RGB. Each goes as a typed `Frame` with its pts and time base,
+    which the outbound frame carries (the tracker's timestamp is the pts in seconds).
     Ends without error when the track ends (`MediaStreamError`) or `stop` is set; non-video frames are skipped.
     `on_input` is called for every video frame that arrives (the session's input rate).
     """
@@ -79,9 +71,7 @@ async def drain(
                 continue
             if on_input is not None:
                 on_input()
-            pts, time_base = frame.pts, frame.time_base
-            t = float(pts * time_base) if pts is not None and time_base is not None else None
-            worker.submit(frame_array(frame), pts=(pts, time_base), t=t)
+            worker.submit(from_av(frame))
     finally:  # cancelled or stopped: leave no task behind
         for pending in (receiving, stopped):
             if pending is not None and not pending.done():
@@ -132,20 +122,16 @@ class SwappedVideoTrack(MediaStreamTrack):
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
-                self.worker.pipeline.profiler.count("repeated_frames")
+                self.worker.count_repeat()
                 return self._emit(self.last, repeat=True)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
     def _emit(self, processed: ProcessedFrame, repeat: bool) -> av.VideoFrame:
-        pts, time_base = processed.pts if isinstance(processed.pts, tuple) else (processed.pts, None)
+        out = to_av(processed.frame)
+        pts = out.pts
         if pts is not None and self._last_pts is not None and (repeat or pts <= self._last_pts):
-            pts = self._last_pts + 1  # keep timestamps strictly increasing for the encoder
-        image = processed.image
-        out = av.VideoFrame.from_ndarray(image, format="yuv420p" if image.ndim == 2 else "rgb24")
-        out.pts = pts
-        if time_base is not None:
-            out.time_base = time_base
+            out.pts = pts = self._last_pts + 1  # keep timestamps strictly increasing for the encoder
         self.last, self._last_pts = processed, pts
         return out
 
@@ -166,7 +152,7 @@ class LiveSession:
     def __init__(
         self,
         source: MediaStreamTrack,
-        pipeline: FramePipeline | Any,  # or anything with process/profiler/close, e.g. a session's pipeline
+        pipeline: FrameProcessor,  # a FramePipeline, or a session's pipeline around one
         repeat_after: float = REPEAT_AFTER_S,
         name: str = "dancecam-pipeline",
         on_input: Callable[[], None] | None = None,

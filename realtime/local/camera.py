@@ -19,20 +19,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import av
 import cv2
 import numpy as np
 
 from engines.errors import ConfigError, DanceCamError, MediaError
+from realtime.pipeline.video import Frame
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30.0  # when a camera does not say
 Size = tuple[int, int]  # width, height
-Submit = Callable[[np.ndarray, Any, float], None]  # (RGB frame, pts, capture time in seconds)
+Submit = Callable[[Frame, float], None]  # (rgb24 frame, capture time in seconds)
 
 
 class FrameSource(Protocol):
@@ -293,6 +295,8 @@ class Capture:
                 log.error("the capture thread did not stop within %.1f s", timeout)
 
     def _run(self) -> None:
+        # pts numbers the frames from 0 at the source's nominal rate; the tracker gets the real capture time
+        time_base = 1 / Fraction(self.source.fps).limit_denominator(1001)
         try:
             while not self._stop.is_set():
                 frame = self.source.read()
@@ -303,7 +307,7 @@ class Capture:
                     return
                 if self._stop.is_set():
                     return
-                self.submit(frame, self.frames, time.perf_counter())
+                self.submit(Frame(frame, "rgb24", self.frames, time_base), time.perf_counter())
                 self.frames += 1
                 self.rate.tick()
         except DanceCamError as e:

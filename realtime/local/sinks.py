@@ -86,7 +86,7 @@ class VirtualCameraSink:
 
     def send(self, frame: ProcessedFrame) -> bool:
         try:
-            self._cam.send(_fit(frame.image, self.width, self.height))
+            self._cam.send(_fit(frame.frame.data, self.width, self.height))
         except Exception as e:  # e.g. the loopback module was removed while running
             raise MediaError(f"the virtual camera {self.device} stopped taking frames: {e}") from None
         return True
@@ -123,7 +123,7 @@ class PreviewSink:
             raise MediaError(f"cannot open a preview window ({reason}): {NO_GUI_HINT}") from None
 
     def send(self, frame: ProcessedFrame) -> bool:
-        cv2.imshow(self.title, cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+        cv2.imshow(self.title, cv2.cvtColor(frame.frame.data, cv2.COLOR_RGB2BGR))
         key = cv2.waitKey(1) & 0xFF
         return key not in (27, ord("q")) and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
 

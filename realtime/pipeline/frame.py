@@ -41,6 +41,7 @@ from realtime.pipeline.face_choice import FaceChoice, choose_faces
 from realtime.pipeline.masks import MaskSpec
 from realtime.pipeline.profiler import FrameRecord, Profiler
 from realtime.pipeline.tracking import FaceTracker, Track
+from realtime.pipeline.video import Frame
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class PipelineConfig:
 
 @dataclass(slots=True)
 class FrameResult:
-    frame: np.ndarray  # (H, W, 3) uint8 RGB
+    frame: Frame  # the output: the input's format, pts and time base
     faces: int  # faces swapped (or hidden) in this frame
     fail_closed: bool  # some face of this frame was repeated or hidden instead of swapped
     detected: bool  # whether the detector ran on this frame
@@ -211,36 +212,35 @@ class FramePipeline:
         self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
         self._resolution: tuple[int, int] | None = None
 
-    def process(self, frame: np.ndarray, t: float | None = None) -> FrameResult:
-        """Swap the chosen faces of one (H, W, 3) uint8 RGB frame; `t` is its timestamp in seconds."""
-        return self._process(frame, t, yuv=False)
+    def process(self, frame: Frame, t: float | None = None) -> FrameResult:
+        """Swap the chosen faces of one frame; `t` is its timestamp in seconds for the tracker (default: the frame's
+        pts in seconds, else the clock). The result's frame has the input's format, pts and time base.
 
-    def process_yuv420p(self, planes: np.ndarray, t: float | None = None) -> FrameResult:
-        """The same for packed yuv420p planes, (H * 3 / 2, W) uint8 as PyAV's `to_ndarray()` gives them.
-
-        Conversion happens on the device; only the faces' boxes are converted back, so every other pixel leaves
-        exactly as it came in. The result's `frame` is packed planes of the same shape.
+        A yuv420p frame is converted on the device; only the faces' boxes are converted back, so every other pixel
+        leaves exactly as it came in.
         """
-        if not isinstance(planes, np.ndarray) or planes.dtype != np.uint8 or planes.ndim != 2:
-            raise ValueError("expected packed yuv420p planes: a 2-D uint8 array of shape (H * 3 / 2, W)")
-        rows, width = planes.shape
-        if rows % 3 or (2 * rows // 3) % 2 or width % 2:
-            raise ValueError(f"{planes.shape} is not a yuv420p frame: H * 3 / 2 rows with H and W even")
-        return self._process(planes, t, yuv=True)
+        if not isinstance(frame, Frame):
+            raise TypeError(f"FramePipeline.process takes a realtime.pipeline.video.Frame, got {type(frame).__name__}")
+        return self._process(frame, frame.time if t is None else t)
 
-    def _process(self, frame: np.ndarray, t: float | None, yuv: bool) -> FrameResult:
+    def counters(self) -> dict[str, int]:
+        """This pipeline's event counts (fail-closed frames, detections, swaps...): a copy, for observers."""
+        return self.profiler.counters()
+
+    def _process(self, frame: Frame, t: float | None) -> FrameResult:
         cfg = self.config
+        yuv = frame.format == "yuv420p"
         t = self.clock() if t is None else t
         index = self.frame_index
         self.frame_index += 1
         if not cfg.swap:
-            return FrameResult(np.array(frame, copy=True), 0, False, False, {})
+            return FrameResult(frame.copy(), 0, False, False, {})
         stages: dict[str, float] = {}
         ctx = self.context
         with ctx.activate():  # the profiler's frame events go on the frame's stream too
             record = self.profiler.frame()
             with _stage(record, stages, "upload"):
-                staged = ctx.upload(frame)
+                staged = ctx.upload(frame.data)
             if yuv:
                 with _stage(record, stages, "to_rgb"):
                     planes = _split_planes(staged)
@@ -317,7 +317,7 @@ class FramePipeline:
             self.profiler.count("faces_detected", len(detections))
         self.profiler.count("faces_swapped", len(chosen))
         found = len(detections) if detect else None
-        return FrameResult(out, len(chosen), failed, detect, stages, found, len(tracks))
+        return FrameResult(frame.with_data(out), len(chosen), failed, detect, stages, found, len(tracks))
 
     def _choose(self, tracks: list[Track]) -> list[Track]:
         if not tracks:

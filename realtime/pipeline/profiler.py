@@ -31,7 +31,7 @@ import torch
 
 MAX_PENDING = 64  # finished CUDA frames waiting for their events; more means the GPU is far behind
 EVENT_POOL = 512  # completed CUDA events kept for reuse, so the hot path rarely creates or destroys one
-DEFAULT_COUNTERS = ("dropped_frames", "fail_closed")  # always present, so a dashboard shows 0 rather than nothing
+DEFAULT_COUNTERS = ("fail_closed",)  # always present, so a dashboard shows 0 rather than nothing (drops: the worker)
 PERCENTILES = (50, 95, 99)
 
 Clock = Callable[[], float]
@@ -174,6 +174,11 @@ class Profiler:
             raise ValueError(f"counter {name!r}: add a whole number >= 0, got {n!r}")
         with self._lock:
             self._counters[name] = self._counters.get(name, 0) + n
+
+    def counters(self) -> dict[str, int]:
+        """A copy of the counters (the `CounterSource` observers read), without computing any percentile."""
+        with self._lock:
+            return dict(self._counters)
 
     def reset(self) -> None:
         """Forget everything; frames started before the reset are ignored when they finish."""

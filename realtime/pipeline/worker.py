@@ -8,6 +8,8 @@ Fail closed across time: the consumer only ever sees processed frames. When proc
 the last processed frame again (counted as a repeat); before the first processed frame it gets nothing. A frame the
 pipeline cannot process at all (an error outside the swap, which the pipeline already handles) is not emitted;
 the error is logged and counted and the worker goes on with the next frame.
+
+The worker owns its counters (`WORKER_COUNTERS`); observers read them with `counters()`, next to the pipeline's own.
 """
 
 from __future__ import annotations
@@ -18,15 +20,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-import numpy as np
-
-from realtime.pipeline.frame import FramePipeline, FrameResult
+from realtime.pipeline.counters import Counters
+from realtime.pipeline.frame import FrameResult
+from realtime.pipeline.video import Frame
 
 log = logging.getLogger(__name__)
 BROKEN_AFTER = 30  # frames in a row the pipeline raised on before its users give up (a second at 30 fps)
 T = TypeVar("T")
+WORKER_COUNTERS = ("dropped_frames", "repeated_frames", "pipeline_errors")
+
+
+class FrameProcessor(Protocol):
+    """What the worker runs: a `FramePipeline`, or a session's wrapper around one (a `CounterSource` too)."""
+
+    def process(self, frame: Frame, t: float | None = None) -> FrameResult: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 class Mailbox(Generic[T]):
@@ -66,16 +79,14 @@ class Mailbox(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class InputFrame:
-    image: np.ndarray  # (H, W, 3) uint8 RGB, or packed yuv420p planes (H * 3 / 2, W)
-    pts: Any  # carried through untouched (an int with a time base, in practice)
+    frame: Frame  # its pts and time base are carried through untouched
     t: float  # capture time in seconds, for the tracker
     submitted: float  # perf_counter at submission, for latency
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessedFrame:
-    image: np.ndarray
-    pts: Any
+    frame: Frame  # the swapped frame: the input's format, pts and time base
     sequence: int  # counts processed frames: a consumer sees whether it got a new one
     latency_ms: float  # submission to the end of processing
     result: FrameResult
@@ -86,7 +97,7 @@ class PipelineWorker:
 
     def __init__(
         self,
-        pipeline: FramePipeline,
+        pipeline: FrameProcessor,
         on_frame: Callable[[ProcessedFrame], None] | None = None,
         name: str = "dancecam-pipeline",
     ) -> None:
@@ -98,6 +109,7 @@ class PipelineWorker:
         self._sequence = 0
         self._consumed = 0
         self.errors = 0
+        self._counts = Counters(WORKER_COUNTERS)
         self.consecutive_errors = 0  # frames in a row the pipeline raised on: a broken device fails every one
         self.last_error = ""
         self.latencies: deque[float] = deque(maxlen=300)  # submission to processed, ms: the server's share of latency
@@ -114,11 +126,24 @@ class PipelineWorker:
         self._started = True
         return self
 
-    def submit(self, image: np.ndarray, pts: Any = None, t: float | None = None) -> None:
-        """Hand a frame to the worker; a frame still waiting is replaced and counted as dropped."""
+    def submit(self, frame: Frame, t: float | None = None) -> None:
+        """Hand a frame to the worker; a frame still waiting is replaced and counted as dropped. `t`: its capture
+        time in seconds for the tracker (default: its pts in seconds, else now)."""
+        if not isinstance(frame, Frame):
+            raise TypeError(f"submit takes a realtime.pipeline.video.Frame, got {type(frame).__name__}")
         now = time.perf_counter()
-        if self._mailbox.put(InputFrame(image, pts, now if t is None else t, now)):
-            self.pipeline.profiler.count("dropped_frames")
+        if t is None:
+            t = frame.time
+        if self._mailbox.put(InputFrame(frame, now if t is None else t, now)):
+            self._counts.add("dropped_frames")
+
+    def counters(self) -> dict[str, int]:
+        """Frames dropped, repeated and failed so far (a copy, for observers such as stats and metrics)."""
+        return self._counts.counters()
+
+    def count_repeat(self) -> None:
+        """A consumer that keeps its own last frame (an outbound track) showed it again: counted here."""
+        self._counts.add("repeated_frames")
 
     def latest(self) -> ProcessedFrame | None:
         """The newest processed frame (None before the first); a frame handed out twice counts as a repeat."""
@@ -126,7 +151,7 @@ class PipelineWorker:
             frame = self._latest
             if frame is not None:
                 if frame.sequence == self._consumed:
-                    self.pipeline.profiler.count("repeated_frames")
+                    self._counts.add("repeated_frames")
                 self._consumed = frame.sequence
             return frame
 
@@ -156,15 +181,12 @@ class PipelineWorker:
     def _run(self) -> None:
         while (item := self._mailbox.get()) is not None:
             try:
-                if item.image.ndim == 2:  # packed yuv420p planes, as decoded video arrives
-                    result = self.pipeline.process_yuv420p(item.image, item.t)
-                else:
-                    result = self.pipeline.process(item.image, item.t)
+                result = self.pipeline.process(item.frame, item.t)
             except Exception as e:  # one bad frame must not end the session; it is not emitted (fail closed)
                 self.errors += 1
                 self.consecutive_errors += 1
                 self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                self.pipeline.profiler.count("pipeline_errors")
+                self._counts.add("pipeline_errors")
                 if self.consecutive_errors <= 3:  # a broken device would fill the log at the frame rate
                     log.exception("frame dropped: the pipeline failed on it")
                 continue
@@ -173,7 +195,7 @@ class PipelineWorker:
             self.latencies.append(latency)
             with self._lock:
                 self._sequence += 1
-                processed = ProcessedFrame(result.frame, item.pts, self._sequence, latency, result)
+                processed = ProcessedFrame(result.frame, self._sequence, latency, result)
                 self._latest = processed
             if self.on_frame is not None:
                 try:

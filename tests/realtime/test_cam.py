@@ -144,10 +144,10 @@ class Ending:
 
 def test_capture_submits_every_frame_and_says_when_the_camera_stops() -> None:
     got: list[object] = []
-    capture = Capture(Ending(3), lambda image, pts, t: got.append(pts)).start()
+    capture = Capture(Ending(3), lambda frame, t: got.append((frame.format, frame.pts))).start()
     assert capture.stopped.wait(5)
     capture.stop()
-    assert got == [0, 1, 2]
+    assert got == [("rgb24", 0), ("rgb24", 1), ("rgb24", 2)]
     assert capture.error is not None
     assert "test camera stopped delivering frames" in str(capture.error)
 
@@ -207,18 +207,18 @@ def test_live_loop_end_to_end(
 
     raw = probe(clip).frames
     sequences = [f.sequence for f in sink.frames]
-    pts = [f.pts for f in sink.frames]
+    pts = [f.frame.pts for f in sink.frames]
     assert sequences == sorted(sequences)  # in order (a repeat keeps its place)
     assert pts == sorted(pts)
     assert len(set(sequences)) >= 2  # new frames, not one frame repeated
     for frame in sink.frames:
         assert frame.result.faces == 1  # every frame went through the pipeline, the face swapped
-        original = raw[frame.pts % CLIP_FRAMES]  # capture numbers frames from 0; the clip loops
-        assert frame.image.shape == original.shape
-        changed = np.any(frame.image != original, axis=2)
+        original = raw[frame.frame.pts % CLIP_FRAMES]  # capture numbers frames from 0; the clip loops
+        assert frame.frame.data.shape == original.shape
+        changed = np.any(frame.frame.data != original, axis=2)
         assert changed.any()  # the face region was pasted back...
         assert not changed[:20].any()  # ...and nothing else was touched
-        assert np.abs(frame.image.astype(int) - original).mean() < 5  # identity engine: the same face back
+        assert np.abs(frame.frame.data.astype(int) - original).mean() < 5  # identity engine: the same face back
 
     captured = capsys.readouterr()
     if stop_with == "ctrl-c":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -28,7 +29,16 @@ from realtime.pipeline.frame import (
     pixelate,
 )
 from realtime.pipeline.masks import build_mask
+from realtime.pipeline.video import Frame
 from tests import faces
+
+
+def rgb24(image: np.ndarray) -> Frame:
+    return Frame(image, "rgb24")
+
+
+def yuv420p(planes: np.ndarray) -> Frame:
+    return Frame(planes, "yuv420p")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,7 @@ def test_identity_engine_round_trip(
     """Detect → track → align → identity → paste reproduces the frame within 2 grey levels inside every mask."""
     frame, placed = multi_face_frame
     h, w = frame.shape[:2]
-    result = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1)).process(frame, 0.0)
+    result = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1)).process(rgb24(frame), 0.0)
     assert result.detected
     assert result.faces >= 3
     assert not result.fail_closed
@@ -60,7 +70,7 @@ def test_identity_engine_round_trip(
         if not face.inside:
             continue
         inside = alpha > 0.5
-        mae = np.abs(result.frame[inside].astype(np.float32) - frame[inside].astype(np.float32)).mean()
+        mae = np.abs(result.frame.data[inside].astype(np.float32) - frame[inside].astype(np.float32)).mean()
         assert mae < 2.0
     assert set(result.stages_ms) >= {"detect", "track", "align", "swap", "paste"}
 
@@ -69,10 +79,10 @@ def test_random_facedancer_changes_faces_and_nothing_else(detector: MTCNN, astro
     torch.manual_seed(0)
     model = FaceDancer(FaceDancerConfig(widths=(4, 8, 8, 16, 16, 16, 16), mapping_width=16)).eval()
     engine = FaceDancerSwap(model, torch.randn(512))
-    result = FramePipeline(detector, engine).process(astronaut, 0.0)
+    result = FramePipeline(detector, engine).process(rgb24(astronaut), 0.0)
     assert result.faces == 1
     (alpha,) = _alphas([faces.PlacedFace(faces.ASTRONAUT_BOX, faces.ASTRONAUT_LANDMARKS, 1.0, 1.0)], 512, 512)
-    changed = np.abs(result.frame.astype(np.int16) - astronaut.astype(np.int16)).max(axis=2)
+    changed = np.abs(result.frame.data.astype(np.int16) - astronaut.astype(np.int16)).max(axis=2)
     assert changed[alpha > 0.9].mean() > 10  # the face is replaced
     assert changed[alpha == 0].max() == 0  # nothing outside the mask moves
 
@@ -101,13 +111,13 @@ def test_fail_closed_never_shows_the_real_face(detector: MTCNN) -> None:
     pipe = FramePipeline(detector, engine, PipelineConfig(detect_every=2))
     flags = []
     for k in range(6):
-        result = pipe.process(frame, k / 30)
+        result = pipe.process(rgb24(frame), k / 30)
         flags.append(result.fail_closed)
         for face, alpha in zip(placed, alphas, strict=True):
             if face.inside:
                 inside = alpha > 0.9
                 # every frame shows the swapped (white) face: the last good swap stands in for a failed one
-                assert result.frame[inside].mean() > 240, (k, face.box)
+                assert result.frame.data[inside].mean() > 240, (k, face.box)
     assert flags == [False, True, False, True, True, False]
     assert pipe.fail_closed_events == 3
 
@@ -115,18 +125,18 @@ def test_fail_closed_never_shows_the_real_face(detector: MTCNN) -> None:
 def test_a_first_failure_pixelates_the_face(detector: MTCNN, astronaut: np.ndarray) -> None:
     """No earlier swap to repeat: the face region is replaced by its own pixelated crop, pasted with the mask."""
     pipe = FramePipeline(detector, FlakyEngine(raise_on={0}, nan_on=set()))
-    result = pipe.process(astronaut, 0.0)
+    result = pipe.process(rgb24(astronaut), 0.0)
     assert result.fail_closed
     assert pipe.fail_closed_events == 1
     (track,) = pipe.tracker.tracks
     m = estimate_norm(torch.tensor(track.landmarks[None], dtype=torch.float64), 256).numpy()
     crops = torch.from_numpy(warp_cpu.align_faces(astronaut, m, 256))
     expected = warp_cpu.paste_faces(astronaut.copy(), pixelate(crops).numpy(), m, build_mask(256))
-    assert np.abs(result.frame.astype(np.int16) - expected.astype(np.int16)).max() <= 1
+    assert np.abs(result.frame.data.astype(np.int16) - expected.astype(np.int16)).max() <= 1
     (alpha,) = _alphas([faces.PlacedFace(faces.ASTRONAUT_BOX, faces.ASTRONAUT_LANDMARKS, 1.0, 1.0)], 512, 512)
     inside = alpha > 0.99
     # the real face is gone: eyes, nose and mouth differ by far more than any codec or blending error
-    assert np.abs(result.frame[inside].astype(np.float32) - astronaut[inside].astype(np.float32)).mean() > 15
+    assert np.abs(result.frame.data[inside].astype(np.float32) - astronaut[inside].astype(np.float32)).mean() > 15
 
 
 def test_pixelate_keeps_colour_and_removes_detail() -> None:
@@ -141,8 +151,8 @@ def test_pixelate_keeps_colour_and_removes_detail() -> None:
 
 
 def test_swap_off_is_a_passthrough(detector: MTCNN, astronaut: np.ndarray) -> None:
-    result = FramePipeline(detector, IdentitySwap(), PipelineConfig(swap=False)).process(astronaut, 0.0)
-    assert np.array_equal(result.frame, astronaut)
+    result = FramePipeline(detector, IdentitySwap(), PipelineConfig(swap=False)).process(rgb24(astronaut), 0.0)
+    assert np.array_equal(result.frame.data, astronaut)
     assert not result.detected
 
 
@@ -157,7 +167,7 @@ def test_detection_runs_every_n_frames_and_tracking_carries_between(detector: MT
             return detector(image)
 
     pipe = FramePipeline(Counting(), IdentitySwap(), PipelineConfig(detect_every=5))
-    results = [pipe.process(astronaut, k / 30) for k in range(10)]
+    results = [pipe.process(rgb24(astronaut), k / 30) for k in range(10)]
     assert len(calls) == 2
     assert [r.detected for r in results] == [True, False, False, False, False, True, False, False, False, False]
     assert all(r.faces == 1 for r in results)
@@ -174,7 +184,7 @@ def test_only_the_face_that_failed_stands_in(detector: MTCNN) -> None:
             return out
 
     pipe = FramePipeline(detector, OneBad(), PipelineConfig(detect_every=1))
-    result = pipe.process(frame, 0.0)
+    result = pipe.process(rgb24(frame), 0.0)
     assert result.fail_closed
     assert pipe.fail_closed_events == 1
     chosen = choose_faces(np.stack([tr.box for tr in pipe.tracker.tracks]), pipe.config.choice)
@@ -182,7 +192,7 @@ def test_only_the_face_that_failed_stands_in(detector: MTCNN) -> None:
     lm = torch.tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
     for k, m in enumerate(estimate_norm(lm, 256).numpy()):
         alpha = cv2.warpAffine(build_mask(256), m, (640, 480), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-        region = result.frame[alpha > 0.99]
+        region = result.frame.data[alpha > 0.99]
         if len(region) == 0:
             continue
         white = region.min() > 250
@@ -199,9 +209,9 @@ def test_reference_mode_swaps_only_the_reference_person(detector: MTCNN, astrona
     white = FlakyEngine(raise_on=set(), nan_on=set())
     for reference, expect in [(me, 1), (someone_else, 0)]:
         config = PipelineConfig(choice=FaceChoice(mode="reference", reference=reference, threshold=0.8))
-        result = FramePipeline(detector, white, config, embedder=embedder).process(astronaut, 0.0)
+        result = FramePipeline(detector, white, config, embedder=embedder).process(rgb24(astronaut), 0.0)
         assert result.faces == expect
-        assert np.array_equal(result.frame, astronaut) == (expect == 0)
+        assert np.array_equal(result.frame.data, astronaut) == (expect == 0)
 
 
 def test_reference_mode_without_arcface_is_a_config_error(detector: MTCNN) -> None:
@@ -218,31 +228,32 @@ def test_colour_transfer_gives_the_swap_the_target_lighting(detector: MTCNN, ast
         def __call__(self, crops: torch.Tensor) -> torch.Tensor:
             return crops * 0.5 - 0.5
 
-    plain = FramePipeline(detector, Darker()).process(astronaut, 0.0).frame
-    matched = FramePipeline(detector, Darker(), PipelineConfig(colour_transfer=True)).process(astronaut, 0.0).frame
+    plain = FramePipeline(detector, Darker()).process(rgb24(astronaut), 0.0).frame.data
+    matched_pipe = FramePipeline(detector, Darker(), PipelineConfig(colour_transfer=True))
+    matched = matched_pipe.process(rgb24(astronaut), 0.0).frame.data
     target = astronaut[inside].astype(np.float32).mean()
     assert abs(matched[inside].astype(np.float32).mean() - target) < 0.25 * abs(plain[inside].mean() - target)
     # with the identity engine the transfer has nothing to correct
-    same = FramePipeline(detector, IdentitySwap(), PipelineConfig(colour_transfer=True)).process(astronaut, 0.0)
-    assert np.abs(same.frame[inside].astype(np.float32) - astronaut[inside]).mean() < 2.0
+    same = FramePipeline(detector, IdentitySwap(), PipelineConfig(colour_transfer=True)).process(rgb24(astronaut), 0.0)
+    assert np.abs(same.frame.data[inside].astype(np.float32) - astronaut[inside]).mean() < 2.0
     assert "colour" in same.stages_ms
 
 
 def test_a_new_resolution_starts_tracking_afresh(detector: MTCNN, astronaut: np.ndarray) -> None:
     pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=30))
-    assert pipe.process(astronaut, 0.0).detected
-    assert not pipe.process(astronaut, 1 / 30).detected
+    assert pipe.process(rgb24(astronaut), 0.0).detected
+    assert not pipe.process(rgb24(astronaut), 1 / 30).detected
     small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
-    result = pipe.process(small, 2 / 30)
+    result = pipe.process(rgb24(small), 2 / 30)
     assert result.detected  # old positions mean nothing at the new size
-    assert result.frame.shape == small.shape
+    assert result.frame.data.shape == small.shape
     assert pipe.context.reallocations == 2
 
 
 def test_profiler_sees_every_stage(detector: MTCNN, astronaut: np.ndarray) -> None:
     pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=2, colour_transfer=True))
     for k in range(4):
-        pipe.process(astronaut, k / 30)
+        pipe.process(rgb24(astronaut), k / 30)
     snap = pipe.profiler.snapshot()
     assert snap["frames"] == 4
     assert set(snap["stages"]) == {"upload", "detect", "track", "align", "swap", "colour", "paste", "download"}
@@ -273,7 +284,7 @@ def test_cuda_pipeline_matches_the_cpu_pipeline(multi_face_frame: tuple[np.ndarr
         pipe = FramePipeline(
             Fixed(device), IdentitySwap(), PipelineConfig(detect_every=1), context=DeviceContext(device)
         )
-        outs.append([pipe.process(frame, k / 30).frame for k in range(3)])
+        outs.append([pipe.process(rgb24(frame), k / 30).frame.data for k in range(3)])
         assert pipe.fail_closed_events == 0
     for cpu_out, gpu_out in zip(*outs, strict=True):
         d = np.abs(cpu_out.astype(np.int16) - gpu_out.astype(np.int16))
@@ -292,10 +303,10 @@ def test_yuv420p_frames_round_trip_and_only_face_boxes_change(detector: MTCNN) -
     frame, placed = faces.compose_faces(640, 480)
     planes = _yuv(frame)
     pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1))
-    result = pipe.process_yuv420p(planes, 0.0)
+    result = pipe.process(yuv420p(planes), 0.0)
     assert result.faces >= 3
-    assert result.frame.shape == planes.shape
-    assert result.frame.dtype == np.uint8
+    assert result.frame.data.shape == planes.shape
+    assert result.frame.data.dtype == np.uint8
     assert {"to_rgb", "to_yuv"} <= set(result.stages_ms)
     # outside every face's box the planes are bit-identical
     lm = torch.tensor(np.stack([tr.landmarks for tr in pipe.tracker.tracks]), dtype=torch.float64)
@@ -304,11 +315,11 @@ def test_yuv420p_frames_round_trip_and_only_face_boxes_change(detector: MTCNN) -
         box = warp_cpu.face_box(m, 256, 640, 480)
         if box is not None:
             touched[max(0, box[1] - 2) : box[3] + 2, max(0, box[0] - 2) : box[2] + 2] = True
-    assert np.array_equal(result.frame[:480][~touched], planes[:480][~touched])
+    assert np.array_equal(result.frame.data[:480][~touched], planes[:480][~touched])
     # and inside the faces the picture is the same within the identity round trip's tolerance
     import av
 
-    out_rgb = av.VideoFrame.from_ndarray(result.frame, format="yuv420p").to_ndarray(format="rgb24")
+    out_rgb = av.VideoFrame.from_ndarray(result.frame.data, format="yuv420p").to_ndarray(format="rgb24")
     in_rgb = av.VideoFrame.from_ndarray(planes, format="yuv420p").to_ndarray(format="rgb24")
     for face, alpha in zip(placed, _alphas(placed, 640, 480), strict=True):
         if face.inside:
@@ -333,7 +344,7 @@ def test_yuv420p_keeps_every_sample_the_paste_left_alone(detector: MTCNN) -> Non
     frame, _ = faces.compose_faces(640, 480)
     planes = _yuv(frame)
     probe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1))
-    probe.process_yuv420p(planes, 0.0)
+    probe.process(yuv420p(planes), 0.0)
     untouched = _frame_alphas(probe, 640, 480) == 0
     boxes = np.zeros((480, 640), bool)
     for tr in probe.tracker.tracks:
@@ -346,33 +357,45 @@ def test_yuv420p_keeps_every_sample_the_paste_left_alone(detector: MTCNN) -> Non
     chroma[:, ::7, ::5] = 250  # saturated samples sprinkled everywhere
 
     pipe = FramePipeline(detector, FlakyEngine(set(), set()), PipelineConfig(detect_every=1))
-    result = pipe.process_yuv420p(planes, 0.0)
+    result = pipe.process(yuv420p(planes), 0.0)
     assert result.faces >= 3
     alpha = _frame_alphas(pipe, 640, 480)
     still = alpha == 0
-    assert np.array_equal(result.frame[:480][still], planes[:480][still])  # luma the paste left alone
+    assert np.array_equal(result.frame.data[:480][still], planes[:480][still])  # luma the paste left alone
     # a chroma sample keeps its value when no pixel of its (1, 3, 3, 1) x (1, 1) support changed
     support = torch.from_numpy(~still)[None, None].float()
     support = torch.nn.functional.max_pool2d(support, kernel_size=(4, 2), stride=2, padding=(1, 0))[0, 0] > 0
     keep = ~support.numpy()
-    out_uv = result.frame[480:].reshape(2, 240, 320)
+    out_uv = result.frame.data[480:].reshape(2, 240, 320)
     in_uv = planes[480:].reshape(2, 240, 320)
     assert np.array_equal(out_uv[:, keep], in_uv[:, keep])
-    assert result.frame[:480][alpha > 0.99].min() > 230  # and the faces were swapped (white)
+    assert result.frame.data[:480][alpha > 0.99].min() > 230  # and the faces were swapped (white)
 
 
 def test_yuv420p_swap_changes_the_face(detector: MTCNN, astronaut: np.ndarray) -> None:
-    result = FramePipeline(detector, FlakyEngine(set(), set())).process_yuv420p(_yuv(astronaut), 0.0)
+    result = FramePipeline(detector, FlakyEngine(set(), set())).process(yuv420p(_yuv(astronaut)), 0.0)
     assert result.faces == 1
     (alpha,) = _alphas([faces.PlacedFace(faces.ASTRONAUT_BOX, faces.ASTRONAUT_LANDMARKS, 1.0, 1.0)], 512, 512)
-    luma = result.frame[:512]
+    luma = result.frame.data[:512]
     assert luma[alpha > 0.99].min() > 230  # white face (Y of white is 235)
 
 
-@pytest.mark.parametrize("shape", [(722, 640), (721, 640), (720, 641), (720, 640, 3)])
-def test_yuv420p_rejects_what_is_not_packed_planes(detector: MTCNN, shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match="yuv420p"):
-        FramePipeline(detector, IdentitySwap()).process_yuv420p(np.zeros(shape, np.uint8), 0.0)
+def test_the_pipeline_takes_typed_frames_only(detector: MTCNN, astronaut: np.ndarray) -> None:
+    with pytest.raises(TypeError, match="Frame"):
+        FramePipeline(detector, IdentitySwap()).process(astronaut, 0.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("swap", [True, False])
+@pytest.mark.parametrize("fmt", ["rgb24", "yuv420p"])
+def test_the_output_frame_keeps_the_inputs_format_pts_and_time_base(
+    detector: MTCNN, astronaut: np.ndarray, swap: bool, fmt: str
+) -> None:
+    data = astronaut if fmt == "rgb24" else _yuv(astronaut)
+    frame = Frame(data, fmt, 123_456, Fraction(1, 90_000))  # type: ignore[arg-type]
+    result = FramePipeline(detector, IdentitySwap(), PipelineConfig(swap=swap)).process(frame)
+    out = result.frame
+    assert (out.format, out.pts, out.time_base, out.data.shape) == (fmt, 123_456, Fraction(1, 90_000), data.shape)
+    assert out.data is not data  # the caller's pixels are never written
 
 
 def test_detection_at_half_resolution_finds_the_same_face(detector: MTCNN, astronaut: np.ndarray) -> None:
@@ -389,7 +412,7 @@ def test_detection_at_half_resolution_finds_the_same_face(detector: MTCNN, astro
     assert np.abs(half.landmarks[0].numpy() - faces.ASTRONAUT_LANDMARKS).max() < 3.5
     # through the pipeline: the tracked face is where the full-resolution detector puts it
     pipe = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_scale=0.5))
-    result = pipe.process(astronaut, 0.0)
+    result = pipe.process(rgb24(astronaut), 0.0)
     assert result.detected
     assert result.faces == 1
     (track,) = pipe.tracker.tracks
@@ -438,11 +461,11 @@ def test_detection_scale_out_of_range_is_a_config_error(scale: float) -> None:
 def test_faces_are_counted_detected_tracked_and_swapped(detector: MTCNN) -> None:
     frame, _ = faces.compose_faces(1280, 720)
     pipeline = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=3, choice=FaceChoice("all", 2)))
-    first = pipeline.process(frame, 0.0)
+    first = pipeline.process(rgb24(frame), 0.0)
     found = len(detector(torch.from_numpy(frame)))
     assert found >= 3
     assert (first.found, first.tracked, first.faces) == (found, found, 2)  # at most 2 swapped
-    second = pipeline.process(frame, 1 / 30)  # between detections: nothing found, all still tracked
+    second = pipeline.process(rgb24(frame), 1 / 30)  # between detections: nothing found, all still tracked
     assert second.found is None
     assert (second.tracked, second.faces) == (found, 2)
     counters = pipeline.profiler.snapshot()["counters"]
@@ -460,10 +483,10 @@ def test_draw_boxes_outlines_every_tracked_face(detector: MTCNN, yuv: bool) -> N
     packed = torch.cat([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(720, 640).numpy()
     config = PipelineConfig(detect_every=1, choice=FaceChoice("largest", 1), draw_boxes=True)
     pipeline = FramePipeline(detector, IdentitySwap(), config)
-    result = pipeline.process_yuv420p(packed, 0.0) if yuv else pipeline.process(frame, 0.0)
+    result = pipeline.process(yuv420p(packed), 0.0) if yuv else pipeline.process(rgb24(frame), 0.0)
     assert result.tracked >= 2
     assert result.faces == 1
-    out = result.frame
+    out = result.frame.data
     if yuv:
         planes = torch.from_numpy(out).reshape(-1).split([640 * 480, 320 * 240, 320 * 240])
         out = yuv420p_to_rgb(planes[0].view(480, 640), planes[1].view(240, 320), planes[2].view(240, 320)).numpy()
@@ -481,7 +504,7 @@ def test_draw_boxes_outlines_every_tracked_face(detector: MTCNN, yuv: bool) -> N
 
 def test_boxes_are_not_drawn_unless_asked(detector: MTCNN) -> None:
     frame, _ = faces.compose_faces(640, 480)
-    out = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1)).process(frame, 0.0).frame
+    out = FramePipeline(detector, IdentitySwap(), PipelineConfig(detect_every=1)).process(rgb24(frame), 0.0).frame.data
     from realtime.pipeline import draw
 
     assert not (np.abs(out.astype(int) - draw.SWAPPED_RGB).max(-1) == 0).any()

@@ -21,7 +21,7 @@ from engines.mtcnn import MTCNN
 from realtime.live.transport import LiveSession, MarkerJitterBuffer, SwappedVideoTrack, decode_on_marker, drain
 from realtime.pipeline.frame import FramePipeline, PipelineConfig
 from realtime.pipeline.masks import build_mask
-from realtime.pipeline.profiler import Profiler
+from realtime.pipeline.video import Frame
 from tests import faces
 
 TIME_BASE = Fraction(1, 90000)
@@ -135,7 +135,7 @@ async def test_overload_drops_frames_never_shows_a_face_and_keeps_latency_bounde
         await asyncio.sleep(0.3)  # let the last submitted frame finish
     finally:
         await session.close()
-    counters = pipeline.profiler.snapshot()["counters"]
+    counters = session.worker.counters()
     submitted = len(camera.sent)
     assert submitted == 60  # the drain kept up with the camera: nothing waited in aiortc's queue
     processed = max(p.sequence for _, p in returned)
@@ -159,21 +159,24 @@ class Recorder:
     """A stand-in worker for the transport pieces that need no pipeline."""
 
     def __init__(self) -> None:
-        self.submitted: list[tuple[object, float | None]] = []
+        self.submitted: list[tuple[object, object, float | None]] = []
         self.on_frame = None
-        self.pipeline = type("P", (), {"profiler": Profiler("cpu")})()
+        self.repeats = 0
 
-    def submit(self, image: np.ndarray, pts: object = None, t: float | None = None) -> None:
-        assert image.dtype == np.uint8
-        assert image.shape == (72, 64)  # decoded video goes on as packed yuv420p planes
-        self.submitted.append((pts, t))
+    def submit(self, frame: Frame, t: float | None = None) -> None:
+        assert frame.format == "yuv420p"  # decoded video goes on as packed yuv420p planes
+        assert frame.data.shape == (72, 64)
+        self.submitted.append((frame.pts, frame.time_base, frame.time if t is None else t))
+
+    def count_repeat(self) -> None:
+        self.repeats += 1
 
 
 async def test_a_vanished_input_ends_the_drain_cleanly() -> None:
     camera = FakeCamera(np.zeros((48, 64, 3), np.uint8), frames=3, fps=1000)
     worker = Recorder()
     await asyncio.wait_for(drain(camera, worker), 5)  # type: ignore[arg-type]
-    assert worker.submitted == [((k * TICKS, TIME_BASE), k * TICKS / 90000) for k in range(3)]
+    assert worker.submitted == [(k * TICKS, TIME_BASE, k * TICKS / 90000) for k in range(3)]
     assert camera.readyState == "ended"
 
 

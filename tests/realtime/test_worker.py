@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from engines.align import estimate_norm
 from engines.mtcnn import MTCNN
 from realtime.pipeline.frame import FramePipeline, PipelineConfig
 from realtime.pipeline.masks import build_mask
+from realtime.pipeline.video import Frame
 from realtime.pipeline.worker import Mailbox, PipelineWorker
 from tests import faces
 
@@ -81,7 +83,7 @@ def test_late_and_failed_swaps_never_show_the_real_face(detector: MTCNN) -> None
     seen = []
     try:
         for k in range(24):
-            worker.submit(frame, pts=k, t=k / 30)
+            worker.submit(Frame(frame, "rgb24", k), t=k / 30)
             time.sleep(1 / 30)
             out = worker.latest()
             if out is not None:
@@ -94,12 +96,13 @@ def test_late_and_failed_swaps_never_show_the_real_face(detector: MTCNN) -> None
     assert seen, "no frame was processed"
     for out in seen:
         for region in regions:
-            assert out.image[region].min() > 200, f"frame pts={out.pts} shows an unswapped face"
-    counters = worker.pipeline.profiler.snapshot()["counters"]
-    assert counters.get("repeated_frames", 0) > 0  # the late swaps made the consumer repeat
-    assert counters.get("dropped_frames", 0) > 0  # and frames were dropped, not queued
+            assert out.frame.data[region].min() > 200, f"frame pts={out.frame.pts} shows an unswapped face"
+    counters = worker.counters()
+    assert counters["repeated_frames"] > 0  # the late swaps made the consumer repeat
+    assert counters["dropped_frames"] > 0  # and frames were dropped, not queued
+    assert "dropped_frames" not in worker.pipeline.counters()  # the worker's own counts, not the pipeline's
     assert worker.pipeline.fail_closed_events >= 1  # the failed call was hidden or repeated, and counted
-    assert [o.pts for o in seen] == sorted(o.pts for o in seen)  # pts stay with their frames
+    assert [o.frame.pts for o in seen] == sorted(o.frame.pts for o in seen)  # pts stay with their frames
 
 
 def test_overload_drops_frames_instead_of_queueing(detector: MTCNN) -> None:
@@ -108,14 +111,14 @@ def test_overload_drops_frames_instead_of_queueing(detector: MTCNN) -> None:
     engine = Painter(delay_s=0.05, slow_on=frozenset(range(1000)))
     worker = PipelineWorker(FramePipeline(detector, engine, PipelineConfig(detect_every=10))).start()
     processed: list[int] = []
-    worker.on_frame = lambda f: processed.append(f.pts)
+    worker.on_frame = lambda f: processed.append(f.frame.pts)
     for k in range(40):
-        worker.submit(frame, pts=k, t=k / 100)
+        worker.submit(Frame(frame, "rgb24", k), t=k / 100)
         time.sleep(0.005)
     worker.wait(after=0, timeout=10)
     time.sleep(0.3)
     worker.stop()
-    dropped = worker.pipeline.profiler.snapshot()["counters"].get("dropped_frames", 0)
+    dropped = worker.counters()["dropped_frames"]
     assert dropped > 10
     assert len(processed) + dropped in (40, 39)
     assert processed == sorted(processed)
@@ -134,14 +137,36 @@ def test_a_pipeline_error_is_counted_and_the_worker_goes_on(detector: MTCNN, ast
 
     worker = PipelineWorker(FramePipeline(Flaky(), Painter(), PipelineConfig(detect_every=1))).start()
     try:
-        worker.submit(astronaut, pts=0)
+        worker.submit(Frame(astronaut, "rgb24", 0))
         time.sleep(0.5)
         assert worker.latest() is None  # the failed frame is not emitted, raw or otherwise
-        worker.submit(astronaut, pts=1)
+        worker.submit(Frame(astronaut, "rgb24", 1))
         out = worker.wait(after=0, timeout=10)
     finally:
         worker.stop()
     assert out is not None
-    assert out.pts == 1
+    assert out.frame.pts == 1
     assert worker.errors == 1
-    assert worker.pipeline.profiler.snapshot()["counters"]["pipeline_errors"] == 1
+    assert worker.counters() == {"dropped_frames": 0, "repeated_frames": 0, "pipeline_errors": 1}
+
+
+def test_the_worker_takes_typed_frames_and_carries_their_time_base(detector: MTCNN, astronaut: np.ndarray) -> None:
+    worker = PipelineWorker(FramePipeline(detector, Painter(), PipelineConfig(swap=False)))
+    with pytest.raises(TypeError, match="Frame"):
+        worker.submit(astronaut)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        worker.submit(Frame(astronaut, "rgb24", 3003, Fraction(1, 90_000)))
+        out = worker.wait(after=0, timeout=10)
+    finally:
+        worker.stop()
+    assert out is not None
+    assert (out.frame.format, out.frame.pts, out.frame.time_base) == ("rgb24", 3003, Fraction(1, 90_000))
+
+
+def test_a_consumer_reports_its_repeats_to_the_worker(detector: MTCNN) -> None:
+    worker = PipelineWorker(FramePipeline(detector, Painter()))
+    worker.count_repeat()
+    worker.count_repeat()
+    assert worker.counters()["repeated_frames"] == 2
+    assert worker.pipeline.counters().get("repeated_frames") is None
