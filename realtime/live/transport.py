@@ -29,8 +29,8 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from engines.errors import SignallingError
-from realtime.live.av_frames import from_av, to_av
 from realtime.live import allocator, dtls_peer, ice, playout
+from realtime.live.av_frames import from_av, to_av
 from realtime.pipeline.worker import FrameProcessor, PipelineWorker, ProcessedFrame
 
 log = logging.getLogger(__name__)
