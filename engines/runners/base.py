@@ -15,13 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-Precision = Literal["fp32", "fp16"]
-BackendName = Literal["eager", "cuda-graphs", "tensorrt", "onnxruntime"]
-NetworkName = Literal["facedancer", "mapping", "arcface", "scrfd"]
+from engines.choices import BackendName, NetworkName, Precision
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,14 @@ import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
 from engines import registry
+from engines.choices import (
+    BACKEND_CHOICES,
+    DEFAULT_BACKEND,
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    BackendChoice,
+    DetectorName,
+)
 from engines.command import dancecam
 from engines.convert.cache import cache_path, cached_metadata
 from engines.errors import ConfigError, ImageError, MediaError, ModelMissingError, NoFaceError
@@ -41,7 +49,19 @@ from engines.registry import ModelEntry
 from engines.store import resolve_model_dir, sha256_file
 from realtime.identity.cache import IdentityCache, IdentityEntry, decode_image, default_identity_dir
 from realtime.identity.source import IdentityBuilder, PhotoInput
-from realtime.pipeline.face_choice import FaceChoice, FaceMode
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_ENGINE,
+    DEFAULT_FACE_MODE,
+    DEFAULT_MASK,
+    DEFAULT_MAX_FACES,
+    DEFAULT_THRESHOLD,
+    ENGINES,
+    EngineName,
+    FaceMode,
+    MaskKind,
+)
+from realtime.pipeline.face_choice import FaceChoice
 from realtime.pipeline.frame import (
     ArcFaceEmbedder,
     FaceDancerSwap,
@@ -50,7 +70,7 @@ from realtime.pipeline.frame import (
     PipelineConfig,
     SimulatedCost,
 )
-from realtime.pipeline.masks import MaskKind, MaskSpec
+from realtime.pipeline.masks import MaskSpec
 
 IMAGE_INPUTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VIDEO_INPUTS = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
@@ -73,7 +93,6 @@ _CODEC_OPTIONS = {
 _OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
 
 T = TypeVar("T")
-Engine = Literal["facedancer", "identity"]
 Kind = Literal["image", "video"]
 Sources = Sequence[tuple[Path, float]]  # source photos with their weights (`--source PHOTO[:WEIGHT]`)
 Progress = Callable[[int, "int | None"], None]  # (frames done, total frames or None when unknown)
@@ -96,20 +115,20 @@ class SwapInterrupted(KeyboardInterrupt):
 class SwapOptions:
     """Everything about a swap except the files."""
 
-    engine: Engine = "facedancer"
-    faces: FaceMode = "all"
+    engine: EngineName = DEFAULT_ENGINE
+    faces: FaceMode = DEFAULT_FACE_MODE
     reference: Path | None = None  # photo of the person to swap, for faces="reference"
-    threshold: float = 0.35
-    max_faces: int = 4
-    mask: MaskKind = "official"
+    threshold: float = DEFAULT_THRESHOLD
+    max_faces: int = DEFAULT_MAX_FACES
+    mask: MaskKind = DEFAULT_MASK
     feather_px: float | None = None
     erode_px: int = 0
     colour_transfer: bool = False
-    detect_every: int = 5
+    detect_every: int = DEFAULT_DETECT_EVERY
     model_dir: Path | None = None
-    device: str = "auto"
-    detector: str = "auto"  # mtcnn, scrfd, or auto (SCRFD on a GPU when det_10g.onnx is present, else MTCNN)
-    backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
+    device: str = DEFAULT_DEVICE
+    detector: DetectorName = DEFAULT_DETECTOR  # auto: SCRFD on a GPU when det_10g.onnx is present, else MTCNN
+    backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's backend; auto: the fastest present
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
     overwrite: bool = False
@@ -287,15 +306,15 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     from engines.detectors import DETECTORS, load_detector
     from engines.facedancer import load_facedancer
     from engines.runners.base import facedancer_io
-    from engines.runners.select import BACKENDS, choose
+    from engines.runners.select import choose
     from realtime.pipeline.context import DeviceContext, resolve_device
 
-    if options.engine not in ("facedancer", "identity"):
-        raise ConfigError(f"engine must be facedancer or identity, not {options.engine!r}")
+    if options.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {options.engine!r}")
     if options.detector not in DETECTORS:
         raise ConfigError(f"unknown detector {options.detector!r}; choose one of: {', '.join(DETECTORS)}")
-    if options.backend != "auto" and options.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {options.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    if options.backend not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {options.backend!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
     reference_mode = options.faces == "reference"
     if reference_mode and options.reference is None:
         raise ConfigError("--faces reference needs --reference PHOTO (a photo of the person whose face to swap)")

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from engines.choices import DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE
 from engines.command import plain
 from engines.detect import FaceDetector
 from engines.errors import ConfigError, DanceCamError, ModelMissingError
@@ -36,6 +37,21 @@ from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
 from realtime.live.capacity import Capacity, given
 from realtime.live.degrade import DegradationController
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_ENGINE,
+    DEFAULT_FACE_MODE,
+    DEFAULT_MASK,
+    DEFAULT_MAX_FACES,
+    DETECT_EVERY_RANGE,
+    ENGINES,
+    LIVE_FACE_MODES,
+    MASKS,
+    MAX_FACES_RANGE,
+    EngineName,
+    LiveFaceMode,
+    MaskKind,
+)
 from realtime.pipeline.face_choice import FaceChoice
 from realtime.pipeline.frame import (
     FaceDancerSwap,
@@ -50,7 +66,6 @@ from realtime.pipeline.profiler import Profiler
 
 log = logging.getLogger(__name__)
 
-EngineName = Literal["facedancer", "identity"]
 SessionKind = Literal["offer", "whip"]
 ENDED_KEPT = 256
 # every session counter, zero until it first counts (stats and metrics always carry them all)
@@ -89,11 +104,11 @@ class NotReadyError(DanceCamError):
 
 SETTING_LIMITS: dict[str, Any] = {
     "swap": "bool",
-    "face_mode": ["all", "largest"],
-    "max_faces": [1, 16],
-    "mask": ["official", "ellipse"],
+    "face_mode": list(LIVE_FACE_MODES),
+    "max_faces": list(MAX_FACES_RANGE),
+    "mask": list(MASKS),
     "colour_transfer": "bool",
-    "detect_every": [1, 120],
+    "detect_every": list(DETECT_EVERY_RANGE),
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
 }
@@ -104,11 +119,11 @@ class LiveSettings:
     """What a user may change while streaming. `target_fps` None: follow the camera's frame rate."""
 
     swap: bool = True
-    face_mode: Literal["all", "largest"] = "all"
-    max_faces: int = 4
-    mask: Literal["official", "ellipse"] = "official"
+    face_mode: LiveFaceMode = DEFAULT_FACE_MODE
+    max_faces: int = DEFAULT_MAX_FACES
+    mask: MaskKind = DEFAULT_MASK
     colour_transfer: bool = False
-    detect_every: int = 5
+    detect_every: int = DEFAULT_DETECT_EVERY
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
 
@@ -221,11 +236,11 @@ class LiveServices:
     @classmethod
     def load(
         cls,
-        engine: EngineName = "facedancer",
-        device: str = "auto",
+        engine: EngineName = DEFAULT_ENGINE,
+        device: str = DEFAULT_DEVICE,
         model_dir: Path | None = None,
-        backend: str = "auto",
-        detector_name: str = "auto",
+        backend: str = DEFAULT_BACKEND,
+        detector_name: str = DEFAULT_DETECTOR,
         simulate_ms: float = 0.0,
     ) -> LiveServices:
         """Load the detector and, for FaceDancer, the converted weights from the model directory.
@@ -241,8 +256,8 @@ class LiveServices:
         from realtime.files.swap import find_weights
         from realtime.pipeline.context import resolve_device
 
-        if engine not in ("facedancer", "identity"):
-            raise ConfigError(f"engine must be facedancer or identity, not {engine!r}")
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         dev = resolve_device(device)
         if dev.type == "cuda":
             from realtime.pipeline.context import DeviceContext

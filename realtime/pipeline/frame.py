@@ -34,6 +34,7 @@ from engines.errors import ConfigError
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
+from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DETECT_EVERY_RANGE
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
@@ -145,7 +146,7 @@ class ArcFaceEmbedder:
 @dataclass(slots=True)
 class PipelineConfig:
     swap: bool = True
-    detect_every: int = 5  # frames between detections; tracking carries the faces in between
+    detect_every: int = DEFAULT_DETECT_EVERY  # frames between detections; tracking carries the faces in between
     choice: FaceChoice = field(default_factory=FaceChoice)
     mask: MaskSpec = field(default_factory=MaskSpec)
     colour_transfer: bool = False  # match each swapped face's Lab mean/std to the target face under the mask
@@ -155,8 +156,9 @@ class PipelineConfig:
     draw_boxes: bool = False  # outline the tracked faces in the output (green: swapped), to see what is tracked
 
     def __post_init__(self) -> None:
-        if not 1 <= self.detect_every <= 120:
-            raise ConfigError(f"detection interval must be 1..120 frames, got {self.detect_every}")
+        lo, hi = DETECT_EVERY_RANGE
+        if not lo <= self.detect_every <= hi:
+            raise ConfigError(f"detection interval must be {lo}..{hi} frames, got {self.detect_every}")
         if not 0.25 <= self.detect_scale <= 1.0:  # also rejects NaN
             raise ConfigError(f"detection scale must be between 0.25 and 1.0 of the frame, got {self.detect_scale}")
         if self.crop_size not in (128, 256, 512):
