@@ -403,7 +403,7 @@ class MTCNN:
             return Detections.empty(self.device)
         sat = _summed_area_table(image) if self.batched else None
 
-        crops, ok = self._crops(img, sat, boxes, self.data[1])
+        crops, ok = self._crops(img, sat, boxes, self.data[1].input_size, self.data[1])
         with self._exact():
             prob, reg = self.rnet(crops)
         keep = torch.nonzero((prob > self.thresholds[1]) & ok).squeeze(1)
@@ -413,7 +413,7 @@ class MTCNN:
         if len(boxes) == 0:
             return Detections.empty(self.device)
 
-        crops, ok = self._crops(img, sat, boxes, self.data[2])
+        crops, ok = self._crops(img, sat, boxes, self.data[2].input_size, self.data[2])
         with self._exact():
             prob, reg, marks = self.onet(crops)
         keep = torch.nonzero((prob > self.thresholds[2]) & ok).squeeze(1)
@@ -469,11 +469,15 @@ class MTCNN:
         return _square(_regress(boxes[keep], reg[keep], 0.0)), score[keep]
 
     def _crops(
-        self, img: torch.Tensor, sat: torch.Tensor | None, boxes: torch.Tensor, data: DataConfig
+        self,
+        img: torch.Tensor,
+        sat: torch.Tensor | None,
+        boxes: torch.Tensor,
+        size: int,
+        data: DataConfig | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Crops of the boxes (see `_crop_windows` for which pixels) at a stage's input size, normalised for it:
         (N, 3, size, size), and (N,) bool: whether each crop holds any image pixel."""
-        size = data.input_size
         h, w = img.shape[2:]
         x0, y0, x1, y1, ok = _crop_windows(boxes, h, w, self.pad_crops)
         if sat is not None:
@@ -507,7 +511,8 @@ class MTCNN:
         return layout
 
 
-def _normalise(x: torch.Tensor, data: DataConfig) -> torch.Tensor:
+def _normalise(x: torch.Tensor, data: DataConfig | None = None) -> torch.Tensor:
+    data = data or registry.data_config("mtcnn_pnet")
     return (x - data.mean) * (1.0 / data.std)  # facenet-pytorch multiplies by 0.0078125: 1 / 128 exactly
 
 

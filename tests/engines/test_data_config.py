@@ -80,7 +80,7 @@ def test_mtcnn_stages_take_their_entries_sizes_and_normalisation(monkeypatch: py
     det = MTCNN()
     assert det.data[1] == data
     img = torch.full((1, 3, 60, 60), 51.0)
-    crops, ok = det._crops(img, None, torch.tensor([[10.0, 10.0, 40.0, 40.0]]), det.data[1])
+    crops, ok = det._crops(img, None, torch.tensor([[10.0, 10.0, 40.0, 40.0]]), 20, det.data[1])
     assert crops.shape == (1, 3, 20, 20)
     assert bool(ok[0])
     assert torch.allclose(crops, torch.full_like(crops, 0.2))  # (51 - 0) / 255
