@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import torch
 
-# The ArcFace 112x112 template: left eye, right eye, nose, left and right mouth corner (as seen in the image).
-ARCFACE_TEMPLATE: tuple[tuple[float, float], ...] = (
-    (38.2946, 51.6963),
-    (73.5318, 51.5014),
-    (56.0252, 71.7366),
-    (41.5493, 92.3655),
-    (70.7299, 92.2041),
-)
-ARCFACE_SIZE = 112
+from engines.registry import ARCFACE_112, Template
+
+# The ArcFace 112x112 template (left eye, right eye, nose, left and right mouth corner), from the registry
+ARCFACE_TEMPLATE: tuple[tuple[float, float], ...] = ARCFACE_112.points
+ARCFACE_SIZE = ARCFACE_112.size
 
 
 def template(
-    size: int = ARCFACE_SIZE, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    size: int = ARCFACE_SIZE,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    base: Template | None = None,
 ) -> torch.Tensor:
-    """The (5, 2) template for a `size` x `size` crop: the 112 template scaled by size/112.
+    """The (5, 2) template for a `size` x `size` crop: `base` (a registry entry's template; None: ArcFace's 112)
+    scaled by size / base.size.
 
     Uniform scaling is what the official FaceDancer code does for its 256 crop (not insightface's 128-based
     layout, which shifts x by 8 for sizes that are multiples of 128).
     """
-    t = torch.tensor(ARCFACE_TEMPLATE, dtype=torch.float64, device=device) * (size / ARCFACE_SIZE)
+    base = base or ARCFACE_112
+    t = torch.tensor(base.points, dtype=torch.float64, device=device) * (size / base.size)
     return t.to(dtype)
 
 
@@ -64,14 +66,14 @@ def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return m.to(out_dtype)
 
 
-def estimate_norm(landmarks: torch.Tensor, size: int = ARCFACE_SIZE) -> torch.Tensor:
-    """The (2, 3) or (B, 2, 3) matrix taking image landmarks ((5, 2) or (B, 5, 2)) to the template at `size`.
+def estimate_norm(landmarks: torch.Tensor, size: int = ARCFACE_SIZE, base: Template | None = None) -> torch.Tensor:
+    """The (2, 3) or (B, 2, 3) matrix taking image landmarks ((5, 2) or (B, 5, 2)) to `base` scaled to `size`.
 
     `cv2.warpAffine(image, M, (size, size))` with it gives the aligned crop.
     """
     if landmarks.shape[-2:] != (5, 2):
         raise ValueError(f"expected (5, 2) or (B, 5, 2) landmarks, got {tuple(landmarks.shape)}")
-    dst = template(size, device=landmarks.device, dtype=torch.float64).expand_as(landmarks)
+    dst = template(size, device=landmarks.device, dtype=torch.float64, base=base).expand_as(landmarks)
     return similarity_transform(landmarks, dst)
 
 

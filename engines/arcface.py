@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines import registry
 from engines.convert.cache import load_converted
 from engines.convert.keras_h5 import KerasGraph, KerasLayer, WeightTaker, read_keras_h5
 from engines.errors import CheckpointFormatError
 
 KERAS_RESNET_BN_EPS = 1.001e-5
+MODEL_NAME = "arcface_r50"  # its registry entry: file, licence, input size, normalisation, template
 
 
 # --- blocks -----------------------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ class ArcFaceConfig:
     widths: tuple[int, ...] = (64, 128, 256, 512)  # bottleneck widths; a stage outputs 4x its width
     stem_width: int = 64
     bn_eps: float = KERAS_RESNET_BN_EPS
-    input_size: int = 112
+    input_size: int = field(default_factory=lambda: registry.data_config(MODEL_NAME).input_size)
     head: tuple[HeadLayer, ...] = field(default_factory=_default_head)
 
     def to_dict(self) -> dict[str, object]:
@@ -165,7 +167,7 @@ def checkpoint_filter_fn(graph: KerasGraph) -> tuple[ArcFaceConfig, dict[str, to
     images = [n for n in graph.inputs if len(graph[n].config.get("batch_input_shape") or []) == 4]
     if len(images) != 1:
         raise CheckpointFormatError(f"{src}: expected one image input, got {graph.inputs}")
-    input_size = int(graph[images[0]].config["batch_input_shape"][1] or 112)
+    input_size = int(graph[images[0]].config["batch_input_shape"][1] or registry.data_config(MODEL_NAME).input_size)
 
     node = _skip_passthrough(graph, images[0])
     pad = graph.only_consumer(node, "ZeroPadding2D")

@@ -11,16 +11,13 @@ on a CUDA device when its file is in the model directory and one of those is pre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from engines.choices import DETECTORS
 from engines.command import dancecam
 from engines.detect import FaceDetector
 from engines.errors import ConfigError
-
-DetectorName = Literal["auto", "mtcnn", "scrfd"]
-DETECTORS: tuple[str, ...] = ("auto", "mtcnn", "scrfd")
 
 
 def scrfd_path(model_dir: Path) -> Path:

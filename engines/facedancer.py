@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines import registry
 from engines.convert.cache import load_converted
 from engines.convert.keras_h5 import KerasGraph, KerasLayer, WeightTaker, activation_slope, read_keras_h5
 from engines.errors import CheckpointFormatError
@@ -39,6 +40,7 @@ SKIP_TYPES: tuple[str, ...] = ("no_skip", "affa", "d_affa", "do_affa", "concat",
 # the six fusion stages (official names of the AFFA mask convs), at 16, 32, 64, 128, 256 px and the last
 STAGE_NAMES = ("16x16", "32x32", "64x64", "128x128", "256x256", "final")
 INSTANCE_NORM_EPS = 1e-3
+MODEL_NAME = "facedancer_c_hq"  # its registry entry: file, licence, input size, normalisation, template
 
 # --- normalisation ----------------------------------------------------------------------------------------
 
@@ -273,7 +275,7 @@ class FaceDancerConfig:
     mapping_width: int = 256
     mapping_depth: int = 4
     z_dim: int = 512
-    image_size: int = 256
+    image_size: int = field(default_factory=lambda: registry.data_config(MODEL_NAME).input_size)
 
     def __post_init__(self) -> None:
         if len(self.skips) != len(STAGE_NAMES) or any(s not in SKIP_TYPES for s in self.skips):
@@ -410,7 +412,7 @@ def checkpoint_filter_fn(graph: KerasGraph) -> tuple[FaceDancerConfig, dict[str,
         mapping_width=int(dense[-1].config["units"]),
         mapping_depth=len(dense),
         z_dim=int(_input_shape(graph[codes[0]])[-1]),
-        image_size=int(_input_shape(graph[images[0]])[1] or 256),
+        image_size=int(_input_shape(graph[images[0]])[1] or registry.data_config(MODEL_NAME).input_size),
     )
     return config, take.finish(FaceDancer(config))
 

@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 import torch
 
+from engines import registry
 from engines.align import estimate_norm
-from engines.arcface import ArcFace
+from engines.arcface import MODEL_NAME, ArcFace
 from engines.detect import FaceDetector, image_tensor
 from engines.errors import ConfigError, NoFaceError
-
-ARCFACE_SIZE = 112
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +38,21 @@ class SourceFace:
         return None
 
 
-def align_crop(image: np.ndarray, landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
-    """The face in an (H, W, 3) uint8 image warped onto the ArcFace template at `size` (as the official code)."""
-    m = estimate_norm(torch.as_tensor(landmarks, dtype=torch.float64), size).cpu().numpy()
+def align_crop(image: np.ndarray, landmarks: np.ndarray, size: int | None = None) -> np.ndarray:
+    """The face in an (H, W, 3) uint8 image warped onto ArcFace's template at `size` (default: its input size), as
+    the official code does; both from ArcFace's registry entry."""
+    data = registry.data_config(MODEL_NAME)
+    size = size or data.input_size
+    m = estimate_norm(torch.as_tensor(landmarks, dtype=torch.float64), size, data.template).cpu().numpy()
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
 
 
 @torch.inference_mode()
 def embed(crops: np.ndarray, arcface: ArcFace) -> torch.Tensor:
-    """(N, 112, 112, 3) uint8 aligned crops → (N, 512) raw ArcFace embeddings."""
+    """(N, S, S, 3) uint8 aligned crops (S: ArcFace's input size) → (N, 512) raw ArcFace embeddings."""
     device = next(arcface.parameters()).device
-    x = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    data = registry.data_config(MODEL_NAME)
+    x = (torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() - data.mean) / data.std
     return arcface(x)
 
 

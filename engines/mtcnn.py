@@ -39,9 +39,8 @@ from engines.command import dancecam
 from engines.detect import Detections
 from engines.errors import CheckpointFormatError, ConfigError, ModelMissingError
 from engines.nms import batched_nms, nms
+from engines.registry import DataConfig
 
-PIXEL_MEAN = 127.5
-PIXEL_SCALE = 0.0078125  # 1 / 128
 PNET_STRIDE = 2
 PNET_CELL = 12
 LAYOUT_CACHE = 16  # pyramid layouts kept per detector (one per frame size seen recently)
@@ -368,6 +367,8 @@ class MTCNN:
         self.pnet = load_network("pnet", pnet, self.device)
         self.rnet = load_network("rnet", rnet, self.device)
         self.onet = load_network("onet", onet, self.device)
+        # input sizes and normalisation of each stage, from its registry entry
+        self.data = tuple(registry.data_config(f"mtcnn_{stage}") for stage in ("pnet", "rnet", "onet"))
         self._layouts: OrderedDict[tuple[int, int], _SeparateLayout | _MosaicLayout] = OrderedDict()
         self._layouts_lock = threading.Lock()
 
@@ -402,7 +403,7 @@ class MTCNN:
             return Detections.empty(self.device)
         sat = _summed_area_table(image) if self.batched else None
 
-        crops, ok = self._crops(img, sat, boxes, 24)
+        crops, ok = self._crops(img, sat, boxes, self.data[1].input_size, self.data[1])
         with self._exact():
             prob, reg = self.rnet(crops)
         keep = torch.nonzero((prob > self.thresholds[1]) & ok).squeeze(1)
@@ -412,7 +413,7 @@ class MTCNN:
         if len(boxes) == 0:
             return Detections.empty(self.device)
 
-        crops, ok = self._crops(img, sat, boxes, 48)
+        crops, ok = self._crops(img, sat, boxes, self.data[2].input_size, self.data[2])
         with self._exact():
             prob, reg, marks = self.onet(crops)
         keep = torch.nonzero((prob > self.thresholds[2]) & ok).squeeze(1)
@@ -431,14 +432,14 @@ class MTCNN:
             canvas = img.new_zeros((1, 3, layout.height, layout.width))
             for lv in layout.levels:
                 canvas[:, :, lv.y : lv.y + lv.h, lv.x : lv.x + lv.w] = F.adaptive_avg_pool2d(img, (lv.h, lv.w))
-            canvas = _normalise(canvas).contiguous(memory_format=torch.channels_last)
+            canvas = _normalise(canvas, self.data[0]).contiguous(memory_format=torch.channels_last)
             with self._exact():
                 prob, reg = self.pnet(canvas, layout.pool_bias)
             prob, reg = prob.flatten(), reg[0].flatten(1).t()
         else:
             probs, regs = [], []
             for lv in layout.levels:
-                level = _normalise(F.adaptive_avg_pool2d(img, (lv.h, lv.w)))
+                level = _normalise(F.adaptive_avg_pool2d(img, (lv.h, lv.w)), self.data[0])
                 # channels-last: PNet's conv1 and max pool run about 3x faster on it on CPU
                 with self._exact():
                     p, r = self.pnet(level.contiguous(memory_format=torch.channels_last))
@@ -468,15 +469,20 @@ class MTCNN:
         return _square(_regress(boxes[keep], reg[keep], 0.0)), score[keep]
 
     def _crops(
-        self, img: torch.Tensor, sat: torch.Tensor | None, boxes: torch.Tensor, size: int
+        self,
+        img: torch.Tensor,
+        sat: torch.Tensor | None,
+        boxes: torch.Tensor,
+        size: int,
+        data: DataConfig | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised (N, 3, size, size) crops of the boxes (see `_crop_windows` for which pixels), and (N,) bool:
-        whether each crop holds any image pixel."""
+        """Crops of the boxes (see `_crop_windows` for which pixels) at a stage's input size, normalised for it:
+        (N, 3, size, size), and (N,) bool: whether each crop holds any image pixel."""
         h, w = img.shape[2:]
         x0, y0, x1, y1, ok = _crop_windows(boxes, h, w, self.pad_crops)
         if sat is not None:
             crops = _crops_from_table(sat, x0, y0, x1, y1, w, size)
-            return _normalise(crops).permute(0, 3, 1, 2).contiguous(), ok
+            return _normalise(crops, data).permute(0, 3, 1, 2).contiguous(), ok
         crops = []
         for bx0, by0, bx1, by1 in torch.stack([x0, y0, x1, y1], 1).tolist():
             ix0, iy0, ix1, iy1 = max(bx0, 0), max(by0, 0), min(bx1, w), min(by1, h)
@@ -484,7 +490,7 @@ class MTCNN:
             if (ix0, iy0, ix1, iy1) != (bx0, by0, bx1, by1):  # black beyond the border
                 patch = F.pad(patch, (ix0 - bx0, bx1 - ix1, iy0 - by0, by1 - iy1))
             crops.append(F.adaptive_avg_pool2d(patch, (size, size)))
-        return _normalise(torch.cat(crops)), ok
+        return _normalise(torch.cat(crops), data), ok
 
     def _layout(self, h: int, w: int) -> _SeparateLayout | _MosaicLayout | None:
         key = (h, w)
@@ -505,8 +511,9 @@ class MTCNN:
         return layout
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - PIXEL_MEAN) * PIXEL_SCALE
+def _normalise(x: torch.Tensor, data: DataConfig | None = None) -> torch.Tensor:
+    data = data or registry.data_config("mtcnn_pnet")
+    return (x - data.mean) * (1.0 / data.std)  # facenet-pytorch multiplies by 0.0078125: 1 / 128 exactly
 
 
 def _regress(boxes: torch.Tensor, reg: torch.Tensor, plus: float) -> torch.Tensor:

@@ -4,6 +4,9 @@ how big they are, how they are verified, and under which licence they may be use
 Hashes: an entry's `sha256` is set only where a public source states it. Where none does, the first download
 that completes (or the first `verify` of a file placed by hand) records its hash in the model directory and
 every later check compares against that record (trust on first use, see `engines.store`).
+
+A network's entry also carries its `DataConfig` (timm's `pretrained_cfg` idea): the input size, the normalisation
+and the alignment template the weights were trained with. The model code reads them from here (`data_config`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,33 @@ class BundledFile:
 
 
 @dataclass(frozen=True, slots=True)
+class Template:
+    """Where five landmarks (left eye, right eye, nose, left and right mouth corner, as seen in the image) go in a
+    `size` x `size` crop; a crop of another size scales the points by its size / `size`."""
+
+    size: int
+    points: tuple[tuple[float, float], ...]
+
+
+# The ArcFace 112x112 template (insightface's arcface_dst); FaceDancer's 256 crop is it scaled by 256/112.
+ARCFACE_112 = Template(
+    112,
+    ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """What a network takes: RGB crops `input_size` pixels square, each 0..255 level x fed as (x - mean) / std,
+    faces aligned to `template` (None: whole frames, no alignment)."""
+
+    input_size: int
+    mean: float
+    std: float
+    template: Template | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelEntry:
     name: str
     file_name: str
@@ -57,6 +87,7 @@ class ModelEntry:
     access_url: str | None = None  # where a gated file's access is requested
     bundled: BundledFile | None = None
     converter: str | None = None  # `dancecam models convert` turns the file into a cached state dict
+    data: DataConfig | None = None  # what the network takes (None: a file that is no network's input side)
 
     @property
     def access(self) -> Access:
@@ -72,7 +103,7 @@ class ModelEntry:
 _HF = "https://huggingface.co"
 
 
-def _mtcnn(stage: str, role: str, size: int, sha256: str) -> ModelEntry:
+def _mtcnn(stage: str, role: str, size: int, sha256: str, input_size: int) -> ModelEntry:
     """An MTCNN stage as the facenet-pytorch 2.6.0 wheel ships it (sizes and hashes read from that wheel)."""
     return ModelEntry(
         name=f"mtcnn_{stage}",
@@ -88,6 +119,8 @@ def _mtcnn(stage: str, role: str, size: int, sha256: str) -> ModelEntry:
             f"data/{stage}.pt",
             "pip install --no-deps facenet-pytorch==2.6.0 (or re-run scripts/setup.sh)",
         ),
+        # (x - 127.5) * 0.0078125 in facenet-pytorch: the same values, 1/128 being exact
+        data=DataConfig(input_size, 127.5, 128.0),
     )
 
 
@@ -105,6 +138,7 @@ MODELS: tuple[ModelEntry, ...] = (
         gated=True,
         access_url=f"{_HF}/felixrosberg/FaceDancer",
         converter="facedancer",
+        data=DataConfig(256, 127.5, 127.5, ARCFACE_112),  # [-1, 1]; the ArcFace template scaled to 256
     ),
     ModelEntry(
         name="arcface_r50",
@@ -118,6 +152,7 @@ MODELS: tuple[ModelEntry, ...] = (
         sources=(Source(f"{_HF}/felixrosberg/ArcFace/resolve/main/ArcFace-Res50.h5", auth="huggingface"),),
         access_url=f"{_HF}/felixrosberg/ArcFace",
         converter="arcface",
+        data=DataConfig(112, 0.0, 255.0, ARCFACE_112),  # [0, 1]
     ),
     ModelEntry(
         name="scrfd_10g",
@@ -137,10 +172,12 @@ MODELS: tuple[ModelEntry, ...] = (
             ),
             Source(f"{_HF}/public-data/insightface/resolve/main/models/buffalo_l/det_10g.onnx"),
         ),
+        data=DataConfig(640, 127.5, 128.0),  # letterboxed frames, as insightface feeds it
     ),
-    _mtcnn("pnet", "proposal", 28_570, "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
-    _mtcnn("rnet", "refinement", 403_147, "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
-    _mtcnn("onet", "output", 1_559_269, "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+    # PNet's 12 is its receptive field (it runs on a whole image pyramid); RNet and ONet take 24 and 48 crops
+    _mtcnn("pnet", "proposal", 28_570, "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f", 12),
+    _mtcnn("rnet", "refinement", 403_147, "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86", 24),
+    _mtcnn("onet", "output", 1_559_269, "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d", 48),
 )
 
 
@@ -151,3 +188,12 @@ def find(name: str) -> ModelEntry:
         if key in (m.name.lower(), m.file_name.lower()):
             return m
     raise UnknownModelError(name, [m.name for m in MODELS])
+
+
+def data_config(name: str) -> DataConfig:
+    """The data config of a network's entry, read when a model or its preprocessing is built (so a test can
+    change the entry and see the code follow)."""
+    entry = find(name)
+    if entry.data is None:
+        raise UnknownModelError(name, [m.name for m in MODELS if m.data is not None])
+    return entry.data

@@ -30,17 +30,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engines import registry
 from engines.command import dancecam
 from engines.detect import Detections
 from engines.errors import ImageError, ModelMissingError
 from engines.nms import nms
+from engines.registry import DataConfig
 from engines.runners.base import IOSpec, NetworkIO, Runner
 
 MODEL_NAME = "scrfd_10g"
 STRIDES = (8, 16, 32)
 NUM_ANCHORS = 2
-INPUT_MEAN = 127.5
-INPUT_STD = 128.0
 # Tensor names of det_10g.onnx (sha256-pinned in engines.registry), in insightface's output order.
 INPUT_NAME = "input.1"
 SCORE_NAMES = ("448", "471", "494")
@@ -56,9 +56,11 @@ def anchor_count(input_size: int, stride: int) -> int:
     return (input_size // stride) ** 2 * NUM_ANCHORS
 
 
-def scrfd_io(input_size: int = 640) -> NetworkIO:
-    """det_10g at an S x S input: `input.1` (1, 3, S, S) -> 9 outputs (anchors, channels), in decoding order
-    (scores, boxes, keypoints; strides 8, 16, 32 each). No batch axis: one image per call."""
+def scrfd_io(input_size: int | None = None) -> NetworkIO:
+    """det_10g at an S x S input (default: its registry entry's): `input.1` (1, 3, S, S) -> 9 outputs (anchors,
+    channels), in decoding order (scores, boxes, keypoints; strides 8, 16, 32 each). No batch axis: one image per
+    call."""
+    input_size = input_size or registry.data_config(MODEL_NAME).input_size
     if input_size % max(STRIDES):
         raise ValueError(f"input_size must be a multiple of {max(STRIDES)}, got {input_size}")
     outputs = [
@@ -96,13 +98,19 @@ def resize_levels(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.floor(x + 0.5)
 
 
-def letterbox(image: torch.Tensor, input_size: int = 640) -> tuple[torch.Tensor, float]:
-    """An (H, W, 3) uint8 RGB image -> the (1, 3, S, S) float32 network input and the scale back to the image."""
+def letterbox(
+    image: torch.Tensor, input_size: int | None = None, data: DataConfig | None = None
+) -> tuple[torch.Tensor, float]:
+    """An (H, W, 3) uint8 RGB image -> the (1, 3, S, S) float32 network input and the scale back to the image.
+
+    `data`: size and normalisation (default: the registry entry's); `input_size` overrides its size."""
+    data = data or registry.data_config(MODEL_NAME)
+    input_size = input_size or data.input_size
     new_height, new_width, scale = letterbox_size(int(image.shape[0]), int(image.shape[1]), input_size)
     x = resize_levels(image, new_height, new_width)
     # Padding is black pixels, normalised like the image.
-    blob = torch.full((1, 3, input_size, input_size), -INPUT_MEAN / INPUT_STD, dtype=torch.float32, device=x.device)
-    blob[:, :, :new_height, :new_width] = (x - INPUT_MEAN) / INPUT_STD
+    blob = torch.full((1, 3, input_size, input_size), -data.mean / data.std, dtype=torch.float32, device=x.device)
+    blob[:, :, :new_height, :new_width] = (x - data.mean) / data.std
     return blob, scale
 
 
@@ -161,7 +169,7 @@ def select_faces(
 
 
 def default_model_path() -> Path:
-    from engines import registry, store
+    from engines import store
 
     path = store.file_path(registry.find(MODEL_NAME), store.resolve_model_dir())
     assert path is not None  # a downloadable entry always has a place in the model directory
@@ -184,7 +192,7 @@ class SCRFD:
         self,
         model_path: str | Path | None = None,
         device: torch.device | str = "cpu",
-        input_size: int = 640,
+        input_size: int | None = None,  # None: the registry entry's
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         *,
@@ -194,7 +202,8 @@ class SCRFD:
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.input_size = int(input_size)
+        self.data = registry.data_config(MODEL_NAME)
+        self.input_size = int(input_size or self.data.input_size)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.max_num = int(max_num)
@@ -221,7 +230,7 @@ class SCRFD:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}")
         if image.device != self.device:
             raise ValueError(f"image is on {image.device}, the detector on {self.device}")
-        blob, scale = letterbox(image, self.input_size)
+        blob, scale = letterbox(image, self.input_size, self.data)
         out = self.runner.infer({INPUT_NAME: blob})
         boxes, scores, landmarks = decode([out[n] for n in self.io.output_names], self._anchors, self.score_threshold)
         if scores.numel() == 0:

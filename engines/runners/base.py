@@ -15,13 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-Precision = Literal["fp32", "fp16"]
-BackendName = Literal["eager", "cuda-graphs", "tensorrt", "onnxruntime"]
-NetworkName = Literal["facedancer", "mapping", "arcface", "scrfd"]
+from engines import registry
+from engines.choices import BackendName, NetworkName, Precision
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +87,10 @@ class NetworkIO:
         return batch
 
 
-def facedancer_io(mapping_width: int = 256, image_size: int = 256, max_batch: int = 8) -> NetworkIO:
-    """FaceDancer's generator: target crops in [-1, 1] and one w per crop → swapped crops (linear, about [-1, 1])."""
+def facedancer_io(mapping_width: int = 256, image_size: int | None = None, max_batch: int = 8) -> NetworkIO:
+    """FaceDancer's generator: target crops in [-1, 1] and one w per crop → swapped crops (linear, about [-1, 1]).
+    `image_size` None: the input size of FaceDancer's registry entry."""
+    image_size = image_size or registry.data_config("facedancer_c_hq").input_size
     return NetworkIO(
         "facedancer",
         (IOSpec("target", (-1, 3, image_size, image_size)), IOSpec("w", (-1, mapping_width))),
@@ -104,8 +105,9 @@ def mapping_io(z_dim: int = 512, mapping_width: int = 256, max_batch: int = 8) -
 
 
 def arcface_io(max_batch: int = 8) -> NetworkIO:
-    """ArcFace: aligned 112x112 faces in [0, 1] → raw 512-d embeddings."""
-    return NetworkIO("arcface", (IOSpec("face", (-1, 3, 112, 112)),), (IOSpec("embedding", (-1, 512)),), max_batch)
+    """ArcFace: aligned faces (its registry entry's input size, 112) in [0, 1] → raw 512-d embeddings."""
+    s = registry.data_config("arcface_r50").input_size
+    return NetworkIO("arcface", (IOSpec("face", (-1, 3, s, s)),), (IOSpec("embedding", (-1, 512)),), max_batch)
 
 
 @runtime_checkable

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engines.choices import BACKEND_NAMES, PRECISIONS, BackendName
 from engines.errors import ConfigError
 from engines.runners.base import NetworkIO, Precision, Runner
 
-BACKENDS: tuple[str, ...] = ("tensorrt", "cuda-graphs", "onnxruntime", "eager")
+BACKENDS: tuple[BackendName, ...] = BACKEND_NAMES[::-1]  # fastest first: the order auto tries them in
 CUDA_GRAPH_BUCKETS = (1, 2, 4, 8)
 # The Python packages each CPU-capable backend imports: all of them are runtime dependencies (pyproject.toml), so
 # `--backend auto` offers them after a plain install.
@@ -97,8 +98,8 @@ def create_runner(
     if reason:
         raise ConfigError(f"backend {backend} cannot run on {device}: {reason}")
     precision = precision or default_precision(backend, device)
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"precision must be fp32 or fp16, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     try:
         if backend == "eager":
             from engines.runners.eager import EagerRunner

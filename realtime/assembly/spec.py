@@ -8,23 +8,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from engines.choices import (
+    DEFAULT_BACKEND,
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    PRECISIONS,
+    BackendChoice,
+    DetectorName,
+    Precision,
+)
 from engines.errors import ConfigError
-
-EngineName = Literal["facedancer", "identity"]
-ENGINES: tuple[str, ...] = ("facedancer", "identity")
+from realtime.pipeline.choices import DEFAULT_ENGINE, ENGINES, EngineName
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """The models of a pipeline and how they run; the same for every mode."""
 
-    engine: EngineName = "facedancer"
-    device: str = "auto"  # auto, cpu or cuda[:N]
-    detector: str = "auto"  # mtcnn, scrfd, or auto (SCRFD on a GPU when det_10g.onnx is present, else MTCNN)
-    backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
-    precision: str | None = None  # None: the backend's default (fp16 for CUDA graphs and TensorRT on a GPU)
+    engine: EngineName = DEFAULT_ENGINE
+    device: str = DEFAULT_DEVICE  # auto, cpu or cuda[:N]
+    detector: DetectorName = DEFAULT_DETECTOR  # auto: SCRFD on a GPU when det_10g.onnx is present, else MTCNN
+    backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's: auto is the fastest present
+    precision: Precision | None = None  # None: the backend's default (fp16 for CUDA graphs and TensorRT on a GPU)
     model_dir: Path | None = None  # None: $DANCECAM_HOME or ~/.cache/dancecam
     # ArcFace: None as the engine needs it (FaceDancer); True for the identity engine too (reference-person face
     # choice); False never (the benchmark swaps a fixed random identity)
@@ -39,13 +45,13 @@ class ModelSpec:
         from realtime.pipeline.frame import IdentitySwap, SimulatedCost
 
         if self.engine not in ENGINES:
-            raise ConfigError(f"engine must be facedancer or identity, not {self.engine!r}")
+            raise ConfigError(f"engine must be {' or '.join(ENGINES)}, not {self.engine!r}")
         if self.detector not in DETECTORS:
             raise ConfigError(f"unknown detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}")
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
-        if self.precision not in (None, "fp32", "fp16"):
-            raise ConfigError(f"--precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
         SimulatedCost(IdentitySwap(), self.simulate_ms)  # its range check: "--simulate-ms must be 0..10000"

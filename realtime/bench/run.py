@@ -29,13 +29,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.choices import (
+    BACKEND_NAMES,
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    DETECTORS,
+    PRECISIONS,
+    DetectorName,
+    Precision,
+)
 from engines.detect import FaceDetector
 from engines.errors import ConfigError, DanceCamError, ModelMissingError
 from engines.facedancer import FaceDancer
-from engines.runners.select import BACKENDS, available
+from engines.runners.select import available
 from realtime.assembly import builder
 from realtime.assembly.builder import Models
 from realtime.assembly.spec import ModelSpec
+from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DETECT_EVERY_RANGE
 from realtime.pipeline.frame import FaceDancerSwap, SwapEngine
 
 Progress = Callable[[str], None]
@@ -52,10 +62,10 @@ class BenchOptions:
     frames: int = 100
     max_seconds: float = 60.0  # timed seconds per case at most (0: no limit): a CPU at seconds per frame still ends
     warmup: int = 10
-    detect_every: int = 5
-    device: str = "auto"
-    precision: str | None = None  # None: each backend's default (fp16 for CUDA graphs and TensorRT on a GPU)
-    detector: str = "auto"  # auto: what swap, cam and serve would run here (engines.detectors)
+    detect_every: int = DEFAULT_DETECT_EVERY
+    device: str = DEFAULT_DEVICE
+    precision: Precision | None = None  # None: each backend's default (fp16 for CUDA graphs and TensorRT on a GPU)
+    detector: DetectorName = DEFAULT_DETECTOR  # auto: what swap, cam and serve would run here (engines.detectors)
     random_weights: bool = False
     model_dir: Path | None = None
     command: str = "dancecam bench"
@@ -75,14 +85,13 @@ class BenchOptions:
         for n in self.faces:
             if not 1 <= n <= MAX_FACES:
                 raise ConfigError(f"face count {n}: must be 1..{MAX_FACES} (the largest batch of every backend)")
-        if not 1 <= self.detect_every <= 120:
-            raise ConfigError(f"--detect-every must be 1..120 frames, got {self.detect_every}")
-        from engines.detectors import DETECTORS
-
+        lo, hi = DETECT_EVERY_RANGE
+        if not lo <= self.detect_every <= hi:
+            raise ConfigError(f"--detect-every must be {lo}..{hi} frames, got {self.detect_every}")
         if self.detector not in DETECTORS:
             raise ConfigError(f"unknown detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}")
-        if self.precision not in (None, "fp32", "fp16"):
-            raise ConfigError(f"--precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def model_spec(self, backends: list[str] | None = None) -> ModelSpec:
         """The models the cases share, as the product builds them: FaceDancer (no ArcFace: a fixed random identity)
@@ -259,10 +268,10 @@ def backend_names(options: BenchOptions, device: torch.device) -> tuple[list[str
             reasons["onnxruntime"] = "onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)"
     missing = {k: v for k, v in reasons.items() if v}
     if not options.backends:
-        return [b for b in BACKENDS[::-1] if b not in missing], missing
+        return [b for b in BACKEND_NAMES if b not in missing], missing
     for name in options.backends:
-        if name != "auto" and name not in BACKENDS:
-            raise ConfigError(f"unknown backend {name!r}; choose auto or one of: {', '.join(BACKENDS)}")
+        if name != "auto" and name not in BACKEND_NAMES:
+            raise ConfigError(f"unknown backend {name!r}; choose auto or one of: {', '.join(BACKEND_NAMES)}")
         if name in missing:
             raise ConfigError(f"backend {name} cannot run on {device}: {missing[name]}")
     return list(dict.fromkeys(options.backends)), missing

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engines.detectors import DETECTORS
+from engines.choices import BACKEND_NAMES, DEFAULT_DETECTOR, DEFAULT_DEVICE, DETECTORS, PRECISIONS
+from realtime.pipeline.choices import DEFAULT_DETECT_EVERY
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -46,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--backend",
         default="",
         metavar="NAMES",
-        help="comma-separated backends (eager, onnxruntime, cuda-graphs, tensorrt), or auto for the fastest one "
+        help=f"comma-separated backends ({', '.join(BACKEND_NAMES)}), or auto for the fastest one "
         "here (default: every backend this machine has)",
     )
     p.add_argument(
@@ -64,13 +65,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="timed seconds per case at most, then fewer frames (default 60; 0: all --frames)",
     )
     p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed frames first (default 10)")
-    p.add_argument("--detect-every", type=int, default=5, metavar="N", help="detect every N frames (default 5)")
-    p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu or cuda[:N]")
-    p.add_argument("--precision", choices=("fp32", "fp16"), help="default: each backend's own")
+    p.add_argument(
+        "--detect-every",
+        type=int,
+        default=DEFAULT_DETECT_EVERY,
+        metavar="N",
+        help=f"detect every N frames (default {DEFAULT_DETECT_EVERY})",
+    )
+    p.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEV", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: each backend's own")
     p.add_argument(
         "--detector",
         choices=DETECTORS,
-        default="auto",
+        default=DEFAULT_DETECTOR,
         help="face detector: auto (default; what swap, cam and serve would run here), mtcnn or scrfd",
     )
     p.add_argument(

@@ -6,6 +6,19 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engines.choices import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE, DETECTORS
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_ENGINE,
+    DEFAULT_FACE_MODE,
+    DEFAULT_MASK,
+    DEFAULT_MAX_FACES,
+    DEFAULT_THRESHOLD,
+    ENGINES,
+    FACE_MODES,
+    MASKS,
+)
+
 if TYPE_CHECKING:
     from realtime.files.swap import SwapOptions
 
@@ -14,22 +27,31 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """--engine and the face choice, blending and running groups."""
     p.add_argument(
         "--engine",
-        choices=("facedancer", "identity"),
-        default="facedancer",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
         help="facedancer (default; needs the model weights) or identity (no weights: faces are detected, aligned "
         "and blended back unchanged)",
     )
     faces = p.add_argument_group("which faces")
-    faces.add_argument("--faces", choices=("all", "largest", "reference"), default="all", help="default: all")
+    faces.add_argument("--faces", choices=FACE_MODES, default=DEFAULT_FACE_MODE, help=f"default: {DEFAULT_FACE_MODE}")
     faces.add_argument(
         "--reference", type=Path, metavar="PHOTO", help="photo of the person whose face to swap (--faces reference)"
     )
     faces.add_argument(
-        "--threshold", type=float, default=0.35, help="cosine similarity to the reference that counts (default 0.35)"
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"cosine similarity to the reference that counts (default {DEFAULT_THRESHOLD})",
     )
-    faces.add_argument("--max-faces", type=int, default=4, metavar="K", help="at most K faces per frame (default 4)")
+    faces.add_argument(
+        "--max-faces",
+        type=int,
+        default=DEFAULT_MAX_FACES,
+        metavar="K",
+        help=f"at most K faces per frame (default {DEFAULT_MAX_FACES})",
+    )
     blend = p.add_argument_group("blending")
-    blend.add_argument("--mask", choices=("official", "ellipse"), default="official", help="default: official")
+    blend.add_argument("--mask", choices=MASKS, default=DEFAULT_MASK, help=f"default: {DEFAULT_MASK}")
     blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
     blend.add_argument("--erode", type=int, default=0, metavar="PX", help="shrink the mask by PX crop pixels")
     blend.add_argument(
@@ -44,20 +66,24 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "--draw-boxes", action="store_true", help="outline the tracked faces in the output (green: swapped)"
     )
     run.add_argument(
-        "--detect-every", type=int, default=5, metavar="N", help="detect every N frames, track between (default 5)"
+        "--detect-every",
+        type=int,
+        default=DEFAULT_DETECT_EVERY,
+        metavar="N",
+        help=f"detect every N frames, track between (default {DEFAULT_DETECT_EVERY})",
     )
-    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    run.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
     run.add_argument(
         "--detector",
-        choices=("auto", "mtcnn", "scrfd"),
-        default="auto",
+        choices=DETECTORS,
+        default=DEFAULT_DETECTOR,
         help="face detector: auto (default: SCRFD on a GPU when det_10g.onnx is downloaded, else MTCNN), mtcnn "
         "or scrfd",
     )
     run.add_argument(
         "--backend",
-        choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
-        default="auto",
+        choices=BACKEND_CHOICES,
+        default=DEFAULT_BACKEND,
         help="how FaceDancer runs: auto (default: the fastest present, said at start), eager, onnxruntime, "
         "cuda-graphs or tensorrt",
     )

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from engines.choices import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE, DETECTORS
 from engines.command import styled
 from engines.errors import ConfigError, DanceCamError
+from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
     from realtime.live.session import SessionManager
@@ -50,18 +52,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "127.0.0.1 keeps the media of this machine's own clients on loopback; on a server with many interfaces "
         "or in a container, name the one peers reach",
     )
-    p.add_argument("--engine", choices=("facedancer", "identity"), default="facedancer")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
     p.add_argument(
         "--detector",
-        choices=("auto", "mtcnn", "scrfd"),
-        default="auto",
+        choices=DETECTORS,
+        default=DEFAULT_DETECTOR,
         help="face detector: auto (default: SCRFD on a GPU when det_10g.onnx is downloaded, else MTCNN)",
     )
     p.add_argument(
         "--backend",
-        choices=("auto", "eager", "onnxruntime", "cuda-graphs", "tensorrt"),
-        default="auto",
+        choices=BACKEND_CHOICES,
+        default=DEFAULT_BACKEND,
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
@@ -72,7 +74,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
     )
     p.add_argument("--target-fps", type=float, help="frame rate each session aims for (default: the camera's)")
-    p.add_argument("--detect-every", type=int, default=5, help="frames between detections (default 5)")
+    p.add_argument(
+        "--detect-every",
+        type=int,
+        default=DEFAULT_DETECT_EVERY,
+        help=f"frames between detections (default {DEFAULT_DETECT_EVERY})",
+    )
     add_simulate_ms(p)
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.set_defaults(handler=run)

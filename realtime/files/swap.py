@@ -33,16 +33,34 @@ import cv2
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
+from engines.choices import (
+    DEFAULT_BACKEND,
+    DEFAULT_DETECTOR,
+    DEFAULT_DEVICE,
+    BackendChoice,
+    DetectorName,
+)
 from engines.errors import ConfigError, ImageError, MediaError, NoFaceError
 from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import decode_image
 from realtime.identity.source import PhotoInput
-from realtime.pipeline.face_choice import FaceChoice, FaceMode
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_ENGINE,
+    DEFAULT_FACE_MODE,
+    DEFAULT_MASK,
+    DEFAULT_MAX_FACES,
+    DEFAULT_THRESHOLD,
+    EngineName,
+    FaceMode,
+    MaskKind,
+)
+from realtime.pipeline.face_choice import FaceChoice
 from realtime.pipeline.frame import (
     FramePipeline,
     PipelineConfig,
 )
-from realtime.pipeline.masks import MaskKind, MaskSpec
+from realtime.pipeline.masks import MaskSpec
 from realtime.pipeline.video import Frame
 
 IMAGE_INPUTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -66,7 +84,6 @@ _CODEC_OPTIONS = {
 _OPUS_RATES = (48000, 24000, 16000, 12000, 8000)
 
 T = TypeVar("T")
-Engine = Literal["facedancer", "identity"]
 Kind = Literal["image", "video"]
 Sources = Sequence[tuple[Path, float]]  # source photos with their weights (`--source PHOTO[:WEIGHT]`)
 Progress = Callable[[int, "int | None"], None]  # (frames done, total frames or None when unknown)
@@ -89,20 +106,20 @@ class SwapInterrupted(KeyboardInterrupt):
 class SwapOptions:
     """Everything about a swap except the files."""
 
-    engine: Engine = "facedancer"
-    faces: FaceMode = "all"
+    engine: EngineName = DEFAULT_ENGINE
+    faces: FaceMode = DEFAULT_FACE_MODE
     reference: Path | None = None  # photo of the person to swap, for faces="reference"
-    threshold: float = 0.35
-    max_faces: int = 4
-    mask: MaskKind = "official"
+    threshold: float = DEFAULT_THRESHOLD
+    max_faces: int = DEFAULT_MAX_FACES
+    mask: MaskKind = DEFAULT_MASK
     feather_px: float | None = None
     erode_px: int = 0
     colour_transfer: bool = False
-    detect_every: int = 5
+    detect_every: int = DEFAULT_DETECT_EVERY
     model_dir: Path | None = None
-    device: str = "auto"
-    detector: str = "auto"  # mtcnn, scrfd, or auto (SCRFD on a GPU when det_10g.onnx is present, else MTCNN)
-    backend: str = "auto"  # FaceDancer's backend: auto (the fastest present), eager, onnxruntime, cuda-graphs, tensorrt
+    device: str = DEFAULT_DEVICE
+    detector: DetectorName = DEFAULT_DETECTOR  # auto: SCRFD on a GPU when det_10g.onnx is present, else MTCNN
+    backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's backend; auto: the fastest present
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
     overwrite: bool = False

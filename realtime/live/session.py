@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from engines.choices import DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE
 from engines.command import plain
 from engines.detect import FaceDetector
 from engines.errors import (
@@ -40,12 +41,26 @@ from engines.errors import (
 )
 from realtime.assembly import builder
 from realtime.assembly.builder import Models
-from realtime.assembly.spec import EngineName, ModelSpec
+from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import IdentityCache
 from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
 from realtime.live.capacity import Capacity, given
 from realtime.live.degrade import DegradationController
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_ENGINE,
+    DEFAULT_FACE_MODE,
+    DEFAULT_MASK,
+    DEFAULT_MAX_FACES,
+    DETECT_EVERY_RANGE,
+    LIVE_FACE_MODES,
+    MASKS,
+    MAX_FACES_RANGE,
+    EngineName,
+    LiveFaceMode,
+    MaskKind,
+)
 from realtime.pipeline.counters import read_counters
 from realtime.pipeline.face_choice import FaceChoice
 from realtime.pipeline.frame import (
@@ -80,11 +95,11 @@ COUNTERS = (
 
 SETTING_LIMITS: dict[str, Any] = {
     "swap": "bool",
-    "face_mode": ["all", "largest"],
-    "max_faces": [1, 16],
-    "mask": ["official", "ellipse"],
+    "face_mode": list(LIVE_FACE_MODES),
+    "max_faces": list(MAX_FACES_RANGE),
+    "mask": list(MASKS),
     "colour_transfer": "bool",
-    "detect_every": [1, 120],
+    "detect_every": list(DETECT_EVERY_RANGE),
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
 }
@@ -95,11 +110,11 @@ class LiveSettings:
     """What a user may change while streaming. `target_fps` None: follow the camera's frame rate."""
 
     swap: bool = True
-    face_mode: Literal["all", "largest"] = "all"
-    max_faces: int = 4
-    mask: Literal["official", "ellipse"] = "official"
+    face_mode: LiveFaceMode = DEFAULT_FACE_MODE
+    max_faces: int = DEFAULT_MAX_FACES
+    mask: MaskKind = DEFAULT_MASK
     colour_transfer: bool = False
-    detect_every: int = 5
+    detect_every: int = DEFAULT_DETECT_EVERY
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
 
@@ -239,11 +254,11 @@ class LiveServices:
     @classmethod
     def load(
         cls,
-        engine: EngineName = "facedancer",
-        device: str = "auto",
+        engine: EngineName = DEFAULT_ENGINE,
+        device: str = DEFAULT_DEVICE,
         model_dir: Path | None = None,
-        backend: str = "auto",
-        detector_name: str = "auto",
+        backend: str = DEFAULT_BACKEND,
+        detector_name: str = DEFAULT_DETECTOR,
         simulate_ms: float = 0.0,
     ) -> LiveServices:
         """Load the detector and, for FaceDancer, the converted weights from the model directory.

@@ -8,27 +8,33 @@ there is no similarity to rank by.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from engines.errors import ConfigError
-
-FaceMode = Literal["all", "largest", "reference"]
+from realtime.pipeline.choices import (
+    DEFAULT_FACE_MODE,
+    DEFAULT_MAX_FACES,
+    DEFAULT_THRESHOLD,
+    FACE_MODES,
+    MAX_FACES_RANGE,
+    FaceMode,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class FaceChoice:
-    mode: FaceMode = "all"
-    max_faces: int = 4
-    threshold: float = 0.35  # cosine similarity for "reference"
+    mode: FaceMode = DEFAULT_FACE_MODE
+    max_faces: int = DEFAULT_MAX_FACES
+    threshold: float = DEFAULT_THRESHOLD  # cosine similarity for "reference"
     reference: np.ndarray | None = None  # (512,) embedding of the person to swap, for "reference"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("all", "largest", "reference"):
-            raise ConfigError(f"face mode must be all, largest or reference, not {self.mode!r}")
-        if not 1 <= self.max_faces <= 16:
-            raise ConfigError(f"max faces must be between 1 and 16, got {self.max_faces}")
+        if self.mode not in FACE_MODES:
+            raise ConfigError(f"face mode must be one of {', '.join(FACE_MODES)}, not {self.mode!r}")
+        lo, hi = MAX_FACES_RANGE
+        if not lo <= self.max_faces <= hi:
+            raise ConfigError(f"max faces must be between {lo} and {hi}, got {self.max_faces}")
         if not -1.0 <= self.threshold <= 1.0:
             raise ConfigError(f"the similarity threshold must be in [-1, 1], got {self.threshold}")
         if self.mode == "reference" and self.reference is None:

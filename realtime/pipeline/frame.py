@@ -27,13 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines import registry
 from engines.align import estimate_norm
+from engines.arcface import MODEL_NAME as ARCFACE
 from engines.arcface import ArcFace
 from engines.detect import Detections, FaceDetector, image_tensor
 from engines.errors import ConfigError
+from engines.facedancer import MODEL_NAME as FACEDANCER
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
+from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DETECT_EVERY_RANGE
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
@@ -136,28 +140,33 @@ class ArcFaceEmbedder:
     def __init__(self, arcface: ArcFace) -> None:
         self.arcface = arcface.eval()
         self.device = next(arcface.parameters()).device
+        # crops come normalised for FaceDancer, (x - m) / s; ArcFace takes (x - m') / s': both from the registry.
+        # (c + (m - m') / s) * (s / s') maps one to the other: (c + 1) * 0.5, [-1, 1] to [0, 1]
+        crop, net = registry.data_config(FACEDANCER), registry.data_config(ARCFACE)
+        self._offset, self._gain = (crop.mean - net.mean) / crop.std, crop.std / net.std
 
     @torch.inference_mode()
     def __call__(self, crops: torch.Tensor) -> np.ndarray:
-        x = (crops.to(self.device, torch.float32) + 1.0) * 0.5  # ArcFace takes RGB in [0, 1]
+        x = (crops.to(self.device, torch.float32) + self._offset) * self._gain
         return self.arcface(x).float().cpu().numpy()
 
 
 @dataclass(slots=True)
 class PipelineConfig:
     swap: bool = True
-    detect_every: int = 5  # frames between detections; tracking carries the faces in between
+    detect_every: int = DEFAULT_DETECT_EVERY  # frames between detections; tracking carries the faces in between
     choice: FaceChoice = field(default_factory=FaceChoice)
     mask: MaskSpec = field(default_factory=MaskSpec)
     colour_transfer: bool = False  # match each swapped face's Lab mean/std to the target face under the mask
-    crop_size: int = 256
+    crop_size: int = field(default_factory=lambda: registry.data_config(FACEDANCER).input_size)
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
     detect_scale: float = 1.0  # the detector sees the frame resized by this factor (cheaper, misses small faces)
     draw_boxes: bool = False  # outline the tracked faces in the output (green: swapped), to see what is tracked
 
     def __post_init__(self) -> None:
-        if not 1 <= self.detect_every <= 120:
-            raise ConfigError(f"detection interval must be 1..120 frames, got {self.detect_every}")
+        lo, hi = DETECT_EVERY_RANGE
+        if not lo <= self.detect_every <= hi:
+            raise ConfigError(f"detection interval must be {lo}..{hi} frames, got {self.detect_every}")
         if not 0.25 <= self.detect_scale <= 1.0:  # also rejects NaN
             raise ConfigError(f"detection scale must be between 0.25 and 1.0 of the frame, got {self.detect_scale}")
         if self.crop_size not in (128, 256, 512):
@@ -204,6 +213,8 @@ class FramePipeline:
         self.context = context or DeviceContext(getattr(detector, "device", "cpu"))
         self.profiler = profiler or Profiler(self.context.device)
         self.embedder = embedder
+        # where the landmarks go in the swap crop and in ArcFace's, from the networks' registry entries
+        self.crop_data, self.embed_data = registry.data_config(FACEDANCER), registry.data_config(ARCFACE)
         self.clock = clock
         self.frame_index = 0
         self.fail_closed_events = 0
@@ -270,7 +281,7 @@ class FramePipeline:
             if chosen:
                 with _stage(record, stages, "align"):
                     landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
-                    matrices = estimate_norm(landmarks, cfg.crop_size).numpy()
+                    matrices = estimate_norm(landmarks, cfg.crop_size, self.crop_data.template).numpy()
                     boxes = warp.face_boxes(matrices, cfg.crop_size, width, height)
                     geometry = warp.upload_geometry(matrices, boxes, frame_t.device)  # one copy for align and paste
                     crops = warp.align(frame_t, matrices, cfg.crop_size, geometry=geometry)
@@ -335,7 +346,8 @@ class FramePipeline:
     def _embed(self, frame_t: torch.Tensor, tracks: list[Track]) -> None:
         assert self.embedder is not None
         landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
-        crops = warp.align(frame_t, estimate_norm(landmarks, 112).numpy(), 112)
+        size = self.embed_data.input_size
+        crops = warp.align(frame_t, estimate_norm(landmarks, size, self.embed_data.template).numpy(), size)
         vectors = self.embedder(crops)
         self._embeddings = {tr.id: v for tr, v in zip(tracks, vectors, strict=True)}
 

@@ -11,27 +11,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import cv2
 import numpy as np
 
 from engines.errors import ConfigError
+from realtime.pipeline.choices import DEFAULT_MASK, MASKS, MaskKind
 
-MaskKind = Literal["official", "ellipse"]
 # official region in the 256 crop: rows 77:240, columns 32:224
 _ROWS, _COLS, _BASE, _SIGMA = (77, 240), (32, 224), 256, 7.0
 
 
 @dataclass(frozen=True, slots=True)
 class MaskSpec:
-    kind: MaskKind = "official"
+    kind: MaskKind = DEFAULT_MASK
     feather_px: float | None = None  # Gaussian sigma; None: 7 px at 256, scaled with the crop
     erode_px: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("official", "ellipse"):
-            raise ConfigError(f"mask must be 'official' or 'ellipse', not {self.kind!r}")
+        if self.kind not in MASKS:
+            raise ConfigError(f"mask must be one of {', '.join(MASKS)}, not {self.kind!r}")
         if self.feather_px is not None and not 0 <= self.feather_px <= 64:
             raise ConfigError(f"mask feather must be between 0 and 64 px, got {self.feather_px}")
         if not 0 <= self.erode_px <= 64:

@@ -27,14 +27,20 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from engines import registry
+from engines.facedancer import MODEL_NAME as FACEDANCER
+
 Box = tuple[int, int, int, int]
 _T = TypeVar("_T")
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
 # below this the blend `roi + alpha * (face - roi)` rounds back to roi for any face and roi in 0..255
 SUPPORT_THRESHOLD = 0.5 / 255
-# uint8 -> x / 127.5 - 1, the same float32 values as numpy's float64 multiply then float32 subtract
-_NORMALISE = (np.arange(256) * (1 / 127.5)).astype(np.float32).reshape(1, 256) - np.float32(1.0)
+# crops are normalised as FaceDancer's registry entry says: (x - mean) / std, [-1, 1] for mean = std = 127.5
+_DATA = registry.data_config(FACEDANCER)
+# uint8 -> x / std - mean / std (x / 127.5 - 1), the same float32 values as numpy's float64 multiply then float32
+# subtract
+_NORMALISE = (np.arange(256) * (1 / _DATA.std)).astype(np.float32).reshape(1, 256) - np.float32(_DATA.mean / _DATA.std)
 
 _local = threading.local()
 _masks: dict[tuple[int, Box], tuple[np.ndarray, np.ndarray]] = {}  # (id, support) -> (mask, contiguous part)
@@ -175,9 +181,9 @@ def paste_faces(
         if x1 <= x0 or y1 <= y0:
             continue
         bw, bh = x1 - x0, y1 - y0
-        for c in range(3):  # (x + 1) * 127.5 clipped to 0..255, plane by plane while it is in cache
+        for c in range(3):  # x * std + mean ((x + 1) * 127.5) clipped to 0..255, plane by plane while it is in cache
             p = crop[c, cy0:cy1, cx0:cx1]
-            cv2.addWeighted(p, 127.5, p, 0.0, 127.5, dst=planes[c], dtype=cv2.CV_32F)
+            cv2.addWeighted(p, _DATA.std, p, 0.0, _DATA.mean, dst=planes[c], dtype=cv2.CV_32F)
             cv2.threshold(planes[c], 255.0, 255.0, cv2.THRESH_TRUNC, dst=planes[c])
             cv2.threshold(planes[c], 0.0, 0.0, cv2.THRESH_TOZERO, dst=planes[c])
         cv2.merge([*planes, mask_part], dst=src)

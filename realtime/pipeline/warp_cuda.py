@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines import registry
+from engines.errors import ConfigError
+from engines.facedancer import MODEL_NAME as FACEDANCER
+
 _SOURCE = r"""
 #include <cuda_fp16.h>
 
@@ -134,6 +138,10 @@ _THREADS = 256
 @lru_cache(maxsize=1)
 def _module() -> Any:
     import cupy
+
+    data = registry.data_config(FACEDANCER)
+    if (data.mean, data.std) != (127.5, 127.5):  # the kernels' constants; the CPU path reads the entry
+        raise ConfigError(f"the CUDA warp kernels normalise crops with (x - 127.5) / 127.5, not {data}")
 
     return cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=_NAMES)
 

@@ -1,0 +1,31 @@
+"""The product's vocabulary: swap engines, face modes and blend masks, each defined once as a `Literal`, with the
+defaults and ranges every front-end shares.
+
+argparse's `choices=` (cli), `SwapOptions` (file mode), the live settings and /api/info all read these, so a new
+value is added in one place. It sits in the lowest realtime layer so that every layer can import it; the engines'
+own choices (detector, backend, precision) are in `engines.choices`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+EngineName = Literal["facedancer", "identity"]  # identity: no weights, faces pasted back unchanged
+FaceMode = Literal["all", "largest", "reference"]
+# live sessions take no reference photo, so their settings leave "reference" out
+LiveFaceMode = Literal["all", "largest"]
+MaskKind = Literal["official", "ellipse"]
+
+ENGINES: tuple[EngineName, ...] = get_args(EngineName)
+FACE_MODES: tuple[FaceMode, ...] = get_args(FaceMode)
+LIVE_FACE_MODES: tuple[LiveFaceMode, ...] = get_args(LiveFaceMode)
+MASKS: tuple[MaskKind, ...] = get_args(MaskKind)
+
+DEFAULT_ENGINE: EngineName = "facedancer"
+DEFAULT_FACE_MODE: LiveFaceMode = "all"
+DEFAULT_MASK: MaskKind = "official"
+DEFAULT_MAX_FACES = 4
+MAX_FACES_RANGE = (1, 16)
+DEFAULT_DETECT_EVERY = 5  # frames between detections; tracking carries the faces in between
+DETECT_EVERY_RANGE = (1, 120)
+DEFAULT_THRESHOLD = 0.35  # cosine similarity to the reference face that counts (face mode "reference")
