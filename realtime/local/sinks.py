@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from engines.errors import MediaError
-from realtime.local.camera import RateMeter
+from realtime.pipeline.rate import RateMeter
 
 if TYPE_CHECKING:
     from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
@@ -142,7 +142,7 @@ class Presenter:
         self.repeat_after = 1.5 / fps
         self.sent = 0  # new processed frames sent (repeats not counted)
         self.latencies: deque[float] = deque(maxlen=50)  # camera read to processed, ms, of recent frames sent
-        self.rate = RateMeter()
+        self.rate = RateMeter(clock=time.perf_counter)  # ticked with perf_counter times
         self._newest = 0
         self._cond = threading.Condition()
         worker.on_frame = self._on_frame
