@@ -1,12 +1,6 @@
 """Live sessions without the network: settings, the shared models, each session's pipeline, stats and capacity.
 
-`LiveServices` loads the models once per server (detector, FaceDancer, ArcFace) and holds the source identity every
-session swaps in. A session gets its own `FramePipeline` (own device context, stream, tracker and profiler) wrapped
-in a `SessionPipeline`, which the worker thread runs: before each frame it applies the session's current settings,
-the degradation level and a new source identity if one was uploaded, so nothing on the event loop ever touches a
-pipeline mid-frame. `SessionManager` keeps the sessions, enforces `max_sessions` and answers stats.
-
-The WebRTC side (peer connections, tracks) lives in `realtime.live.transport`; the HTTP side in `realtime.live.server`.
+Design notes: docs/design-notes.md, section realtime/live/session.py.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
 """Capture for `dancecam cam`: a local camera (OpenCV) or a looped video file (PyAV), read on its own thread.
 
-Why OpenCV for cameras: PyAV's wheels are built without FFmpeg's input devices (no v4l2, avfoundation or dshow),
-while the opencv-python(-headless) wheels carry V4L2 on Linux, AVFoundation on macOS and MSMF/DirectShow on
-Windows, all opened by index. Video files go through PyAV, as in file mode, and play looped at their frame rate,
-so the whole live mode runs (and is tested) without a camera.
-
-`Capture` submits each frame to the worker the moment it is read: the worker's one-slot mailbox replaces a frame
-it has not started (a counted drop), so nothing queues between the camera and the pipeline.
+Design notes: docs/design-notes.md, section realtime/local/camera.py.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Where `dancecam cam` sends its output: a virtual camera (for video calls and OBS) and a preview window, driven
 by `Presenter` from the pipeline worker's processed frames.
 
-Fail closed: a sink only ever receives `ProcessedFrame`s, never raw camera input; before the first processed frame
-it receives nothing. When processing is late the last processed frame is sent again (counted by the worker as
-`repeated_frames`), so a video call sees a steady camera rather than a frozen one.
-
-`Presenter.run` works on the calling thread: OpenCV windows must be driven from the main thread on macOS.
+Design notes: docs/design-notes.md, section realtime/local/sinks.py.
 """
 
 from __future__ import annotations

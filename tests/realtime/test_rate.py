@@ -7,22 +7,15 @@ import threading
 import pytest
 
 from realtime.pipeline.rate import RateMeter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def test_a_steady_stream_reads_its_rate() -> None:
-    clock = Clock()
+    clock = FakeClock()
     meter = RateMeter(window=2.0, clock=clock)
     assert meter.rate() == 0.0
     for _ in range(60):  # 30 per second for 2 s
-        clock.now += 1 / 30
+        clock.advance(1 / 30)
         meter.tick()
     assert meter.rate() == pytest.approx(30.0, rel=0.02)
 
