@@ -198,7 +198,9 @@ class SCRFD:
             require_model(path)
             runner = OnnxRuntimeRunner(path, io, self.device)
         elif runner.io != io:
-            raise ValueError(f"the runner is for {runner.io.network} {runner.io.inputs}, not SCRFD at {self.input_size}")
+            raise ValueError(
+                f"the runner is for {runner.io.network} {runner.io.inputs}, not SCRFD at {self.input_size}"
+            )
         runner.activate()  # load now: a bad file fails here, not on the first frame
         self.runner = runner
         self.io = io

@@ -39,8 +39,8 @@ from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import IdentityCache
 from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
-from realtime.live.capacity import Capacity, given
 from realtime.live.degrade import DegradationController
+from realtime.live.limits import Capacity, given
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
     DEFAULT_ENGINE,
