@@ -74,12 +74,12 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from realtime.local.sinks import Presenter
     from realtime.pipeline.worker import PipelineWorker
 
+    options = swap_options(args)  # a bad --style first: it says which engine to use
     check_source(args)
     size = parse_size(args.size) if args.size else None
     for photo, _ in args.source or []:
         if not photo.is_file():
             raise MediaError(f"source photo {photo} does not exist")
-    options = swap_options(args)
     err = Console(stderr=True, highlight=False)
     show = not args.quiet
     live = show and err.is_terminal

@@ -62,8 +62,8 @@ class FpsColumn(ProgressColumn):
 def cmd_swap(args: argparse.Namespace) -> int:
     from realtime.files.swap import swap_file
 
+    options = swap_options(args, overwrite=args.overwrite)  # a bad --style first: it says which engine to use
     check_source(args)
-    options = swap_options(args, overwrite=args.overwrite)
     err = Console(stderr=True, highlight=False)
     with Progress(
         TextColumn("[bold]{task.description}"),
