@@ -1,13 +1,6 @@
 """ArcFace identity encoder FaceDancer was trained with (`ArcFace-Res50.h5`), a PyTorch port.
 
-A Keras-applications ResNet50 (v1: stride on the first 1x1 convolution of a stage, BatchNorm eps 1.001e-5,
-biases on every convolution) at 112x112, RGB in [0, 1], followed by an embedding head. The head is read from the
-file's `model_config` graph rather than assumed (expected: BatchNorm, Dropout, Flatten of the 4x4x2048 map,
-Dense 512, BatchNorm). Keras padding is reproduced exactly: ZeroPadding2D(3) + 7x7/2 valid convolution,
-ZeroPadding2D(1) + 3x3/2 max pool, 'same' 3x3 convolutions, 'valid' strided 1x1 convolutions; Flatten runs in
-Keras' NHWC order.
-
-Read top to bottom: blocks → model → checkpoint filter → loading.
+Design notes: docs/design-notes.md, section engines/arcface.py.
 """
 
 from __future__ import annotations

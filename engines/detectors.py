@@ -1,11 +1,6 @@
 """Which face detector a pipeline runs: MTCNN or SCRFD-10GF, by name or `auto`.
 
-MTCNN is embedded (its weights ship in the facenet-pytorch wheel) and cheap on a CPU. SCRFD-10GF (`det_10g.onnx`,
-`dancecam models download scrfd_10g`) is one network pass instead of a cascade with host round trips, so it is
-the faster one on a GPU, but only where something runs it there: TensorRT (an fp16 engine built from the file,
-`engines.runners.tensorrt_onnx`) or ONNX Runtime's CUDA provider (onnxruntime-gpu). With neither, every detection
-would copy the frame to the host and run the network on the CPU, slower than MTCNN on the GPU. `auto` takes SCRFD
-on a CUDA device when its file is in the model directory and one of those is present, else MTCNN.
+Design notes: docs/design-notes.md, section engines/detectors.py.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """Downloads of model files: resumable, atomic and verified.
 
-A file is fetched into `<model_dir>/<file>.part` (beside it, `<file>.part.json` remembers the URL and the
-server's validator, so a later run resumes with `Range` + `If-Range` only against the same resource). A cut
-connection is retried from where it stopped; a transfer is final only once its sha256 matches (or, where no
-hash is published, once it is recorded: trust on first use), and then it is renamed into place in one step. A
-checksum mismatch deletes what was fetched. Sources are tried in registry order (official first); each error
-says what to do about it.
-
-Plain `urllib` is enough here: one GET at a time, and it keeps `Authorization` off redirects to other hosts.
+Design notes: docs/design-notes.md, section engines/download.py.
 """
 
 from __future__ import annotations

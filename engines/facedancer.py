@@ -1,21 +1,6 @@
 """FaceDancer generator (Rosberg et al., WACV 2023), a PyTorch port of the official Keras model.
 
-Read top to bottom: normalisation layers → attention and residual blocks → the model → configs. Weights come from
-the official Keras `.h5` files through `engines.convert.keras_h5`; the architecture follows the official code
-exactly:
-
-- encoder: conv3x3 3→64 (x0), then residual down blocks to 128@128, 256@64, 512@32, 512@16, 512@8 and one
-  512@8 without resampling; a down block is IN → LeakyReLU(0.2) → conv3x3 → avgpool2, plus conv1x1 → avgpool2;
-- decoder: a bottleneck up block at 8 px, then six fusion stages; an up block is IN → AdaIN(w) → LeakyReLU(0.2)
-  → conv3x3 → bilinear x2 (half-pixel), plus conv1x1 → x2 (convolutions run before upsampling);
-- skips per stage (16, 32, 64, 128, 256 px, final), config C: no_skip, no_skip, affa, affa, affa, concat;
-- AFFA: m = sigmoid(conv1x1(IN(LeakyReLU(conv3x3(concat[skip, dec]))))) per pixel and channel;
-  out = (1 − m)·skip + m·dec;
-- InstanceNorm as tensorflow-addons has it: biased variance, eps 1e-3, affine; AdaIN is scale·x + shift, no +1;
-- the output is linear (no tanh): treat it as [-1, 1] and clip when converting to pixels.
-
-Inputs: target crops NCHW RGB in [-1, 1] ((x − 127.5) / 127.5), 256x256; `w = map_identity(z_id)` once per
-source, where z_id is ArcFace's 512-d output for the 112x112 aligned source face in [0, 1].
+Design notes: docs/design-notes.md, section engines/facedancer.py.
 """
 
 from __future__ import annotations

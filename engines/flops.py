@@ -2,20 +2,7 @@
 
     floor_ms = FLOPs / peak FLOP/s
 
-FLOPs come from `torch.utils.flop_counter.FlopCounterMode`, which counts a multiply-add as 2 FLOP (FLOP = 2 x MAC)
-for convolutions and matrix products and ignores element-wise work (norms, activations, resampling: well under 1 %
-of FaceDancer's count). FaceDancer config C at 256x256 counts 54.79 GFLOP per face (54.786 in convolutions, 0.003 in
-the AdaIN dense layers), and the count is linear in the batch. It is counted on the meta device: no memory, no
-arithmetic, the same count as a real forward.
-
-The peak is what this device reaches on a dense square matmul, measured once per process and precision (a few
-hundred ms; the best of several trials): fp32 (TF32 off), fp32 with TF32 allowed and fp16 on CUDA; fp32 alone on
-the CPU, where a 1x1 convolution (oneDNN) is timed beside the matmul (MKL) and the faster one counts. A network's
-floor uses the peak of the precision it runs in. fp32 means IEEE fp32 on CUDA here: the eager reference and
-CUDA graphs run their fp32 convolutions with TF32 off and ONNX Runtime's CUDA provider is told `use_tf32=0`, so an
-fp32 floor uses the fp32 peak (the TF32 peak is measured and reported beside it). No real network reaches the
-floor (convolutions with few channels, memory-bound element-wise work, launches): it says how far from the
-hardware's limit a time is.
+Design notes: docs/design-notes.md, section engines/flops.py.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """MTCNN face detector (Zhang et al. 2016) in PyTorch, with the weights the facenet-pytorch wheel ships.
 
-The networks and the cascade reproduce facenet-pytorch 2.6.0 (`models/mtcnn.py`, `models/utils/detect_face.py`)
-step for step, so the same image gives the same faces: inputs (x - 127.5) * 0.0078125; an image pyramid from
-scale 12 / min_face_size down by `factor` while the short side stays >= 12 px, each level resampled with area
-interpolation to (int(h * s + 1), int(w * s + 1)); PNet cells (stride 2, 12 px) with probability >= t0 become
-boxes floor((2 * cell + 1) / s), floor((2 * cell + 12) / s); NMS 0.5 within each level, NMS 0.7 over all;
-regression by the box size (no +1) and squaring; crops of the truncated box (1-based pixels) area-resampled to
-24 px for RNet (p > t1, NMS 0.7, regression by size + 1, squaring) and 48 px for ONet (p > t2; landmarks from the
-box before its regression; regression; NMS 0.7 over the smaller area with "+1" areas). Landmarks come out as
-facenet-pytorch gives them: left eye, right eye, nose, left and right mouth corner, as seen in the image.
-
-Where this differs from facenet-pytorch:
-- Crops that cross the image border are completed with black, as the original MTCNN does, instead of being
-  clipped and stretched (`pad_crops=False` restores facenet-pytorch's behaviour; see `MTCNN`).
-- Work layout, not numbers: candidates are extracted for all pyramid levels at once, with one NMS grouped by
-  level instead of one per level; in the batched layout PNet runs once on a mosaic of all levels and crops come
-  from a summed-area table (see `MTCNN`, `_MosaicLayout`, `_crops_from_table`).
-- A box whose crop holds no image pixel is dropped instead of shifting the crops of the boxes after it.
-
-Read top to bottom: networks → checkpoint loading → pyramid layouts → detector.
+Design notes: docs/design-notes.md, section engines/mtcnn.py.
 """
 
 from __future__ import annotations

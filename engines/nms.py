@@ -1,18 +1,6 @@
 """Exact greedy non-maximum suppression in torch, on the input's device.
 
-`nms` keeps the same boxes, in the same order, as `torchvision.ops.nms` (offset 0): boxes are visited by score,
-highest first (ties: lower index first), and a box is dropped when its overlap with an already kept box is strictly
-greater than the threshold. `offset=1.0` is the "+1 pixel" convention of the Caffe-era detectors (MTCNN's and
-insightface's numpy NMS): areas (x1 - x0 + 1) * (y1 - y0 + 1) and intersection sides + 1. `overlap="min"` divides
-the intersection by the smaller area instead of the union (MTCNN's last stage).
-
-How it avoids a host round trip per box: the pairwise "would suppress" relation is computed on the device for all
-pairs at once (in row blocks, so memory stays bounded at any N), only for later boxes in score order, and packed
-to bits (N x ceil(N / 8) bytes: 0.3 MB for 1,500 boxes). That one matrix is copied to the host in a single
-transfer; the greedy pass, which is inherently sequential, runs over it there in numpy (touching only the rows of
-kept boxes), and the kept indices go back in one copy: one round trip per call, whatever N is. On CPU tensors
-there is nothing to transfer, so the relation is computed a block of rows at a time, and only for the rows of
-boxes not yet suppressed (most rows, in a dense cluster of detections).
+Design notes: docs/design-notes.md, section engines/nms.py.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """The model registry: one entry per file DanceCam can use, the single source of truth for where files come from,
 how big they are, how they are verified, and under which licence they may be used.
 
-Hashes: an entry's `sha256` is set only where a public source states it. Where none does, the first download
-that completes (or the first `verify` of a file placed by hand) records its hash in the model directory and
-every later check compares against that record (trust on first use, see `engines.store`).
-
-A network's entry also carries its `DataConfig` (timm's `pretrained_cfg` idea): the input size, the normalisation
-and the alignment template the weights were trained with. The model code reads them from here (`data_config`).
+Design notes: docs/design-notes.md, section engines/registry.py.
 """
 
 from __future__ import annotations

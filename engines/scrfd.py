@@ -2,24 +2,7 @@
 
 Two parts, so that another backend can replace only the network call:
 
-- a runner (`engines.runners`' interface, described by `scrfd_io`) turns the (1, 3, S, S) float32 input into the 9
-  raw outputs. ONNX Runtime's is the one here; the file's inputs and outputs (names, order, element type, static
-  dimensions) are checked when it is loaded, the anchor counts on every call.
-- letterboxing before and decoding + NMS after run in torch on the detector's device, and give `Detections` in
-  the original image's pixel coordinates, best score first.
-
-Facts matched to insightface's `model_zoo/scrfd.py` (the reference the tests compare against):
-- Letterbox: keep the aspect ratio, fit inside S x S, image at the top-left, zero padding. The new size is
-  truncated (`int`) and the scale back is new_height / height, as there. Bilinear resize with half-pixel
-  centres (cv2 INTER_LINEAR geometry), rounded to integer levels because cv2 resizes uint8 images; identical to
-  cv2 for unchanged sizes and integer downscales (2x, 3x), within one grey level otherwise.
-- Input RGB, (x - 127.5) / 128.
-- Outputs: scores (N, 1) for strides 8, 16, 32, then box distances (N, 4), then keypoint distances (N, 10); N =
-  2 anchors per location, location-major (row, column, anchor). Distances are in stride units; anchor centres
-  are (column, row) * stride, the same for both anchors.
-- Boxes: centre -/+ distances (left, top, right, bottom); keypoints: centre + (dx, dy) per point.
-- Keep scores >= 0.5; NMS at IoU 0.4 with the "+1" pixel area convention, in original image coordinates;
-  optional max_num: the largest faces near the image centre (area - 2 * squared offset from the centre).
+Design notes: docs/design-notes.md, section engines/scrfd.py.
 """
 
 from __future__ import annotations
@@ -215,7 +198,9 @@ class SCRFD:
             require_model(path)
             runner = OnnxRuntimeRunner(path, io, self.device)
         elif runner.io != io:
-            raise ValueError(f"the runner is for {runner.io.network} {runner.io.inputs}, not SCRFD at {input_size}")
+            raise ValueError(
+                f"the runner is for {runner.io.network} {runner.io.inputs}, not SCRFD at {self.input_size}"
+            )
         runner.activate()  # load now: a bad file fails here, not on the first frame
         self.runner = runner
         self.io = io

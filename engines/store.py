@@ -3,9 +3,7 @@
 The model directory is `--model-dir`, else `$DANCECAM_HOME`, else `$XDG_CACHE_HOME/dancecam` (by default
 `~/.cache/dancecam`). Files shipped inside Python packages (MTCNN) are found in the installed package instead.
 
-Trust on first use: for an entry without a published sha256, the first complete download, or the first
-`verify` of a file placed by hand, records the file's hash in `trusted-sha256.json` in the model directory;
-later checks compare against it. A file whose size is far from the published size is never trusted.
+Design notes: docs/design-notes.md, section engines/store.py.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Legacy Keras HDF5 model files, read with h5py alone (no TensorFlow).
 
-A full-model `.h5` holds the architecture as JSON (`model_config`: every layer's class, config and inbound nodes)
-and the weights under `model_weights/<layer>/`, each layer group listing its tensors in `weight_names` order.
-Layer names are numbered in creation order (`conv2d_17`) and say nothing about where a layer sits, so nothing
-here reads meaning into them: a layer is found by its place in the graph, and its tensors by its own
-`weight_names`. `training_config` and `optimizer_weights` are ignored. Nested models (a Keras-applications
-backbone used as one layer) are flattened into the outer graph, their layers named `<outer>/<inner>`.
-
-Model-specific mapping (graph → state dict) lives with each model, e.g. `engines.facedancer`, and uses
-`WeightTaker` so that every tensor is used exactly once and every shape is checked.
+Design notes: docs/design-notes.md, section engines/convert/keras_h5.py.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """The one interface every inference backend implements, and what each network's runners take and give.
 
-A runner owns one network on one device in one precision: `activate()` prepares it (loads, compiles, captures;
-idempotent, may take long, shows progress), `infer(feeds)` takes device tensors by name and returns device tensors
-by name, queued on the caller's current CUDA stream (no synchronisation), and `close()` releases it. Inputs and
-outputs are always float32 in the network's layout (NCHW) and value range, whatever the runner computes in: a
-fp16 runner converts at its edges, so callers never change with the backend.
-
-Runners time themselves the Polygraphy way: `last_ms` is the host time of the last `infer` (on CUDA, launch time
-unless the runner synchronises, which none does on the hot path).
+Design notes: docs/design-notes.md, section engines/runners/base.py.
 """
 
 from __future__ import annotations

@@ -1,30 +1,6 @@
 """Torch fp16 + channels_last + CUDA graphs: one whole-network graph per batch bucket, replayed on the caller's stream.
 
-On `activate` the runner converts its own copy of the model (precision, memory format), allocates static input
-buffers for each bucket (1, 2, 4, 8 by default), warms every bucket up on a side stream (cuDNN picks its
-algorithms, cuBLAS makes its workspace there) and captures one graph per bucket on that same stream, largest first,
-all graphs in one private memory pool. `infer` takes the smallest bucket that holds the batch, copies the feeds
-into its static inputs (cast and re-laid out in the same copy), fills the spare rows with the last real row (so
-they are valid inputs, and harmless: every op here is per sample), replays the graph on the caller's current stream
-and returns float32 copies of the real rows. Nothing on that path waits for the device.
-
-Capture is serialised across the process (`_CAPTURE_LOCK`): a live server activates a session's runner on that
-session's worker thread while other sessions run, and PyTorch allows one capture at a time. The graphs are captured
-with `capture_begin`/`capture_end` on the side stream rather than the `torch.cuda.graph` context manager, whose
-entry synchronises the whole device and empties the allocator's cache: a stall for every live session, and an
-internal assertion if another capture is under way. Activation builds its buffers outside inference mode and
-autocast (they are the caller's thread-local modes), so a first call made under either leaves no trace; a failed
-activation leaves nothing half-built (and `RunnerBase` reports it again without retrying). `close` waits for the
-runner's last call by its event, not with a device-wide synchronize, and returns the graphs' memory pool.
-
-Sharing one pool is safe though the buckets replay in any order (pytorch/pytorch#166975): a graph's output buffer
-may be overwritten by another bucket's replay, but each replay's output is copied out right after it, in stream
-order, before anything else can run. One runner's buffers are single-use, so calls from different streams or
-threads are serialised: a lock on the host, and on the device each call waits (cudaStreamWaitEvent, no host sync)
-for the previous call's event. Give each pipeline stream its own runner to let them overlap.
-
-On a CPU device there is no capture: the same bucketed, padded, cast calls run eagerly. That path exists to test
-the bucketing, padding and precision logic without a GPU; `select.available()` does not offer this backend there.
+Design notes: docs/design-notes.md, section engines/runners/cuda_graphs.py.
 """
 
 from __future__ import annotations

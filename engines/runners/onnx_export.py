@@ -1,15 +1,6 @@
 """ONNX export of FaceDancer's generator and ArcFace: the io's names, a dynamic batch axis, float32.
 
-The exporter is torch's TorchScript-based one (`torch.onnx.export(..., dynamo=False)`). With the installed torch it
-exports FaceDancer in ~2-3 s at the opset asked for, and ONNX Runtime matches torch to ~1e-6. The dynamo exporter
-(`dynamo=True`) needs onnxscript, which the project does not install, takes ~8 s, and fails to down-convert its
-graph to opset 17 (it then silently writes opset 18); it is kept as `exporter="dynamo"` for the day the
-TorchScript exporter is removed.
-
-One quirk is repaired after export: the TorchScript exporter deduplicates initializers by value and wires the
-copies through `Identity` nodes; ONNX Runtime's basic graph optimiser drops those and then rejects the graph
-("... is not a graph input, initializer, or output of a previous node"). Random-init models hit it (every
-InstanceNorm weight is ones); consumers are rewired to the initializer itself.
+Design notes: docs/design-notes.md, section engines/runners/onnx_export.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """ONNX Runtime behind the runner interface: an exported graph (`engines.runners.onnx_export`, fp32, dynamic batch)
 or a foreign one (SCRFD's det_10g.onnx, fixed shapes).
 
-On the CPU, the CPU provider. On a CUDA device, the CUDA provider when this onnxruntime build has it: inputs and
-outputs are bound to torch's device memory and ORT's kernels are queued on torch's current stream, so nothing is
-copied or synchronised. Without it, the CPU provider with one copy
-each way.
+Design notes: docs/design-notes.md, section engines/runners/onnxruntime.py.
 """
 
 from __future__ import annotations

@@ -1,40 +1,6 @@
 """TensorRT through torch-tensorrt's dynamo frontend: torch.export → TensorRT engine → a saved, reloadable program.
 
-**This backend has never been executed.** TensorRT and torch-tensorrt cannot be installed anywhere in the workplace
-where it was written (not even on the lent GPU), so no engine has ever been built or run by this code. Verified
-without TensorRT (tests/engines/test_tensorrt.py): the exported program against eager, the dynamic-shape spec, the
-fp32 statistics in the fp16 graph, the cache key, path and atomic write, and every call into torch_tensorrt against
-a strict stand-in with the documented signatures. Written against the torch-tensorrt 2.11-2.13 documentation:
-
-1. `torch.export.export(model_in_fp16, example, dynamic_shapes=..., strict=False)`, one `Dim("batch", 1, max_batch)`
-   shared by every input (they must agree);
-2. `torch_tensorrt.dynamo.compile(ep, arg_inputs=[Input(min_shape, opt_shape, max_shape, dtype)], device=...)`;
-3. `torch_tensorrt.save(trt_gm, path, output_format="exported_program", arg_inputs=example, dynamic_shapes=...)`;
-4. later starts: `torch_tensorrt.load(path).module()`: seconds instead of minutes.
-This is "Saving Models with Dynamic Shapes", method 1, of
-https://docs.pytorch.org/TensorRT/user_guide/runtime_performance/saving_models.html (and
-https://docs.pytorch.org/TensorRT/tutorials/_rendered_examples/dynamo/save_dynamic_shapes_example.html); method 2
-(dims inferred from `Input`s) gives each input its own dim, which the docs say breaks inputs that share a batch.
-
-Precision. torch-tensorrt made strong ("explicit") typing the default in 2.10 and the only mode in 2.13, where
-`enabled_precisions` and `use_explicit_typing` were removed (2.11/2.12 already refuse fp16 in `enabled_precisions`
-while explicit typing is on). The documented way to run fp16 is to set the dtypes in the model: TensorRT then runs
-every layer in the dtype the graph gives it
-(https://docs.pytorch.org/TensorRT/user_guide/shapes_precision/mixed_precision.html, "Explicit Typing"). So the
-network is cast to float16 and exported as such; FaceDancer accumulates its InstanceNorm statistics (mean, variance,
-rsqrt, the folded IN·AdaIN scale and shift) in float32, so they stay float32 in the engine, as in the eager fp16
-path. One gap is closed here: TensorRT's reduce converters drop a reduction's `dtype=` argument (a
-half `mean(dtype=float32)` comes back half: `aten_ops_converters.py` / `impl/reduce.py` in torch-tensorrt 2.13), so
-such reductions are rewritten as an explicit float32 cast followed by the reduction before compiling
-(`explicit_reduction_casts`). Not chosen: weak typing with `enabled_precisions={fp16}` (deprecated since TensorRT
-10.12, and free to put the statistics in fp16); `torch_executed_ops` for the statistics (about twenty fallbacks to
-PyTorch splitting the network into as many engines); `enable_autocast` (rule-based, while our casts already say
-exactly what must stay fp32).
-
-Streams. The runtime orders the engine after the caller's current CUDA stream and the caller's stream after the
-engine with events, without a host synchronisation: torch-tensorrt 2.13 enqueues directly on a non-default caller
-stream; 2.11/2.12 enqueue on an engine stream fenced both ways (core/runtime/execute_engine.cpp). `infer` adds only
-the dtype conversions, queued on the caller's stream.
+Design notes: docs/design-notes.md, section engines/runners/tensorrt.py.
 """
 
 from __future__ import annotations

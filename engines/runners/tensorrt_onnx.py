@@ -1,26 +1,7 @@
 """TensorRT for a network that exists only as ONNX (SCRFD's det_10g.onnx): TensorRT's ONNX parser → a serialized
 engine cached on disk → `execute_async_v3` on the caller's CUDA stream.
 
-**This backend has never been executed.** TensorRT cannot be installed anywhere in the workplace where it was
-written, so no engine has been built or run by this code. Verified without TensorRT
-(tests/engines/test_tensorrt_onnx.py): the fp16 graph it builds from (run by ONNX Runtime against the fp32 one,
-and through the whole detector), the cache key and its atomic write, and every TensorRT call against a strict
-stand-in with the documented Python signatures whose "engine" runs the parsed ONNX with ONNX Runtime at the bound
-addresses. FaceDancer and ArcFace, which are torch modules, go through torch-tensorrt instead
-(`engines.runners.tensorrt`); the `tensorrt` package used here is the one torch-tensorrt installs.
-
-Written against the TensorRT 10.x/11.x Python API documentation (docs.nvidia.com/deeplearning/tensorrt):
-- build: `Builder(logger).create_network(1 << STRONGLY_TYPED)` (required on 10.x for typed fp16, accepted and
-  ignored on 11.x where every network is strongly typed), `OnnxParser(network, logger).parse(bytes)` with
-  `get_error(i)` for `num_errors`, one optimisation profile pinning the input shapes (det_10g leaves height and
-  width symbolic), `config.progress_monitor` for progress, `build_serialized_network(network, config)`;
-- run: `Runtime(logger).deserialize_cuda_engine(plan)`, `create_execution_context()` (one per calling thread),
-  `set_input_shape`, `set_tensor_address` by name, `execute_async_v3(stream)`: no host synchronisation anywhere.
-
-Precision. Strong typing runs every layer in the type the graph gives it, and TensorRT 11 removed the fp16
-builder flag (weak typing, deprecated since 10.12). So fp16 means an fp16 graph: the fp32 file is converted with
-onnxconverter-common (`convert_float_to_float16`, fp16 inputs and outputs too), and the runner converts to and
-from float32 at its edges on the caller's stream, as every fp16 runner here does.
+Design notes: docs/design-notes.md, section engines/runners/tensorrt_onnx.py.
 """
 
 from __future__ import annotations

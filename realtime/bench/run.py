@@ -1,14 +1,7 @@
 """`dancecam bench`: end-to-end latency of the frame pipeline per backend, resolution and face count, with the
 compute floor, the machine and its library versions, so that runs on different machines compare.
 
-Each case builds the pipeline the way file mode does (the detector `--detector` picks, by default the one the
-product would run here, every `detect_every` frames; tracking, align,
-FaceDancer on the chosen backend, paste-back) on a frame of real faces, warms up, then times `frames` frames:
-the latency is the host wall time of one `process()` call (on CUDA it ends with the frame's download, so it is
-the time a caller waits); the stage breakdown comes from the pipeline's profiler (CUDA events on a GPU). The
-floor is the FaceDancer FLOPs of the faces in the frame over the device's measured peak (`engines.flops`).
-
-Library code: typed errors, a progress callback, never prints or exits. The CLI is `realtime.cli.bench`.
+Design notes: docs/design-notes.md, section realtime/bench/run.py.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """File mode: swap faces in a photo or a video file, frame by frame through the same `FramePipeline` as live mode.
 
-Video is decoded and encoded with PyAV: every input frame gives one output frame with the input's pts and time
-base, so frame count and duration match. H.264 (MPEG-4 Part 2 when libx264 is missing) goes into `.mp4`/`.mov`,
-VP9 (or VP8) into `.webm`, always yuv420p; an odd width or height is padded by one replicated pixel row/column.
-A display rotation (phone clips stored sideways) is applied to the pixels, so faces are upright for the detector
-and the output needs no rotation tag. The first audio stream is copied packet for packet when the output
-container takes its codec, else transcoded (AAC for mp4/mov, Opus for webm). Other streams (subtitles, data,
-further audio) are dropped.
-
-Output is written to a hidden temporary file beside the target and renamed at the end: a failed run leaves
-nothing and never replaces an existing file. On Ctrl-C (KeyboardInterrupt, also when raised by the progress
-callback) the encoders are flushed and the container closed, so the frames done so far form a playable file; it is
-renamed into place (or, when the target exists, beside it as `NAME.partial.EXT`) and `SwapInterrupted` is raised.
-
-Library code: typed errors, a progress callback, never prints or exits.
+Design notes: docs/design-notes.md, section realtime/files/swap.py.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """Source identity cache: a source photo's z_id (and FaceDancer's w) computed once, kept on disk, reused.
 
-Entries live as one small safetensors file each under `<model_dir>/identities/`. The file name is
-sha256(image sha256 + ArcFace weights sha256), so another ArcFace never reuses an entry; both hashes are also
-stored inside and checked on load. w depends on the FaceDancer weights, so it is stored together with the
-`mapping_key` it was made under; when the key differs (or w is missing) w is recomputed from the cached z_id —
-one small MLP call, no detection — and the entry is rewritten. Files are written to a temporary name and renamed,
-so a reader never sees half a file; a file that does not load or does not check out is ignored and recomputed.
-
-Images are checked before they are decoded: at most `MAX_IMAGE_BYTES` of data, and at most `MAX_PIXELS` by the
-dimensions in the file's own header (PNG, JPEG, WebP and BMP are parsed here), so a decompression bomb is refused
-without allocating its pixels. Decoding is OpenCV's: grayscale and 16-bit become 8-bit RGB, an alpha channel is
-dropped, and a JPEG's EXIF orientation is applied.
+Design notes: docs/design-notes.md, section realtime/identity/cache.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """Giving the memory an ended session freed back to the system (glibc's malloc).
 
-A session's frames, codec buffers and tensors are freed when it ends, but glibc keeps freed memory in its arenas
-and returns only what sits at the top of a heap: the server's RSS rose with every session and never came down.
-`trim` hands the free pages back when a session ends; `limit_arenas` keeps the threads of many sessions to a few
-arenas (glibc's default is 8 per core), each of which keeps some memory it cannot return. Elsewhere (musl, macOS)
-both do nothing.
+Design notes: docs/design-notes.md, section realtime/live/allocator.py.
 """
 
 from __future__ import annotations

@@ -9,56 +9,21 @@ its wall time says whether one session alone keeps up; on CUDA, its device time 
 from __future__ import annotations
 
 import fractions
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from realtime.live.session import LiveServices
+from realtime.live.limits import Capacity, cpu_cores, given, not_measured
+from realtime.live.session import LiveServices, LiveSettings
+
+__all__ = ["Capacity", "cpu_cores", "given", "measure", "not_measured", "probe_frame"]
 
 PROBE_SIZE = (640, 480)
 USABLE_SHARE = 0.8  # of the CPU (and device) time: the event loop, the network and the rest need some too
 MAX_SESSIONS = 16
 WARMUP_CYCLES = 3
 RUNS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    """The session limit and how it was found; `to_json` is what /api/info shows."""
-
-    max_sessions: int
-    reason: str  # one line for the log and the page
-    source: str  # "measured", "--max-sessions", or "not measured"
-    target_fps: float = 30.0
-    cores: int = 0
-    cpu_ms_per_frame: float | None = None  # median over the runs, every thread of the process
-    wall_ms_per_frame: float | None = None
-    memory_mib: float = 0.0  # device memory a session takes (CUDA)
-    runs_cpu_ms: list[float] = field(default_factory=list)
-    probe: dict[str, Any] = field(default_factory=dict)  # what one probe frame carried
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def not_measured(why: str, target_fps: float = 30.0) -> Capacity:
-    return Capacity(1, f"capacity not measured: {why}", "not measured", target_fps, cpu_cores())
-
-
-def given(max_sessions: int, target_fps: float = 30.0) -> Capacity:
-    return Capacity(max_sessions, f"{max_sessions} session(s), as --max-sessions says", "--max-sessions", target_fps)
 
 
 def probe_frame() -> np.ndarray:
@@ -118,7 +83,6 @@ def measure(services: LiveServices, target_fps: float = 30.0, runs: int = RUNS) 
 
     from realtime.identity.cache import map_identity
     from realtime.identity.source import SourceIdentity, SourcePhoto
-    from realtime.live.session import LiveSettings
 
     if not services.ready:
         return not_measured(f"the {services.engine} engine cannot start ({services.weights.message})", target_fps)

@@ -1,18 +1,7 @@
 """Graceful degradation: when a live session cannot hold its frame rate, it gives up quality in a fixed order, one
 step at a time, and takes the steps back when the load allows.
 
-Order (each level keeps the reductions of the ones before it):
-  0 full · 1 detect less often (detect_every x2, at least 2) · 2 detect much less often (x4, at least 4) ·
-  3 detect at half resolution (detect_scale 0.5) · 4 one face (max_faces 1).
-
-Rule: the frame budget is 1000 / target ms, where the target is the set frame rate (default: the camera's
-measured input rate; never above it, since output cannot outrun input). Each processed frame's time, capped at 4x
-the budget so that one stall weighs little, feeds a moving average over about 10 frames (EMA, alpha 0.1). When the
-average stays above the budget for 1 s (and at least 5 frames) the session degrades one level; when it stays below
-70 % of the budget for 3 s (and at least 10 frames) it recovers one level. After every change the average starts
-afresh and the first 0.5 s are not judged. A recovery undone within 10 s doubles the wait before the next
-recovery (up to 30 s), so a load right at a level's edge does not bounce between two levels. With no target and no
-input rate known, nothing is judged (a session starts at level 0).
+Design notes: docs/design-notes.md, section realtime/live/degrade.py.
 """
 
 from __future__ import annotations

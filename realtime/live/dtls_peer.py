@@ -1,10 +1,6 @@
 """Why a peer's DTLS handshake failed, where its certificate tells: FFmpeg's WHIP muxer built with GnuTLS.
 
-Such an FFmpeg makes its DTLS certificate on secp224r1 (libavformat/tls_gnutls.c, gnutls_gen_private_key:
-GNUTLS_SEC_PARAM_MEDIUM is 224 bits for ECDSA); PyAV's wheels are built so. OpenSSL 4, which aiortc's DTLS runs on
-(pyca/cryptography's wheels), has no such curve for TLS any more: it ends the handshake with an illegal_parameter
-alert ("wrong curve"), and no setting on our side brings the curve back. The peer has to bring a P-256 certificate
-(FFmpeg: -cert_file, -key_file). Fixed upstream by pinning P-256: https://github.com/ossrs/ffmpeg-webrtc/pull/70
+Design notes: docs/design-notes.md, section realtime/live/dtls_peer.py.
 """
 
 from __future__ import annotations

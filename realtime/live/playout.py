@@ -1,10 +1,6 @@
 """The RTP playout-delay header extension on our outbound video: a ceiling on the receiver's jitter buffer.
 
-A browser sizes its jitter buffer by how far frames' arrivals stray from their timestamps; ours stray by the server's
-processing time, which swings with the machine's load, so the buffer (and glass to glass) grew over a session
-(benchmarks/e2e_chromium.py). WebRTC's playout-delay extension lets the sender cap it; aiortc does not implement it
-(its HeaderExtensionsMap knows a fixed set), so `install` adds it: negotiated like any extension, sent on every
-video packet. Spec: http://www.webrtc.org/experiments/rtp-hdrext/playout-delay
+Design notes: docs/design-notes.md, section realtime/live/playout.py.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 
 URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 MIN_MS = 0
-MAX_MS = 100  # the receiver renders a frame at most this long after it could (10 ms units on the wire)
+MAX_MS = 0  # 0: render each frame as soon as it is decoded (measured: benchmarks/results/e2e-chromium-playout-*)
 _ID = 6  # our offer's id (aiortc answers with the offerer's); unique beside aiortc's 1-3 across BUNDLE
 
 

@@ -1,12 +1,6 @@
 """Live sessions without the network: settings, the shared models, each session's pipeline, stats and capacity.
 
-`LiveServices` loads the models once per server (detector, FaceDancer, ArcFace) and holds the source identity every
-session swaps in. A session gets its own `FramePipeline` (own device context, stream, tracker and profiler) wrapped
-in a `SessionPipeline`, which the worker thread runs: before each frame it applies the session's current settings,
-the degradation level and a new source identity if one was uploaded, so nothing on the event loop ever touches a
-pipeline mid-frame. `SessionManager` keeps the sessions, enforces `max_sessions` and answers stats.
-
-The WebRTC side (peer connections, tracks) lives in `realtime.live.transport`; the HTTP side in `realtime.live.server`.
+Design notes: docs/design-notes.md, section realtime/live/session.py.
 """
 
 from __future__ import annotations
@@ -18,8 +12,8 @@ import secrets
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,8 +39,8 @@ from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import IdentityCache
 from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
-from realtime.live.capacity import Capacity, given
 from realtime.live.degrade import DegradationController
+from realtime.live.limits import Capacity, given
 from realtime.pipeline.anonymize import FaceAnonymizer
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
@@ -77,6 +71,7 @@ from realtime.pipeline.frame import (
 )
 from realtime.pipeline.masks import MaskSpec
 from realtime.pipeline.profiler import Profiler
+from realtime.pipeline.rate import RateMeter
 from realtime.pipeline.video import Frame
 
 log = logging.getLogger(__name__)
@@ -369,29 +364,6 @@ class LiveServices:
 
 
 # --- one session's pipeline, run by the worker thread ---------------------------------------------------------
-
-
-class RateMeter:
-    """Events per second over the last `window` seconds. `tick` from one thread, `rate` from any."""
-
-    def __init__(self, window: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window = window
-        self.clock = clock
-        self._times: deque[float] = deque(maxlen=1024)
-
-    def tick(self) -> None:
-        now = self.clock()
-        self._times.append(now)
-        while now - self._times[0] > self.window:  # keep only the window: `rate` then walks ~window * fps entries
-            self._times.popleft()
-
-    def rate(self) -> float:
-        now = self.clock()
-        times = [t for t in list(self._times) if now - t <= self.window]
-        if len(times) < 2:
-            return 0.0
-        span = max(times[-1] - times[0], now - times[0]) if now - times[-1] > 1.0 else times[-1] - times[0]
-        return (len(times) - 1) / span if span > 0 else 0.0
 
 
 class SessionPipeline:

@@ -1,21 +1,6 @@
 """Glass-to-glass stamp: a frame number written as a black/white code in the top-left corner of a frame.
 
-The client stamps each outgoing frame, the server leaves the corner alone, and the client reads the number back
-from the returned video to match it with the send time. `web/stamp.js` writes and reads the same layout, pixel for
-pixel (all geometry is integer arithmetic with the same rounding in both).
-
-Layout: a block of 4 rows x 7 columns of square cells, each 1/40 of the frame width (16 px at 640x480, 12 px at
-480x360, 32 px at 1280x720), starting at the top-left pixel:
-
-    W  d0  d1  d2  d3  d4  B        W / B   reference white / black cells (the four corners)
-    d5 d6  d7  d8  d9  d10 d11      d0-d15  the frame number, most significant bit first (white = 1)
-    d12 d13 d14 d15 c0 c1  c2       c0-c7   CRC-8 (poly 0x07, init 0xFF) of the number's two bytes
-    B  c3  c4  c5  c6  c7  W
-
-Sizes are fractions of the width, so an encoder that downscales the stream (Chromium drops 640x480 to 480x360)
-keeps the code readable at the new size. The reader averages the luma of the central half of each cell (block
-edges are where codecs smear), thresholds halfway between the reference whites and blacks, and returns None when
-the references lack contrast, a cell is ambiguous, or the checksum fails: a misread is dropped, never mismatched.
+Design notes: docs/design-notes.md, section realtime/live/stamp.py.
 """
 
 from __future__ import annotations

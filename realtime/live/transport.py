@@ -1,15 +1,6 @@
 """aiortc media glue around the pipeline worker: inbound track → `drain` → worker → `SwappedVideoTrack`.
 
-Bounded latency: aiortc's `RemoteStreamTrack` keeps an unbounded queue, so `drain` takes every frame off it as soon
-as it arrives and hands it to the worker's one-slot mailbox, where a newer frame replaces an unread one (a counted
-drop). The queue never grows; under overload the frame rate falls and the latency does not.
-
-Fail closed: `SwappedVideoTrack` only ever returns processed frames. When processing is late it repeats the last
-processed frame (counted as `repeated_frames`); before the first processed frame it waits; it never returns the raw
-input. Every returned frame carries the pts and time base of the input frame it was made from.
-
-This module is the only place that imports aiortc. Nothing here blocks the event loop: inference runs on the
-worker's thread, and the worker hands each processed frame over with `loop.call_soon_threadsafe`.
+Design notes: docs/design-notes.md, section realtime/live/transport.py.
 """
 
 from __future__ import annotations

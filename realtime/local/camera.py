@@ -1,12 +1,6 @@
 """Capture for `dancecam cam`: a local camera (OpenCV) or a looped video file (PyAV), read on its own thread.
 
-Why OpenCV for cameras: PyAV's wheels are built without FFmpeg's input devices (no v4l2, avfoundation or dshow),
-while the opencv-python(-headless) wheels carry V4L2 on Linux, AVFoundation on macOS and MSMF/DirectShow on
-Windows, all opened by index. Video files go through PyAV, as in file mode, and play looped at their frame rate,
-so the whole live mode runs (and is tested) without a camera.
-
-`Capture` submits each frame to the worker the moment it is read: the worker's one-slot mailbox replaces a frame
-it has not started (a counted drop), so nothing queues between the camera and the pipeline.
+Design notes: docs/design-notes.md, section realtime/local/camera.py.
 """
 
 from __future__ import annotations
@@ -17,7 +11,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +21,7 @@ import cv2
 import numpy as np
 
 from engines.errors import ConfigError, DanceCamError, MediaError
+from realtime.pipeline.rate import RateMeter
 from realtime.pipeline.video import Frame
 
 log = logging.getLogger(__name__)
@@ -245,30 +239,6 @@ class VideoFileSource:
 # --- the capture thread ---------------------------------------------------------------------------------------
 
 
-class RateMeter:
-    """Events per second over the last `window` seconds; ticked on one thread, read on another."""
-
-    def __init__(self, window: float = 2.0) -> None:
-        self.window = window
-        self._times: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def tick(self, now: float | None = None) -> None:
-        now = time.perf_counter() if now is None else now
-        with self._lock:
-            self._times.append(now)
-            while self._times and now - self._times[0] > self.window:
-                self._times.popleft()
-
-    def rate(self, now: float | None = None) -> float:
-        now = time.perf_counter() if now is None else now
-        with self._lock:
-            times = [t for t in self._times if now - t <= self.window]
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
-
-
 class Capture:
     """Reads `source` on its own thread and submits every frame at once; `error` says why it stopped early."""
 
@@ -276,7 +246,7 @@ class Capture:
         self.source = source
         self.submit = submit
         self.frames = 0
-        self.rate = RateMeter()
+        self.rate = RateMeter(clock=time.perf_counter)  # the capture loop's clock
         self.error: DanceCamError | None = None
         self.stopped = threading.Event()  # set when the thread has ended, for whatever reason
         self._stop = threading.Event()

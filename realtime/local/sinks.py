@@ -1,11 +1,7 @@
 """Where `dancecam cam` sends its output: a virtual camera (for video calls and OBS) and a preview window, driven
 by `Presenter` from the pipeline worker's processed frames.
 
-Fail closed: a sink only ever receives `ProcessedFrame`s, never raw camera input; before the first processed frame
-it receives nothing. When processing is late the last processed frame is sent again (counted by the worker as
-`repeated_frames`), so a video call sees a steady camera rather than a frozen one.
-
-`Presenter.run` works on the calling thread: OpenCV windows must be driven from the main thread on macOS.
+Design notes: docs/design-notes.md, section realtime/local/sinks.py.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import cv2
 import numpy as np
 
 from engines.errors import MediaError
-from realtime.local.camera import RateMeter
+from realtime.pipeline.rate import RateMeter
 
 if TYPE_CHECKING:
     from realtime.pipeline.worker import PipelineWorker, ProcessedFrame
@@ -142,7 +138,7 @@ class Presenter:
         self.repeat_after = 1.5 / fps
         self.sent = 0  # new processed frames sent (repeats not counted)
         self.latencies: deque[float] = deque(maxlen=50)  # camera read to processed, ms, of recent frames sent
-        self.rate = RateMeter()
+        self.rate = RateMeter(clock=time.perf_counter)  # ticked with perf_counter times
         self._newest = 0
         self._cond = threading.Condition()
         worker.on_frame = self._on_frame

@@ -3,29 +3,7 @@
 Nothing here copies to the host or synchronises; every function runs unchanged on CPU and CUDA tensors and takes
 any leading batch dimensions.
 
-**yuv420p <-> RGB** uses BT.601 limited ("TV") range, the default libswscale (and so PyAV) applies to frames with
-unspecified colourspace and what aiortc's VP8/H.264 decoders hand over. With Kr = 0.299, Kb = 0.114 and RGB in
-[0, 255]::
-
-    Y  = 16  + 219/255 * ( 0.299    R + 0.587    G + 0.114    B)
-    Cb = 128 + 224/255 * (-0.168736 R - 0.331264 G + 0.5      B)
-    Cr = 128 + 224/255 * ( 0.5      R - 0.418688 G - 0.081312 B)
-
-    R = 1.164384 (Y - 16)                        + 1.596027 (Cr - 128)
-    G = 1.164384 (Y - 16) - 0.391762 (Cb - 128) - 0.812968 (Cr - 128)
-    B = 1.164384 (Y - 16) + 2.017232 (Cb - 128)
-
-Chroma resampling follows what libswscale does for these formats, so our frames and PyAV's agree to a grey level
-or two (measured in tests/realtime/test_colour.py):
-
-- upsample (yuv420p -> RGB): nearest, each chroma sample covers its 2x2 luma block;
-- downsample (RGB -> yuv420p): horizontally the mean of each pixel pair, vertically a (1, 3, 3, 1)/8 filter centred
-  between the two rows of a block, edge rows replicated. On flat regions this equals a 2x2 box average; at sharp
-  vertical chroma edges it is a little softer, as swscale's is.
-
-**Colour transfer** matches the swapped crop's per-channel mean and standard deviation in CIE Lab (sRGB, D65 white,
-2° observer; the same constants as scikit-image's rgb2lab/lab2rgb) to the target face's, over a soft face mask, so a
-swapped face takes on the lighting of the frame it is pasted into (Reinhard et al., 2001, with Lab in place of lαβ).
+Design notes: docs/design-notes.md, section realtime/pipeline/colour.py.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
 """The one owner of a pipeline's device resources: device, CUDA stream, pinned staging buffers, frame tensors, masks.
 
-Stages borrow from it and never allocate frame-sized memory themselves. Frame buffers are allocated for the first
-frame and again only when the resolution changes. Per frame there is one host→device copy in (`upload`) and one
-device→host copy out (`download`), and `download` is the frame's only synchronisation: it waits for the copy out,
-which the stream orders after everything the frame did.
-
-Without CUDA the same object runs the CPU path: the "device" buffer is an ordinary tensor, upload and download
-are memory copies, and no stream exists.
+Design notes: docs/design-notes.md, section realtime/pipeline/context.py.
 """
 
 from __future__ import annotations

@@ -2,16 +2,7 @@
 align → swap → colour transfer (optional) → paste back → download. This is the synchronous core that file mode and
 the live worker drive; it never touches asyncio.
 
-The same code runs on CUDA and on the CPU: the frame lives in the `DeviceContext`'s buffer on its device, warps go
-to the CuPy kernels or OpenCV (`realtime.pipeline.warp`), and everything else is torch. On CUDA the frame's only waits
-are the download at its end and, on frames where the detector runs, reading its few boxes and landmarks back for the
-tracker (the tracker and face choice are a handful of numbers on the host).
-
-Fail closed: with swapping on and a face being tracked, the output never shows that face unswapped. When the swap
-engine fails (raises, returns the wrong shape, or returns non-finite values for a face), that face gets its own
-last good swapped crop if it is at most `repeat_frames` old, else its own crop pixelated (the region stays, the
-identity does not). The choice is made on the device (`torch.where`), so a bad face costs no extra sync; the
-counters are updated once the frame's download has completed.
+Design notes: docs/design-notes.md, section realtime/pipeline/frame.py.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Soft blend masks for pasting swapped faces back, built once per crop size.
 
-The default is the official FaceDancer mask: ones at rows 77:240, columns 32:224 of the 256 crop (the face below
-the forehead), blurred with a Gaussian of sigma 7 (`scipy.ndimage.gaussian_filter` semantics: reflecting border,
-kernel truncated at 4 sigma). For other crop sizes the rectangle and sigma scale with size/256. An ellipse over the
-same region is the alternative; `erode_px` shrinks the region and `feather_px` sets the blur sigma, both in pixels of
-the crop. `CoverMask` is the anonymize engine's: exactly 1 over an ellipse holding the whole face with a margin, so
-no blend lets a face's own pixels through, and a smooth fall to 0 outside it.
+The swaps' `MaskSpec` (official or ellipse) and the anonymize engine's `CoverMask`. Design notes: docs/design-notes.md,
+section realtime/pipeline/masks.py.
 """
 
 from __future__ import annotations

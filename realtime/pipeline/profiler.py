@@ -1,16 +1,6 @@
 """The pipeline's profiler: per-stage and end-to-end times per frame, rolling percentiles, fps and counters.
 
-On the CPU a stage is timed with the host clock (`time.perf_counter` unless another clock is injected) and a
-frame's times enter the rolling windows when it finishes. On CUDA the host clock would only measure kernel
-launches, so each stage records a pair of `torch.cuda.Event`s on the stream the caller has made current, and a
-finished frame waits in a short queue until the GPU has passed its events. Nothing here ever synchronises: the
-queue is polled with `Event.query()` in later frames' `finish()` and in `snapshot()`, and only frames whose events
-have all completed are read with `elapsed_time`. The queue is bounded (`MAX_PENDING`); when the GPU falls that far
-behind, the oldest frame's GPU times are given up and counted as `profiler_overflow`, so memory never grows. Host
-wall time per frame is kept on every device as `host_end_to_end`, so CPU-side latency stays visible on the GPU.
-
-A worker thread records while another thread (the event loop) reads `snapshot()`; one lock guards the windows and
-is held only to append or copy, never while computing percentiles or reading events.
+Design notes: docs/design-notes.md, section realtime/pipeline/profiler.py.
 """
 
 from __future__ import annotations

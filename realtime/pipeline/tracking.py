@@ -1,19 +1,6 @@
 """Landmark smoothing and face tracking between detections.
 
-The detector runs every few frames; in between, and on every frame it does run, faces are carried by tracks whose
-box and five landmarks are smoothed by a One Euro filter (Casiez, Roussel & Vogel, CHI 2012): a first-order
-low-pass whose cutoff rises with the signal's filtered speed, so a still face does not jitter and a moving one
-follows with little lag. All of it is a handful of floats per face, so it runs on the host in numpy.
-
-Scale: `min_cutoff` and `d_cutoff` are frequencies (Hz) and need no scale. `beta` multiplies a speed, which in pixels
-per second would make a small face (few pixels of motion) smoothed far more than a large one making the same head
-movement. `OneEuroFilter` therefore takes an optional `scale` per sample; the tracker passes the face size
-(sqrt of its smoothed box area) so `beta` is in units of 1 / (face sizes per second) and two faces that differ only
-in size are filtered identically, up to that size factor. The steady-state lag on a ramp of speed v is
-v / (2π (min_cutoff + beta v / scale)), which can never exceed scale / (2π beta): a fixed share of the face size.
-
-Association: greedy by IoU between each detection and each track's box extrapolated to the detection's time (a
-Hungarian solver buys nothing for a handful of faces; greedy on the predicted boxes keeps ids through crossings).
+Design notes: docs/design-notes.md, section realtime/pipeline/tracking.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """The frame every front-end hands the pipeline and gets back: pixels with an explicit format, pts and time base.
 
-A frame says what its pixels are (`yuv420p` packed planes as PyAV's `to_ndarray()` gives them, or `rgb24`), so no
-code downstream guesses the format from an array's shape; its shape is checked once, here, where it is made. `pts`
-and `time_base` follow PyAV (`av.VideoFrame`) and aiortc (`VideoStreamTrack.next_timestamp`): an integer count of
-`time_base` seconds, carried untouched from input to output. Conversion to and from `av.VideoFrame` lives with the
-front-ends (`realtime.live.av_frames`): this layer never imports av.
+Design notes: docs/design-notes.md, section realtime/pipeline/video.py.
 """
 
 from __future__ import annotations

@@ -1,21 +1,6 @@
 """Face alignment and paste-back on the CPU (OpenCV): the reference path the GPU kernels must agree with.
 
-- `align_faces`: each face warped onto the template crop (bilinear, border replicated so faces at the frame edge
-  get no black band), normalised to [-1, 1] and laid out as one NCHW float32 batch.
-- `paste_faces`: each crop warped back with its mask in one 4-channel warp and blended into the frame, touching only
-  the part of the face's box that the mask reaches, not the whole frame (the common tools' way, which costs tens of
-  ms at 720p).
-
-Matrices map frame pixels to crop pixels (what `engines.align.estimate_norm` returns), one (2, 3) per face. Pixel
-centres sit at integer coordinates, as in OpenCV and the official FaceDancer code.
-
-Speed: every step over pixels is one OpenCV call on one data type, into scratch buffers kept per thread, never a
-numpy float temporary (those made paste ~4x slower). OpenCV's 4-channel warps are vectorised and its 3-channel uint8
-warp is not (~2x slower), so align warps an RGBA copy of the face's region and paste warps RGB and mask together as
-one float32 RGBA image. Paste visits only the pixels where the warped mask can reach `SUPPORT_THRESHOLD`: elsewhere
-the blend rounds back to the frame's own value, so the result is that of visiting the whole box (the official mask
-is below it on a wide border: the support is 70% of the crop). `benchmarks.warp_cpu_bench` times it against the
-whole-frame way.
+Design notes: docs/design-notes.md, section realtime/pipeline/warp_cpu.py.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
 """Face alignment and paste-back on the GPU: two fused CuPy kernels with the CPU path's behaviour
 (`realtime.pipeline.warp_cpu`), on torch tensors, on the caller's CUDA stream, with no host synchronisation.
 
-- `align_faces`: one launch for every face of the frame: inverse-map each crop pixel into the frame, bilinear
-  sample with the border replicated, normalise to [-1, 1] and write NCHW (float32 or float16).
-- `paste_faces`: one launch over the union of the faces' boxes: each frame pixel visits the faces in order, maps
-  itself into each crop, samples crop and mask bilinearly (zero outside the crop) and blends, so overlapping faces
-  compose exactly as the sequential CPU path does; pixels outside every face's box are never touched.
-
-Matrices map frame pixels to crop pixels (as `engines.align.estimate_norm` returns them); pixel centres sit at
-integer coordinates. Known difference from the CPU path: OpenCV rounds interpolation weights to 1/32 and rounds the
-aligned crop to uint8 before normalising; these kernels interpolate in float32. The parity test states the
-tolerance.
+Design notes: docs/design-notes.md, section realtime/pipeline/warp_cuda.py.
 """
 
 from __future__ import annotations

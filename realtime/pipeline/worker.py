@@ -1,15 +1,6 @@
 """The pipeline's worker thread, fed through a one-slot latest-frame mailbox.
 
-Live video must never queue: a newer camera frame replaces an unread one (a counted drop), so under overload the
-frame rate falls and the latency does not grow. Inference runs on this thread, never on an event loop; the
-consumer (an outbound track, a virtual camera) takes the newest processed frame whenever it needs one.
-
-Fail closed across time: the consumer only ever sees processed frames. When processing is late the consumer gets
-the last processed frame again (counted as a repeat); before the first processed frame it gets nothing. A frame the
-pipeline cannot process at all (an error outside the swap, which the pipeline already handles) is not emitted;
-the error is logged and counted and the worker goes on with the next frame.
-
-The worker owns its counters (`WORKER_COUNTERS`); observers read them with `counters()`, next to the pipeline's own.
+Design notes: docs/design-notes.md, section realtime/pipeline/worker.py.
 """
 
 from __future__ import annotations

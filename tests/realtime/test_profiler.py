@@ -18,19 +18,7 @@ import pytest
 import torch
 
 from realtime.pipeline.profiler import MAX_PENDING, FrameRecord, Profiler
-
-
-class FakeClock:
-    """A host clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance_ms(self, ms: float) -> None:
-        self.t += ms / 1e3
+from tests.fakes import FakeClock
 
 
 def _run_frame(prof: Profiler, clock: FakeClock, stages: dict[str, float], gap_ms: float = 0.0) -> None:

@@ -5,63 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-import torch
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
-from engines.align import estimate_norm
 from engines.mtcnn import MTCNN
 from realtime.live.transport import LiveSession, MarkerJitterBuffer, SwappedVideoTrack, decode_on_marker, drain
 from realtime.pipeline.frame import FramePipeline, PipelineConfig
-from realtime.pipeline.masks import build_mask
 from realtime.pipeline.video import Frame
 from tests import faces
+from tests.fakes import TICKS_30FPS, VIDEO_TIME_BASE, FakeCamera, Painter, swapped_regions
 
-TIME_BASE = Fraction(1, 90000)
-TICKS = 3000  # 30 fps at 90 kHz
-
-
-class FakeCamera(MediaStreamTrack):
-    """Real-time 30 fps video of one image (like aiortc's VideoStreamTrack); ends after `frames` frames."""
-
-    kind = "video"
-
-    def __init__(self, image: np.ndarray, frames: int, fps: float = 30.0) -> None:
-        super().__init__()
-        self.image, self.frames, self.fps = image, frames, fps
-        self.sent: list[int] = []
-        self._start: float | None = None
-
-    async def recv(self) -> av.VideoFrame:
-        k = len(self.sent)
-        if k >= self.frames or self.readyState != "live":
-            self.stop()
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        await asyncio.sleep(max(0.0, self._start + k / self.fps - time.monotonic()))
-        frame = av.VideoFrame.from_ndarray(self.image, format="rgb24").reformat(format="yuv420p")  # as decoded
-        frame.pts, frame.time_base = k * TICKS, TIME_BASE
-        self.sent.append(frame.pts)
-        return frame
-
-
-class Painter:
-    """Paints every face white, after `delay_s` (a slow engine)."""
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-
-    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.delay_s)
-        return torch.ones_like(crops)
+TIME_BASE, TICKS = VIDEO_TIME_BASE, TICKS_30FPS
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +31,9 @@ def detector() -> MTCNN:
 @pytest.fixture(scope="module")
 def scene() -> tuple[np.ndarray, list[np.ndarray]]:
     """A 640x480 frame with faces, and a mask of each fully visible face's swapped region."""
-    import cv2
 
     frame, placed = faces.compose_faces(640, 480)
-    lm = torch.tensor(np.stack([p.landmarks for p in placed if p.inside]), dtype=torch.float64)
-    regions = [
-        cv2.warpAffine(build_mask(256), m, (640, 480), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.9
-        for m in estimate_norm(lm, 256).numpy()
-    ]
-    return frame, regions
+    return frame, swapped_regions(placed, 640, 480)
 
 
 def _assert_swapped(image: np.ndarray, regions: list[np.ndarray], pts: int) -> None:

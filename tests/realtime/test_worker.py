@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from engines.align import estimate_norm
 from engines.mtcnn import MTCNN
 from realtime.pipeline.frame import FramePipeline, PipelineConfig
-from realtime.pipeline.masks import build_mask
 from realtime.pipeline.video import Frame
 from realtime.pipeline.worker import Mailbox, PipelineWorker
 from tests import faces
+from tests.fakes import Painter, swapped_regions
 
 
 def test_mailbox_keeps_only_the_newest() -> None:
@@ -40,44 +39,15 @@ def test_mailbox_close_wakes_a_waiting_reader() -> None:
         box.put(3)
 
 
-class Painter:
-    """Paints every face white; sleeps on chosen calls (a late swap) and raises on others."""
-
-    def __init__(
-        self, delay_s: float = 0.0, slow_on: frozenset[int] = frozenset(), fail_on: frozenset[int] = frozenset()
-    ):
-        self.calls = 0
-        self.delay_s, self.slow_on, self.fail_on = delay_s, slow_on, fail_on
-
-    def __call__(self, crops: torch.Tensor) -> torch.Tensor:
-        i = self.calls
-        self.calls += 1
-        if i in self.slow_on:
-            time.sleep(self.delay_s)
-        if i in self.fail_on:
-            raise RuntimeError("injected failure")
-        return torch.ones_like(crops)
-
-
 @pytest.fixture(scope="module")
 def detector() -> MTCNN:
     return MTCNN()
 
 
-def _face_masks(placed: list[faces.PlacedFace], w: int, h: int) -> list[np.ndarray]:
-    import cv2
-
-    lm = torch.tensor(np.stack([p.landmarks for p in placed if p.inside]), dtype=torch.float64)
-    return [
-        cv2.warpAffine(build_mask(256), m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) > 0.9
-        for m in estimate_norm(lm, 256).numpy()
-    ]
-
-
 def test_late_and_failed_swaps_never_show_the_real_face(detector: MTCNN) -> None:
     """A consumer polling at camera rate while swaps are late or fail sees only swapped frames, and repeats."""
     frame, placed = faces.compose_faces(640, 480)
-    regions = _face_masks(placed, 640, 480)
+    regions = swapped_regions(placed, 640, 480)
     engine = Painter(delay_s=0.25, slow_on=frozenset({2, 3}), fail_on=frozenset({1}))
     worker = PipelineWorker(FramePipeline(detector, engine, PipelineConfig(detect_every=3))).start()
     seen = []
