@@ -141,6 +141,11 @@ async function loadInfo() {
   token.hide();
   showWeightsNotice(info.weights);
   source.showServerSource(info.source, info.needs_source !== false);
+  // the anonymize engine hides faces: no source face to give, and a style to choose (a live setting)
+  const hides = info.engine === 'anonymize';
+  $('source-panel').hidden = hides;
+  $('style-field').hidden = !hides;
+  $('set-style').disabled = !hides; // a disabled control is neither sent nor shown as a setting
   if (!state.settingsShown) {
     // the first answer fills the form; later ones (after an upload) must not undo what the user changed
     settings.applyLimits(info.limits);

@@ -19,10 +19,12 @@ from realtime.assembly.spec import ModelSpec
 from realtime.assembly.weights import find_weights
 from realtime.identity.cache import IdentityCache, default_identity_dir
 from realtime.identity.source import IdentityBuilder, SourceIdentity
+from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.choices import AnonymizeStyle
 from realtime.pipeline.frame import ArcFaceEmbedder, FaceDancerSwap, IdentitySwap, SimulatedCost
 
 log = logging.getLogger(__name__)
-SwapEngineKind = FaceDancerSwap | IdentitySwap | SimulatedCost
+SwapEngineKind = FaceDancerSwap | IdentitySwap | FaceAnonymizer | SimulatedCost
 
 
 class Models:
@@ -87,12 +89,15 @@ class Models:
         runner.close()
         return message
 
-    def swap_engine(self, source: SourceIdentity | None) -> SwapEngineKind:
+    def swap_engine(self, source: SourceIdentity | None, style: AnonymizeStyle | None = None) -> SwapEngineKind:
         """The swap engine for `source`: FaceDancer on the chosen backend (chosen now on the first call, its runner
-        used), or the identity engine; with the spec's simulated cost. `NoSourceError` without a source."""
-        engine: FaceDancerSwap | IdentitySwap
+        used), the identity engine, or the anonymize engine in `style` (None: the spec's; it takes no source); with
+        the spec's simulated cost. `NoSourceError` for FaceDancer without a source."""
+        engine: FaceDancerSwap | IdentitySwap | FaceAnonymizer
         if self.spec.engine == "identity":
             engine = IdentitySwap()
+        elif self.spec.engine == "anonymize":
+            engine = FaceAnonymizer(style or self.spec.style)
         else:
             if source is None or source.w is None or self.facedancer is None:
                 raise NoSourceError("no source photo yet: upload one before starting")

@@ -1,4 +1,5 @@
-"""`ModelSpec`: what to run — engine, device, detector, backend, precision, model directory — validated once, here.
+"""`ModelSpec`: what to run — engine (and the anonymize engine's style), device, detector, backend, precision, model
+directory — validated once, here.
 
 Every front-end (`dancecam swap`, `cam`, `serve`, `bench`) turns its options into one of these and hands it to
 `realtime.assembly.builder.build_models`; a bad value is a `ConfigError` at construction, before any model loads.
@@ -19,7 +20,7 @@ from engines.choices import (
     Precision,
 )
 from engines.errors import ConfigError
-from realtime.pipeline.choices import DEFAULT_ENGINE, ENGINES, EngineName
+from realtime.pipeline.choices import DEFAULT_ENGINE, DEFAULT_STYLE, ENGINES, STYLES, AnonymizeStyle, EngineName
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class ModelSpec:
     """The models of a pipeline and how they run; the same for every mode."""
 
     engine: EngineName = DEFAULT_ENGINE
+    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces (the other engines ignore it)
     device: str = DEFAULT_DEVICE  # auto, cpu or cuda[:N]
     detector: DetectorName = DEFAULT_DETECTOR  # auto: SCRFD on a GPU when det_10g.onnx is present, else MTCNN
     backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's: auto is the fastest present
@@ -45,7 +47,9 @@ class ModelSpec:
         from realtime.pipeline.frame import IdentitySwap, SimulatedCost
 
         if self.engine not in ENGINES:
-            raise ConfigError(f"engine must be {' or '.join(ENGINES)}, not {self.engine!r}")
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.style not in STYLES:
+            raise ConfigError(f"--style must be one of {', '.join(STYLES)}, not {self.style!r}")
         if self.detector not in DETECTORS:
             raise ConfigError(f"unknown detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}")
         if self.backend != "auto" and self.backend not in BACKENDS:

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from engines.command import styled
 from engines.errors import ConfigError, MediaError
-from realtime.cli.options import add_pipeline_options, add_source, swap_options
+from realtime.cli.options import add_pipeline_options, add_source, check_source, swap_options
 from realtime.pipeline.counters import read_counters
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "camera (choose 'DanceCam' in your video call or OBS) and/or a preview window. Only swapped frames are "
         "sent, never the raw camera. Ctrl-C stops.",
     )
-    add_source(p, True, "photo of the face to put in")
+    add_source(p, False, "photo of the face to put in (required, except by --engine anonymize)")
     p.add_argument(
         "--camera",
         default="0",
@@ -74,11 +74,12 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from realtime.local.sinks import Presenter
     from realtime.pipeline.worker import PipelineWorker
 
+    options = swap_options(args)  # a bad --style first: it says which engine to use
+    check_source(args)
     size = parse_size(args.size) if args.size else None
-    for photo, _ in args.source:
+    for photo, _ in args.source or []:
         if not photo.is_file():
             raise MediaError(f"source photo {photo} does not exist")
-    options = swap_options(args)
     err = Console(stderr=True, highlight=False)
     show = not args.quiet
     live = show and err.is_terminal
@@ -103,7 +104,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
             if show and getattr(sink, "device", None):
                 err.print(f"{sink.name}: {escape(str(sink.device))}", soft_wrap=True)
         status = stack.enter_context(err.status("loading models", spinner="dots")) if live else None
-        pipeline, notes = build_pipeline(args.source, options)
+        pipeline, notes = build_pipeline(args.source or [], options)
         for line in notes if show else ():
             err.print(f"note: {styled(line)}", soft_wrap=True)
         worker = PipelineWorker(pipeline)

@@ -13,10 +13,13 @@ from realtime.pipeline.choices import (
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
     DEFAULT_MAX_FACES,
+    DEFAULT_STYLE,
     DEFAULT_THRESHOLD,
     ENGINES,
     FACE_MODES,
     MASKS,
+    STYLES,
+    AnonymizeStyle,
 )
 
 if TYPE_CHECKING:
@@ -29,9 +32,10 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=ENGINES,
         default=DEFAULT_ENGINE,
-        help="facedancer (default; needs the model weights) or identity (no weights: faces are detected, aligned "
-        "and blended back unchanged)",
+        help="facedancer (default; needs the model weights), identity (no weights: faces are detected, aligned "
+        "and blended back unchanged) or anonymize (no weights, no source photo: faces hidden, see --style)",
     )
+    add_style(p)
     faces = p.add_argument_group("which faces")
     faces.add_argument("--faces", choices=FACE_MODES, default=DEFAULT_FACE_MODE, help=f"default: {DEFAULT_FACE_MODE}")
     faces.add_argument(
@@ -92,6 +96,35 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_style(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--style",
+        choices=STYLES,
+        default=None,
+        help=f"how --engine anonymize hides faces: pixelate (~10 blocks across a face), blur (sigma a quarter of "
+        f"the face's width) or fill (solid black); default {DEFAULT_STYLE}",
+    )
+
+
+def anonymize_style(args: argparse.Namespace) -> AnonymizeStyle:
+    """`--style`, or its default; `ConfigError` when given for an engine that does not hide faces."""
+    from engines.errors import ConfigError
+
+    if args.style is not None and args.engine != "anonymize":
+        raise ConfigError(f"--style is for --engine anonymize (it hides faces); --engine {args.engine} swaps them")
+    return args.style or DEFAULT_STYLE
+
+
+def check_source(args: argparse.Namespace) -> None:
+    """`-s/--source` is required, except by the anonymize engine, which puts no face in."""
+    from engines.errors import ConfigError
+
+    if not args.source and args.engine != "anonymize":
+        raise ConfigError(
+            f"--engine {args.engine} needs -s/--source PHOTO, the face to put in (only --engine anonymize needs none)"
+        )
+
+
 def source_photo(text: str) -> tuple[Path, float]:
     """argparse type of `--source PHOTO[:WEIGHT]`."""
     from engines.errors import ConfigError
@@ -133,6 +166,7 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
 
     return SwapOptions(
         engine=args.engine,
+        style=anonymize_style(args),
         faces=args.faces,
         reference=args.reference,
         threshold=args.threshold,

@@ -52,7 +52,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "127.0.0.1 keeps the media of this machine's own clients on loopback; on a server with many interfaces "
         "or in a container, name the one peers reach",
     )
-    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="facedancer (default; weights and a source photo), identity (no weights) or anonymize (no weights, no "
+        "source photo: faces hidden, see --style)",
+    )
     p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
     p.add_argument(
         "--detector",
@@ -67,8 +73,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
-    from realtime.cli.options import add_simulate_ms, add_source
+    from realtime.cli.options import add_simulate_ms, add_source, add_style
 
+    add_style(p)  # the default for new sessions; the page changes it per session
     add_source(p, False, "source photo to start with (else upload one)")
     p.add_argument(
         "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
@@ -163,9 +170,12 @@ def run(args: argparse.Namespace) -> int:
 
     ice_addresses = check_addresses(args.ice_address) if args.ice_address else None
     from realtime.assembly.spec import ModelSpec
+    from realtime.cli.options import anonymize_style
 
+    style = anonymize_style(args)
     spec = ModelSpec(  # a bad value is refused here, before any model loads
         engine=args.engine,
+        style=style,
         device=args.device,
         detector=args.detector,
         backend=args.backend,
@@ -177,14 +187,18 @@ def run(args: argparse.Namespace) -> int:
     from realtime.live import capacity
     from realtime.live.session import LiveServices, LiveSettings, SessionManager
 
-    defaults = LiveSettings().updated({"detect_every": args.detect_every, "target_fps": args.target_fps})
+    defaults = LiveSettings().updated(
+        {"detect_every": args.detect_every, "target_fps": args.target_fps, "style": style}
+    )
     console.print(f"loading models ({args.engine}) ...")
     services = LiveServices.from_spec(spec)
     if services.backend_message:
         console.print(styled(services.backend_message), soft_wrap=True)
     if not services.weights.ok:
         console.print(f"[yellow]weights missing:[/] {styled(services.weights.message or '')}", soft_wrap=True)
-    if args.source:
+    if args.source and args.engine == "anonymize":
+        console.print("note: the anonymize engine hides faces and puts none in: --source is not used")
+    elif args.source:
         from realtime.identity.source import PhotoInput
 
         photos = []

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.text import Text
 
 from engines.command import styled
-from realtime.cli.options import add_pipeline_options, add_source, swap_options
+from realtime.cli.options import add_pipeline_options, add_source, check_source, swap_options
 
 if TYPE_CHECKING:
     from realtime.files.swap import SwapReport
@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "frame. Video keeps its frame count, timing and audio. The output is written only when complete (Ctrl-C "
         "keeps a playable partial video).",
     )
-    add_source(p, True, "photo of the face to put in")
+    add_source(p, False, "photo of the face to put in (required, except by --engine anonymize)")
     p.add_argument("-i", "--input", required=True, type=Path, metavar="FILE", help="photo or video to swap faces in")
     p.add_argument(
         "-o",
@@ -62,7 +62,8 @@ class FpsColumn(ProgressColumn):
 def cmd_swap(args: argparse.Namespace) -> int:
     from realtime.files.swap import swap_file
 
-    options = swap_options(args, overwrite=args.overwrite)
+    options = swap_options(args, overwrite=args.overwrite)  # a bad --style first: it says which engine to use
+    check_source(args)
     err = Console(stderr=True, highlight=False)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -82,7 +83,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
                 progress.update(task, description=f"swapping {args.input.name}")
             progress.update(task, completed=done, total=total)
 
-        result = swap_file(args.source, args.input, args.output, options, progress=report)
+        result = swap_file(args.source or [], args.input, args.output, options, progress=report)
     if not args.quiet:
         _summary(result)
     return 0

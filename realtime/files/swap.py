@@ -37,7 +37,9 @@ from realtime.pipeline.choices import (
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
     DEFAULT_MAX_FACES,
+    DEFAULT_STYLE,
     DEFAULT_THRESHOLD,
+    AnonymizeStyle,
     EngineName,
     FaceMode,
     MaskKind,
@@ -94,6 +96,7 @@ class SwapOptions:
     """Everything about a swap except the files."""
 
     engine: EngineName = DEFAULT_ENGINE
+    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces
     faces: FaceMode = DEFAULT_FACE_MODE
     reference: Path | None = None  # photo of the person to swap, for faces="reference"
     threshold: float = DEFAULT_THRESHOLD
@@ -115,6 +118,7 @@ class SwapOptions:
         """The models this swap runs (validated: `ConfigError` for a bad engine, detector, backend or cost)."""
         return ModelSpec(
             engine=self.engine,
+            style=self.style,
             device=self.device,
             detector=self.detector,
             backend=self.backend,
@@ -242,8 +246,9 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     """Detector, engine and face choice for `options`, with the source photo checked (and embedded for FaceDancer).
 
     The identity engine needs no weights but the source photo must still decode and show a face, so a bad photo
-    is reported before any video is read. FaceDancer (and reference-person choice) need ArcFace; the source's
-    embedding is kept in the identity cache, so a photo is embedded once.
+    is reported before any video is read; the anonymize engine takes no source photo (one given is not read).
+    FaceDancer (and reference-person choice) need ArcFace; the source's embedding is kept in the identity cache, so
+    a photo is embedded once.
     """
     from realtime.assembly import builder
     from realtime.pipeline.context import DeviceContext
@@ -264,12 +269,19 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     notes: list[str] = []
     if options.detector != "mtcnn":
         notes.append(models.detector_note)
-    photos = [PhotoInput(_read_bytes(path, "source photo"), weight, str(path)) for path, weight in as_sources(source)]
-    # FaceDancer: embedded, mixed, w mapped; identity: no weights needed, but a photo without a usable face is
-    # still reported now, not after the video
-    identity = models.identity_builder().build(photos)
-    if options.engine == "facedancer" and identity.note:
-        notes.append(f"source photo: {identity.note}")
+    identity = None
+    if options.engine == "anonymize":
+        if as_sources(source):
+            notes.append("the anonymize engine hides faces and puts none in: the source photo is not used")
+    else:
+        photos = [
+            PhotoInput(_read_bytes(path, "source photo"), weight, str(path)) for path, weight in as_sources(source)
+        ]
+        # FaceDancer: embedded, mixed, w mapped; identity: no weights needed, but a photo without a usable face is
+        # still reported now, not after the video
+        identity = models.identity_builder().build(photos)
+        if options.engine == "facedancer" and identity.note:
+            notes.append(f"source photo: {identity.note}")
     engine = models.swap_engine(identity)  # FaceDancer's backend is chosen here, once
     if models.backend_message:
         notes.append(models.backend_message)

@@ -41,16 +41,20 @@ from realtime.identity.source import IdentityBuilder, PhotoInput, SourceIdentity
 from realtime.live import allocator
 from realtime.live.degrade import DegradationController
 from realtime.live.limits import Capacity, given
+from realtime.pipeline.anonymize import FaceAnonymizer
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
     DEFAULT_MAX_FACES,
+    DEFAULT_STYLE,
     DETECT_EVERY_RANGE,
     LIVE_FACE_MODES,
     MASKS,
     MAX_FACES_RANGE,
+    STYLES,
+    AnonymizeStyle,
     EngineName,
     LiveFaceMode,
     MaskKind,
@@ -97,6 +101,7 @@ SETTING_LIMITS: dict[str, Any] = {
     "detect_every": list(DETECT_EVERY_RANGE),
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
+    "style": list(STYLES),  # the anonymize engine's (the other engines ignore it)
 }
 
 
@@ -112,6 +117,7 @@ class LiveSettings:
     detect_every: int = DEFAULT_DETECT_EVERY
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
+    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -301,6 +307,8 @@ class LiveServices:
         Blocking (detection and ArcFace): call it from a thread. Raises `ConfigError` (count, weights),
         `ImageError`, `NoFaceError`, or `WeightsNotReadyError` when the weights are missing; the current source stays.
         """
+        if self.engine == "anonymize":
+            raise ConfigError("this server hides faces (engine anonymize) and puts none in: it takes no source photo")
         if not self.weights.ok:
             reason = self.weights.message or "weights are missing"
             raise WeightsNotReadyError(f"the source photo cannot be used yet: {reason}")
@@ -320,9 +328,12 @@ class LiveServices:
         if self.engine == "facedancer" and self.source is None:
             raise NoSourceError("no source photo yet: upload one (POST /api/source) before starting")
 
-    def make_engine(self, source: SourceIdentity | None) -> FaceDancerSwap | IdentitySwap | SimulatedCost:
-        """This session's engine on the backend chosen at load (`NoSourceError` before a source photo)."""
-        return self.models.swap_engine(source)
+    def make_engine(
+        self, source: SourceIdentity | None, style: AnonymizeStyle | None = None
+    ) -> FaceDancerSwap | IdentitySwap | FaceAnonymizer | SimulatedCost:
+        """This session's engine on the backend chosen at load (`NoSourceError` before a source photo); `style`:
+        the anonymize engine's (None: the spec's)."""
+        return self.models.swap_engine(source, style)
 
     def new_pipeline(self, settings: LiveSettings) -> tuple[FramePipeline, int]:
         """A pipeline of its own for one session (own stream, buffers, tracker, profiler); and the source version."""
@@ -330,7 +341,7 @@ class LiveServices:
         try:
             pipeline = FramePipeline(
                 self.detector,
-                self.make_engine(source),
+                self.make_engine(source, settings.style),
                 settings.pipeline_config(),
                 profiler=Profiler(self.device, window=300),
             )
@@ -398,11 +409,14 @@ class SessionPipeline:
                 swap = swap.with_source(source.z_id, source.w)  # w mapped once per identity; same runner
                 self.inner.engine = SimulatedCost(swap, slow.ms) if slow is not None else swap
             else:
-                self.inner.engine = self.services.make_engine(source)
+                self.inner.engine = self.services.make_engine(source, settings.style)
                 close = getattr(engine, "close", None)
                 if close is not None:
                     close()
             self._source_version = source.version
+        hider = _anonymizer(self.inner.engine)
+        if hider is not None and hider.style != settings.style:  # a new style: a new engine (no state, no weights)
+            self.inner.engine = self.services.make_engine(source, settings.style)
         if self.controller.target_fps != settings.target_fps:
             self.controller.target_fps = settings.target_fps
         if self._config_for != (settings, self.controller.level):  # rebuilt only when settings or level change
@@ -420,6 +434,12 @@ class SessionPipeline:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _anonymizer(engine: object) -> FaceAnonymizer | None:
+    """The anonymize engine inside `engine` (maybe under a simulated cost), else None."""
+    inner = engine.engine if isinstance(engine, SimulatedCost) else engine
+    return inner if isinstance(inner, FaceAnonymizer) else None
 
 
 # --- sessions -------------------------------------------------------------------------------------------------

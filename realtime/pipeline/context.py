@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from engines.errors import ConfigError
-from realtime.pipeline.masks import MaskSpec, build_mask
+from realtime.pipeline.masks import CoverMask, MaskSpec, build_mask
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -70,7 +70,7 @@ class DeviceContext:
                 raise ConfigError(f"{e}; or use --device cpu") from e
         self.stream: torch.cuda.Stream | None = torch.cuda.Stream(self.device) if self.is_cuda else None
         self._buffers: FrameBuffers | None = None
-        self._masks: dict[tuple[int, MaskSpec], torch.Tensor] = {}
+        self._masks: dict[tuple[int, MaskSpec | CoverMask], torch.Tensor] = {}
         self._done: torch.cuda.Event | None = torch.cuda.Event() if self.is_cuda else None
         self.reallocations = 0  # frame buffer (re)allocations: 1 per resolution seen
 
@@ -129,7 +129,7 @@ class DeviceContext:
         self._done.synchronize()
         return b.host_out.numpy().copy()
 
-    def mask(self, size: int, spec: MaskSpec) -> torch.Tensor:
+    def mask(self, size: int, spec: MaskSpec | CoverMask) -> torch.Tensor:
         """The (size, size) float32 blend mask on the device, built once per size and spec."""
         key = (size, spec)
         if key not in self._masks:

@@ -33,7 +33,7 @@ from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to
 from realtime.pipeline.context import DeviceContext
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
-from realtime.pipeline.masks import MaskSpec
+from realtime.pipeline.masks import CoverMask, MaskSpec
 from realtime.pipeline.profiler import FrameRecord, Profiler
 from realtime.pipeline.tracking import FaceTracker, Track
 from realtime.pipeline.video import Frame
@@ -45,6 +45,39 @@ class SwapEngine(Protocol):
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float crops in [-1, 1] → swapped crops, same shape, in [-1, 1]."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class CropFraming:
+    """What an engine's crops hold and how its output goes back: an engine may carry one as `framing` (a swap
+    engine needs none: the network's template, the config's mask and colour transfer)."""
+
+    zoom: float = 1.0  # the crop holds `zoom` times the template's field of view around its centre
+    mask: CoverMask | None = None  # None: the pipeline config's mask
+    colour_transfer: bool = True  # whether the config's colour transfer applies to this engine's output
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.zoom <= 4.0:  # also rejects NaN
+            raise ConfigError(f"crop zoom must be 1..4, got {self.zoom}")
+
+
+SWAP_FRAMING = CropFraming()
+
+
+def engine_framing(engine: SwapEngine) -> CropFraming:
+    """The engine's own framing, else the swap's."""
+    return getattr(engine, "framing", None) or SWAP_FRAMING
+
+
+def zoom_out(matrices: np.ndarray, size: int, zoom: float) -> np.ndarray:
+    """(N, 2, 3) frame → crop matrices whose crops hold `zoom` times as much around the crop's centre."""
+    if zoom == 1.0:
+        return matrices
+    centre = (size - 1) / 2  # pixel centres at integers: the crop's middle
+    out = np.array(matrices, np.float64, copy=True)
+    out[:, :, :2] /= zoom
+    out[:, :, 2] = (out[:, :, 2] - centre) / zoom + centre
+    return out
 
 
 class IdentitySwap:
@@ -63,6 +96,10 @@ class SimulatedCost:
             raise ConfigError(f"--simulate-ms must be 0..10000 milliseconds, got {ms}")
         self.engine = engine
         self.ms = ms
+
+    @property
+    def framing(self) -> CropFraming:
+        return engine_framing(self.engine)
 
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         time.sleep(self.ms / 1000.0)
@@ -267,20 +304,22 @@ class FramePipeline:
                 with _stage(record, stages, "track"):
                     tracks = self.tracker.predict(t)
             chosen = self._choose(tracks)
+            framing = engine_framing(self.engine)
             good: torch.Tensor | None = None
             all_failed = False
             if chosen:
                 with _stage(record, stages, "align"):
                     landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
                     matrices = estimate_norm(landmarks, cfg.crop_size, self.crop_data.template).numpy()
+                    matrices = zoom_out(matrices, cfg.crop_size, framing.zoom)
                     boxes = warp.face_boxes(matrices, cfg.crop_size, width, height)
                     geometry = warp.upload_geometry(matrices, boxes, frame_t.device)  # one copy for align and paste
                     crops = warp.align(frame_t, matrices, cfg.crop_size, geometry=geometry)
-                    mask = ctx.mask(cfg.crop_size, cfg.mask)
+                    mask = ctx.mask(cfg.crop_size, framing.mask or cfg.mask)
                 with _stage(record, stages, "swap"):
                     swapped, good = self._swap(crops, [tr.id for tr in chosen], index)
                     all_failed = good is None
-                if cfg.colour_transfer:
+                if cfg.colour_transfer and framing.colour_transfer:
                     with _stage(record, stages, "colour"):
                         swapped = colour_transfer(swapped, crops, mask)
                 with _stage(record, stages, "paste"):

@@ -1,6 +1,7 @@
 """Soft blend masks for pasting swapped faces back, built once per crop size.
 
-Design notes: docs/design-notes.md, section realtime/pipeline/masks.py.
+The swaps' `MaskSpec` (official or ellipse) and the anonymize engine's `CoverMask`. Design notes: docs/design-notes.md,
+section realtime/pipeline/masks.py.
 """
 
 from __future__ import annotations
@@ -33,9 +34,47 @@ class MaskSpec:
             raise ConfigError(f"mask erosion must be between 0 and 64 px, got {self.erode_px}")
 
 
-def build_mask(size: int, spec: MaskSpec = MaskSpec()) -> np.ndarray:
+@dataclass(frozen=True, slots=True)
+class CoverMask:
+    """An ellipse in fractions of the crop's side (the crop spans 0..1 edge to edge): 1 inside, falling smoothly to
+    0 where the elliptical radius reaches 1 + `feather`; the crop size does not change its shape."""
+
+    cx: float
+    cy: float
+    ax: float  # semi-axes
+    ay: float
+    feather: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (self.ax > 0 and self.ay > 0 and 0 < self.feather <= 1):
+            raise ConfigError(f"a cover mask needs positive semi-axes and a feather in (0, 1], got {self}")
+        reach = 1 + self.feather
+        inside = (
+            self.cx - reach * self.ax >= 0
+            and self.cx + reach * self.ax <= 1
+            and self.cy - reach * self.ay >= 0
+            and self.cy + reach * self.ay <= 1
+        )
+        if not inside:  # cut by the crop's edge, the ellipse would end in a hard seam
+            raise ConfigError(f"the cover mask's ellipse and feather must fit inside the crop, got {self}")
+
+
+def build_mask(size: int, spec: MaskSpec | CoverMask = MaskSpec()) -> np.ndarray:
     """(size, size) float32 in [0, 1]; cached, so callers must not modify it."""
+    if isinstance(spec, CoverMask):
+        return _build_cover(size, spec)
     return _build(size, spec)
+
+
+@lru_cache(maxsize=16)
+def _build_cover(size: int, spec: CoverMask) -> np.ndarray:
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / size  # pixel centres in fractions of the side
+    dx, dy = (centres - spec.cx) / spec.ax, (centres - spec.cy) / spec.ay
+    rho = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)
+    t = np.clip((rho - 1.0) / spec.feather, 0.0, 1.0)
+    mask = (1.0 - t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: exactly 1 inside, exactly 0 beyond
+    mask.setflags(write=False)
+    return mask
 
 
 @lru_cache(maxsize=16)

@@ -22,7 +22,8 @@ from tests.realtime.test_filemode import make_clip, model_home  # noqa: F401 (mo
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"engine": "inswapper"}, "engine must be facedancer or identity, not 'inswapper'"),
+        ({"engine": "inswapper"}, "engine must be one of facedancer, identity, anonymize, not 'inswapper'"),
+        ({"engine": "anonymize", "style": "swirl"}, "--style must be one of pixelate, blur, fill, not 'swirl'"),
         ({"detector": "yunet"}, "unknown detector 'yunet'; choose one of: auto, mtcnn, scrfd"),
         ({"backend": "openvino"}, "unknown backend 'openvino'; choose one of: auto, tensorrt, cuda-graphs"),
         ({"precision": "int8"}, "--precision must be fp32 or fp16, got 'int8'"),
@@ -42,6 +43,7 @@ def test_a_spec_is_frozen_and_says_which_weights_it_loads() -> None:
         spec.engine = "identity"  # type: ignore[misc]
     assert spec.weight_names == ["facedancer_c_hq", "arcface_r50"]
     assert ModelSpec(engine="identity").weight_names == []
+    assert ModelSpec(engine="anonymize").weight_names == []  # hides faces with no network but the detector
     assert ModelSpec(engine="identity", arcface=True).weight_names == ["arcface_r50"]  # reference-person choice
     assert ModelSpec(arcface=False).weight_names == ["facedancer_c_hq"]  # the benchmark's random identity
     assert ModelSpec(random_weights=True, arcface=False).weight_names == []

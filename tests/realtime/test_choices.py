@@ -36,6 +36,7 @@ OPTIONS: list[tuple[str, str, Any, object]] = [
         for cmd in ("swap", "cam")
         for opt, literal, default in (
             ("--engine", pc.EngineName, pc.DEFAULT_ENGINE),
+            ("--style", pc.AnonymizeStyle, None),  # None: not given (refused for engines that do not hide faces)
             ("--faces", pc.FaceMode, pc.DEFAULT_FACE_MODE),
             ("--mask", pc.MaskKind, pc.DEFAULT_MASK),
             ("--detector", ec.DetectorName, ec.DEFAULT_DETECTOR),
@@ -43,6 +44,7 @@ OPTIONS: list[tuple[str, str, Any, object]] = [
         )
     ),
     ("serve", "--engine", pc.EngineName, pc.DEFAULT_ENGINE),
+    ("serve", "--style", pc.AnonymizeStyle, None),
     ("serve", "--detector", ec.DetectorName, ec.DEFAULT_DETECTOR),
     ("serve", "--backend", ec.BackendChoice, ec.DEFAULT_BACKEND),
     ("bench", "--detector", ec.DetectorName, ec.DEFAULT_DETECTOR),
@@ -76,7 +78,9 @@ def test_every_choice_option_offers_exactly_its_literal(command: str, option: st
 
 
 def test_the_literals_are_the_sets_the_review_named() -> None:
-    assert pc.ENGINES == ("facedancer", "identity")
+    assert pc.ENGINES == ("facedancer", "identity", "anonymize")
+    assert pc.STYLES == ("pixelate", "blur", "fill")
+    assert pc.DEFAULT_STYLE in pc.STYLES
     assert pc.FACE_MODES == ("all", "largest", "reference")
     assert set(pc.LIVE_FACE_MODES) < set(pc.FACE_MODES)
     assert pc.MASKS == ("official", "ellipse")
@@ -126,9 +130,16 @@ def test_the_live_settings_offer_the_literals() -> None:
     assert SETTING_LIMITS["mask"] == list(pc.MASKS)
     assert SETTING_LIMITS["max_faces"] == list(pc.MAX_FACES_RANGE)
     assert SETTING_LIMITS["detect_every"] == list(pc.DETECT_EVERY_RANGE)
+    assert SETTING_LIMITS["style"] == list(pc.STYLES)
+    assert LiveSettings().style == SwapOptions().style == pc.DEFAULT_STYLE
     types = {f.name: f.type for f in dataclasses.fields(LiveSettings)}
     assert types["face_mode"] == "LiveFaceMode"  # annotated with the Literal itself (postponed annotations)
     assert types["mask"] == "MaskKind"
+    assert types["style"] == "AnonymizeStyle"
+    for style in pc.STYLES:
+        assert LiveSettings().updated({"style": style}).style == style
+    with pytest.raises(SettingsError, match="style must be one of pixelate, blur, fill, got 'swirl'"):
+        LiveSettings().updated({"style": "swirl"})
     for mode in pc.LIVE_FACE_MODES:
         assert LiveSettings().updated({"face_mode": mode}).face_mode == mode
     for mask in pc.MASKS:

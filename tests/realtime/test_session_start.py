@@ -122,7 +122,7 @@ class FailingEngineServices(LiveServices):
         self.model = model
         self.runners: list[FailingRunner] = []
 
-    def make_engine(self, source: Any) -> FaceDancerSwap:
+    def make_engine(self, source: Any, style: Any = None) -> FaceDancerSwap:
         self.runners.append(FailingRunner())
         return FaceDancerSwap(self.model, torch.zeros(512), self.runners[-1])
 
