@@ -332,6 +332,8 @@ async def _settle(live: Any, leftovers: Callable[[Any], list[str]], timeout: flo
     from tests.live_client import wait_for
 
     await wait_for(lambda: not live.manager.sessions and not leftovers(live), timeout)
+    # a session's close may still be finishing (its last awaits hold the pipeline): wait for that, never collect
+    await wait_for(lambda: not any(census().values()), min(timeout, 5.0), step=0.25)
     return leftovers(live)
 
 
