@@ -28,6 +28,7 @@ import shlex
 import sys
 import threading
 import time
+import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -185,10 +186,13 @@ class Snapshot:
     tasks: list[str]  # pending asyncio tasks but the one measuring
     uncollected: dict[str, int]  # instances of each CENSUS class, before a garbage collection
     objects: dict[str, int]  # ... and after one
+    holders: list[str] = field(default_factory=list)  # what held the uncollected ones: chains of referrers
 
     @classmethod
-    def take(cls) -> Snapshot:
-        uncollected = census()
+    def take(cls, older: frozenset[int] = frozenset()) -> Snapshot:
+        """`older`: ids of session objects alive before the soak (an earlier test's), left out of the census."""
+        uncollected = census(older)
+        holders = held_by([n for n, k in uncollected.items() if k], older) if any(uncollected.values()) else []
         gc.collect()
         names = sorted(t.name for t in threading.enumerate())
         current = asyncio.current_task()
@@ -198,14 +202,63 @@ class Snapshot:
             executor_threads=sum(1 for n in names if EXECUTOR_THREAD.match(n)),
             tasks=sorted(t.get_name() for t in asyncio.all_tasks() if t is not current and not t.done()),
             uncollected=uncollected,
-            objects=census(),
+            objects=census(older),
+            holders=holders,
         )
 
 
-def census() -> dict[str, int]:
-    """How many instances of each CENSUS class this process holds (garbage not yet collected included)."""
-    found = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+def census(older: frozenset[int] = frozenset()) -> dict[str, int]:
+    """How many instances of each CENSUS class this process holds (garbage not yet collected included), but those
+    whose ids are in `older`."""
+    found = Counter(_name(o) for o in gc.get_objects() if id(o) not in older)
     return {name: found[name] for name in CENSUS}
+
+
+def census_ids() -> frozenset[int]:
+    """The ids of the CENSUS instances alive now."""
+    wanted = set(CENSUS)
+    return frozenset(id(o) for o in gc.get_objects() if _name(o) in wanted)
+
+
+def _name(o: object) -> str:
+    return f"{type(o).__module__}.{type(o).__qualname__}"
+
+
+def held_by(names: list[str], older: frozenset[int] = frozenset(), depth: int = 6, limit: int = 12) -> list[str]:
+    """Chains of referrers (object <- what refers to it <- ...) from each live instance of the classes `names`:
+    what a failed census prints, so a rare leak says where it is."""
+    before = {id(o) for o in gc.get_objects()}  # the walk's own lists, iterators and frames are left out
+    wanted = set(names)
+    targets = [o for o in gc.get_objects() if _name(o) in wanted and id(o) not in older]
+    chains: list[str] = []
+
+    def walk(obj: Any, path: list[str], seen: set[int], left: int) -> None:
+        if len(chains) >= limit:
+            return
+        referrers = [r for r in gc.get_referrers(obj) if id(r) in before and id(r) not in seen]
+        if left == 0 or not referrers:
+            chains.append(" <- ".join(path + ([] if referrers else ["(nothing else)"])))
+            return
+        for r in referrers[:3]:
+            walk(r, [*path, _describe(r)], seen | {id(r)}, left - 1)
+
+    for target in targets:
+        walk(target, [_describe(target)], {id(target)}, depth)
+    return chains
+
+
+def _describe(o: Any) -> str:
+    if isinstance(o, types.FrameType):
+        return f"frame {o.f_code.co_name} ({Path(o.f_code.co_filename).name}:{o.f_lineno})"
+    if isinstance(o, BaseException):
+        return f"{type(o).__name__}({str(o)[:60]!r})"
+    if isinstance(o, types.MethodType):
+        return f"method {o.__func__.__qualname__}"
+    if isinstance(o, dict):
+        return f"dict({', '.join(map(str, list(o)[:5]))})"
+    if isinstance(o, (list, tuple, set)):
+        return f"{type(o).__name__}[{len(o)}]"
+    return f"{type(o).__module__}.{type(o).__qualname__}"
 
 
 @dataclass
@@ -242,7 +295,7 @@ class SoakResult:
         found = list(self.leftovers)
         found += [f"thread {n}" for n in sorted(set(self.end.threads) - set(self.start.threads))]
         found += [f"task {n}" for n in sorted(set(self.end.tasks) - set(self.start.tasks))]
-        found += [f"{n} {_short(name)}" for name, n in self.end.objects.items() if n > self.start.objects[name]]
+        found += [f"{n} {_short(name)}" for name, n in self.end.objects.items() if n]  # older ones left out
         if self.end.executor_threads > min(32, (os.cpu_count() or 1) + 4):
             found.append(f"{self.end.executor_threads} executor threads")
         if self.sessions_left:
@@ -267,6 +320,7 @@ async def soak(
     plan.check()
     started = time.monotonic()
     start = Snapshot.take()
+    older = census_ids()  # an earlier test's, still alive: not this soak's to give back
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this process's heap is shared
     conn, child_conn = context.Pipe()
     child = context.Process(target=drive, args=(live.base, plan, child_conn), name="dancecam-memory-clients")
@@ -297,13 +351,13 @@ async def soak(
             raise SoakError(f"the clients sent nothing for {timeout:.0f} s")
 
         await receive(120)
-        await _settle(live, leftovers)
-        after_first = Snapshot.take()
+        await _settle(live, leftovers, older)
+        after_first = Snapshot.take(older)
         trace.append((live.manager.ended, after_first.rss_mib))
         conn.send("go")
         frames = await receive(120 + 10 * plan.sessions)
-        left = await _settle(live, leftovers)
-        end = Snapshot.take()
+        left = await _settle(live, leftovers, older)
+        end = Snapshot.take(older)
         trimmed = rss_mib() if malloc_trim() else None
     finally:
         child.join(10)
@@ -327,13 +381,15 @@ async def soak(
     )
 
 
-async def _settle(live: Any, leftovers: Callable[[Any], list[str]], timeout: float = 15.0) -> list[str]:
+async def _settle(
+    live: Any, leftovers: Callable[[Any], list[str]], older: frozenset[int], timeout: float = 15.0
+) -> list[str]:
     """Wait until no session and nothing of one is left running; what is left after `timeout`."""
     from tests.live_client import wait_for
 
     await wait_for(lambda: not live.manager.sessions and not leftovers(live), timeout)
     # a session's close may still be finishing (its last awaits hold the pipeline): wait for that, never collect
-    await wait_for(lambda: not any(census().values()), min(timeout, 5.0), step=0.25)
+    await wait_for(lambda: not any(census(older).values()), min(timeout, 5.0), step=0.25)
     return leftovers(live)
 
 

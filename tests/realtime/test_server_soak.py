@@ -38,13 +38,15 @@ async def test_sessions_with_media_give_back_what_they_took() -> None:
             gc.enable()
     print(
         f"{plan.sessions} sessions in {result.elapsed_s:.0f} s: RSS (ended, MiB) {result.trace}; "
-        f"an extra malloc_trim gives back {result.trimmable_mib} MiB"
+        f"an extra malloc_trim gives back {result.trimmable_mib} MiB; alive before (an earlier test's, left out): "
+        f"{ {name: n for name, n in result.start.objects.items() if n} }"
     )
     vanished = sum(vanishes(i, plan.vanish_fraction) for i in range(plan.sessions))
     assert result.ended_by_cause == {"client": plan.sessions - vanished, "silent": vanished}
     assert all(n >= plan.frames for n in result.frames_back), result.frames_back
     kept = {name: n for name, n in result.end.uncollected.items() if n}
-    assert not kept, f"ended sessions waited for a full garbage collection: {kept}"
+    held = "\n".join(result.end.holders)
+    assert not kept, f"ended sessions waited for a full garbage collection: {kept}, held by:\n{held}"
     assert not result.left_behind(), result.left_behind()
     assert result.ratio <= RATIO, (
         f"RSS {result.after_first.rss_mib:.0f} MiB after the first two sessions, {result.end.rss_mib:.0f} MiB after "
