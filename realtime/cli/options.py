@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from engines.choices import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE, DETECTORS
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -76,6 +77,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"detect every N frames, track between (default {DEFAULT_DETECT_EVERY})",
     )
+    add_detect_on_change(run)
     run.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
     run.add_argument(
         "--detector",
@@ -93,6 +95,17 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--model-dir", type=Path, default=None, help="model directory (default: $DANCECAM_HOME or ~/.cache/dancecam)"
+    )
+
+
+def add_detect_on_change(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--no-detect-on-change",
+        dest="detect_on_change",
+        action="store_false",
+        default=DEFAULT_DETECT_ON_CHANGE,
+        help="detect only every N frames: a face that comes in between two detections is then shown unhidden until "
+        "the next (default: also detect on any frame where something changed outside the tracked faces)",
     )
 
 
@@ -176,6 +189,7 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         erode_px=args.erode,
         colour_transfer=args.colour_transfer,
         detect_every=args.detect_every,
+        detect_on_change=args.detect_on_change,
         model_dir=args.model_dir,
         device=args.device,
         backend=args.backend,

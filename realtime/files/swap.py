@@ -33,6 +33,7 @@ from realtime.identity.cache import decode_image
 from realtime.identity.source import PhotoInput
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -106,6 +107,7 @@ class SwapOptions:
     erode_px: int = 0
     colour_transfer: bool = False
     detect_every: int = DEFAULT_DETECT_EVERY
+    detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE  # also detect where something changed outside the faces
     model_dir: Path | None = None
     device: str = DEFAULT_DEVICE
     detector: DetectorName = DEFAULT_DETECTOR  # auto: SCRFD on a GPU when det_10g.onnx is present, else MTCNN
@@ -300,6 +302,7 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     config = PipelineConfig(
         swap=True,
         detect_every=options.detect_every,
+        detect_on_change=options.detect_on_change,
         choice=FaceChoice(options.faces, options.max_faces, options.threshold, reference),
         mask=mask,
         colour_transfer=options.colour_transfer,

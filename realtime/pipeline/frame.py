@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ from engines.facedancer import MODEL_NAME as FACEDANCER
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
-from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DETECT_EVERY_RANGE
+from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_ON_CHANGE, DETECT_EVERY_RANGE
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
+from realtime.pipeline.entry import EntryCheck
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
 from realtime.pipeline.masks import CoverMask, MaskSpec
 from realtime.pipeline.profiler import FrameRecord, Profiler
@@ -190,6 +192,9 @@ class PipelineConfig:
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
     detect_scale: float = 1.0  # the detector sees the frame resized by this factor (cheaper, misses small faces)
     draw_boxes: bool = False  # outline the tracked faces in the output (green: swapped), to see what is tracked
+    # between scheduled detections, detect on any frame where something changed outside the tracked faces: a face
+    # coming in is then never shown before a detection has seen it (realtime/pipeline/entry.py)
+    detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE
 
     def __post_init__(self) -> None:
         lo, hi = DETECT_EVERY_RANGE
@@ -238,6 +243,7 @@ class FramePipeline:
         self.detector = detector
         self.engine = engine
         self.tracker = tracker or FaceTracker()
+        self.entry = EntryCheck()
         self.context = context or DeviceContext(getattr(detector, "device", "cpu"))
         self.profiler = profiler or Profiler(self.context.device)
         self.embedder = embedder
@@ -290,19 +296,30 @@ class FramePipeline:
             if self._resolution != (height, width):  # new resolution: old positions mean nothing
                 self._resolution = (height, width)
                 self.tracker.reset()
+                self.entry.reset()
                 self._memory.clear()
                 self._embeddings.clear()
             detect = index % cfg.detect_every == 0 or not self.tracker.tracks
+            entered = False
             if detect:
                 with _stage(record, stages, "detect"):
                     detections = detect_scaled(self.detector, frame_t, cfg.detect_scale)
                 with _stage(record, stages, "track"):
                     tracks = self.tracker.update(detections, t)
-                    if self.embedder is not None and tracks:
-                        self._embed(frame_t, tracks)
             else:
                 with _stage(record, stages, "track"):
                     tracks = self.tracker.predict(t)
+                if cfg.detect_on_change:
+                    with _stage(record, stages, "entry"):
+                        region = self.entry.changed(frame_t, [tr.box for tr in tracks])
+                        if region is not None:
+                            new = detect_new_faces(self.detector, frame_t, region, tracks, cfg.detect_scale)
+                            tracks = self.tracker.update(new, t, count_misses=False)  # adds them; the rest kept
+                            entered = True
+            if detect or entered:
+                if self.embedder is not None and tracks:
+                    self._embed(frame_t, tracks)
+                self.entry.remember(frame_t, [tr.box for tr in tracks])
             chosen = self._choose(tracks)
             framing = engine_framing(self.engine)
             good: torch.Tensor | None = None
@@ -356,6 +373,8 @@ class FramePipeline:
         if detect:
             self.profiler.count("detections")
             self.profiler.count("faces_detected", len(detections))
+        if entered:
+            self.profiler.count("entry_detections")
         self.profiler.count("faces_swapped", len(chosen))
         found = len(detections) if detect else None
         return FrameResult(frame.with_data(out), len(chosen), failed, detect, stages, found, len(tracks))
@@ -445,6 +464,38 @@ def detect_scaled(detector: FaceDetector, frame: torch.Tensor, scale: float = 1.
     rx, ry = w / sw, h / sh  # per axis, the exact ratio of the rounded sizes
     boxes = _to_full(found.boxes.reshape(-1, 2, 2), rx, ry).reshape(-1, 4)
     return Detections(boxes, found.scores, _to_full(found.landmarks, rx, ry))
+
+
+ENTRY_AREA = 0.25  # an entry detection costs at most about this share of a full one: a larger region is downscaled
+
+
+def detect_new_faces(
+    detector: FaceDetector, frame: torch.Tensor, region: tuple[int, int, int, int], tracks: list[Track], scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The faces in `region` (x0, y0, x1, y1) of an (H, W, 3) frame that no track follows yet, as host arrays
+    (boxes, scores, landmarks) in full-frame pixels. The region is detected at full resolution (or `scale`) up to
+    `ENTRY_AREA` of the frame, larger ones at down to half: faces of 40 px and up are found wherever they come in."""
+    x0, y0, x1, y1 = region
+    share = (x1 - x0) * (y1 - y0) / (frame.shape[0] * frame.shape[1])
+    scale = min(scale, math.sqrt(min(1.0, ENTRY_AREA / share)))
+    found = detect_scaled(detector, frame[y0:y1, x0:x1].contiguous(), scale)
+    offset = torch.tensor([x0, y0], dtype=found.boxes.dtype, device=found.boxes.device)
+    boxes = (found.boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4).cpu().numpy()
+    landmarks = (found.landmarks + offset).cpu().numpy()
+    scores = found.scores.cpu().numpy()
+    if tracks and len(boxes):  # a face mostly inside a tracked one's box (whole, or cut by the region) is not new
+        new = _covered(boxes, np.stack([tr.box for tr in tracks])) < 0.5
+        boxes, scores, landmarks = boxes[new], scores[new], landmarks[new]
+    return boxes, scores, landmarks
+
+
+def _covered(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Per box of `boxes` (N, 4), the largest share of its area inside one box of `others` (M, 4)."""
+    lo = np.maximum(boxes[:, None, :2], others[None, :, :2])
+    hi = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
+    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 1e-6, None), axis=1)
+    return (inter / area[:, None]).max(1)
 
 
 def _to_full(xy: torch.Tensor, rx: float, ry: float) -> torch.Tensor:

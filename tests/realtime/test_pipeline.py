@@ -256,7 +256,8 @@ def test_profiler_sees_every_stage(detector: MTCNN, astronaut: np.ndarray) -> No
         pipe.process(rgb24(astronaut), k / 30)
     snap = pipe.profiler.snapshot()
     assert snap["frames"] == 4
-    assert set(snap["stages"]) == {"upload", "detect", "track", "align", "swap", "colour", "paste", "download"}
+    stages = {"upload", "detect", "track", "entry", "align", "swap", "colour", "paste", "download"}
+    assert set(snap["stages"]) == stages
     assert snap["stages"]["detect"]["count"] == 2
     assert snap["stages"]["swap"]["count"] == 4
     assert snap["counters"]["detections"] == 2
