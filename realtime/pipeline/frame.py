@@ -32,10 +32,11 @@ from realtime.pipeline import warp
 from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_ON_CHANGE, DETECT_EVERY_RANGE
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.crops import CropFraming, engine_framing, pixelate, zoom_out
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
 from realtime.pipeline.entry import EntryCheck
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
-from realtime.pipeline.masks import CoverMask, MaskSpec
+from realtime.pipeline.masks import MaskSpec
 from realtime.pipeline.profiler import FrameRecord, Profiler
 from realtime.pipeline.tracking import FaceTracker, Track
 from realtime.pipeline.video import Frame
@@ -47,39 +48,6 @@ class SwapEngine(Protocol):
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float crops in [-1, 1] → swapped crops, same shape, in [-1, 1]."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class CropFraming:
-    """What an engine's crops hold and how its output goes back: an engine may carry one as `framing` (a swap
-    engine needs none: the network's template, the config's mask and colour transfer)."""
-
-    zoom: float = 1.0  # the crop holds `zoom` times the template's field of view around its centre
-    mask: CoverMask | None = None  # None: the pipeline config's mask
-    colour_transfer: bool = True  # whether the config's colour transfer applies to this engine's output
-
-    def __post_init__(self) -> None:
-        if not 1.0 <= self.zoom <= 4.0:  # also rejects NaN
-            raise ConfigError(f"crop zoom must be 1..4, got {self.zoom}")
-
-
-SWAP_FRAMING = CropFraming()
-
-
-def engine_framing(engine: SwapEngine) -> CropFraming:
-    """The engine's own framing, else the swap's."""
-    return getattr(engine, "framing", None) or SWAP_FRAMING
-
-
-def zoom_out(matrices: np.ndarray, size: int, zoom: float) -> np.ndarray:
-    """(N, 2, 3) frame → crop matrices whose crops hold `zoom` times as much around the crop's centre."""
-    if zoom == 1.0:
-        return matrices
-    centre = (size - 1) / 2  # pixel centres at integers: the crop's middle
-    out = np.array(matrices, np.float64, copy=True)
-    out[:, :, :2] /= zoom
-    out[:, :, 2] = (out[:, :, 2] - centre) / zoom + centre
-    return out
 
 
 class IdentitySwap:
@@ -561,15 +529,6 @@ def _write_boxes_yuv(
         ys.copy_(torch.where(changed, by, ys))
         us.copy_(torch.where(blocks, bu, us))
         vs.copy_(torch.where(blocks, bv, vs))
-
-
-def pixelate(crops: torch.Tensor, cells: int = 8) -> torch.Tensor:
-    """(N, 3, S, S) crops reduced to `cells` x `cells` blocks: the face region stays, the identity does not."""
-    size = crops.shape[-1]
-    if size % cells:
-        raise ValueError(f"crop size {size} is not a multiple of {cells} cells")
-    small = F.avg_pool2d(crops.float(), size // cells)
-    return F.interpolate(small, scale_factor=size // cells, mode="nearest").to(crops.dtype)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from engines.identity import source_face
 from engines.mtcnn import MTCNN
 from realtime.pipeline import warp_cpu
 from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.crops import pixelate
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
 from realtime.pipeline.frame import (
     ArcFaceEmbedder,
@@ -26,7 +27,6 @@ from realtime.pipeline.frame import (
     FramePipeline,
     IdentitySwap,
     PipelineConfig,
-    pixelate,
 )
 from realtime.pipeline.masks import build_mask
 from realtime.pipeline.video import Frame
