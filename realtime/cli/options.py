@@ -55,6 +55,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help=f"at most K faces per frame (default {DEFAULT_MAX_FACES})",
     )
+    add_hide_bystanders(faces)
     blend = p.add_argument_group("blending")
     blend.add_argument("--mask", choices=MASKS, default=DEFAULT_MASK, help=f"default: {DEFAULT_MASK}")
     blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
@@ -109,6 +110,15 @@ def add_detect_on_change(p: argparse._ActionsContainer) -> None:
     )
 
 
+def add_hide_bystanders(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--hide-bystanders",
+        action="store_true",
+        help="hide the faces not chosen (--faces largest or reference, or past --max-faces) as --engine anonymize "
+        "would (--style): only the chosen face is swapped and nobody else is shown",
+    )
+
+
 def add_style(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--style",
@@ -123,8 +133,11 @@ def anonymize_style(args: argparse.Namespace) -> AnonymizeStyle:
     """`--style`, or its default; `ConfigError` when given for an engine that does not hide faces."""
     from engines.errors import ConfigError
 
-    if args.style is not None and args.engine != "anonymize":
-        raise ConfigError(f"--style is for --engine anonymize (it hides faces); --engine {args.engine} swaps them")
+    if args.style is not None and args.engine != "anonymize" and not args.hide_bystanders:
+        raise ConfigError(
+            f"--style is for --engine anonymize or --hide-bystanders (they hide faces); --engine {args.engine} "
+            "swaps them"
+        )
     return args.style or DEFAULT_STYLE
 
 
@@ -196,5 +209,6 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         detector=args.detector,
         simulate_ms=args.simulate_ms,
         draw_boxes=args.draw_boxes,
+        hide_bystanders=args.hide_bystanders,
         **extra,
     )

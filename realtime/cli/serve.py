@@ -73,9 +73,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
-    from realtime.cli.options import add_detect_on_change, add_simulate_ms, add_source, add_style
+    from realtime.cli.options import (
+        add_detect_on_change,
+        add_hide_bystanders,
+        add_simulate_ms,
+        add_source,
+        add_style,
+    )
 
     add_style(p)  # the default for new sessions; the page changes it per session
+    add_hide_bystanders(p)
     add_source(p, False, "source photo to start with (else upload one)")
     p.add_argument(
         "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
@@ -192,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "detect_every": args.detect_every,
             "detect_on_change": args.detect_on_change,
+            "hide_bystanders": args.hide_bystanders,
             "target_fps": args.target_fps,
             "style": style,
         }

@@ -114,6 +114,7 @@ class SwapOptions:
     backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's backend; auto: the fastest present
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
+    hide_bystanders: bool = False  # the faces not chosen hidden with `style`, so only the chosen one is swapped
     overwrite: bool = False
 
     def model_spec(self) -> ModelSpec:
@@ -307,6 +308,8 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
         mask=mask,
         colour_transfer=options.colour_transfer,
         draw_boxes=options.draw_boxes,
+        hide_bystanders=options.hide_bystanders,
+        bystander_style=options.style,
     )
     if options.simulate_ms:
         notes.append(f"simulating {options.simulate_ms:g} ms of extra swap work per frame with a face")

@@ -104,6 +104,7 @@ SETTING_LIMITS: dict[str, Any] = {
     "detect_on_change": "bool",
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
+    "hide_bystanders": "bool",
     "style": list(STYLES),  # the anonymize engine's (the other engines ignore it)
 }
 
@@ -121,7 +122,8 @@ class LiveSettings:
     detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE  # also detect where something changed outside the faces
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
-    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces
+    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces (and the bystanders)
+    hide_bystanders: bool = False  # hide the faces not chosen (face mode largest, or past max_faces)
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -147,6 +149,8 @@ class LiveSettings:
             mask=MaskSpec(self.mask),
             colour_transfer=self.colour_transfer,
             draw_boxes=self.draw_boxes,
+            hide_bystanders=self.hide_bystanders,
+            bystander_style=self.style,
         )
 
 

@@ -29,7 +29,15 @@ from engines.facedancer import MODEL_NAME as FACEDANCER
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
-from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DEFAULT_DETECT_ON_CHANGE, DETECT_EVERY_RANGE
+from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
+    DEFAULT_STYLE,
+    DETECT_EVERY_RANGE,
+    STYLES,
+    AnonymizeStyle,
+)
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
 from realtime.pipeline.crops import CropFraming, engine_framing, pixelate, zoom_out
@@ -163,6 +171,10 @@ class PipelineConfig:
     # between scheduled detections, detect on any frame where something changed outside the tracked faces: a face
     # coming in is then never shown before a detection has seen it (realtime/pipeline/entry.py)
     detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE
+    # the faces not chosen (face mode largest or reference, or past max_faces) hidden as the anonymize engine would:
+    # only the chosen faces are swapped and nobody else is shown
+    hide_bystanders: bool = False
+    bystander_style: AnonymizeStyle = DEFAULT_STYLE
 
     def __post_init__(self) -> None:
         lo, hi = DETECT_EVERY_RANGE
@@ -170,6 +182,8 @@ class PipelineConfig:
             raise ConfigError(f"detection interval must be {lo}..{hi} frames, got {self.detect_every}")
         if not 0.25 <= self.detect_scale <= 1.0:  # also rejects NaN
             raise ConfigError(f"detection scale must be between 0.25 and 1.0 of the frame, got {self.detect_scale}")
+        if self.bystander_style not in STYLES:
+            raise ConfigError(f"bystander style must be one of {', '.join(STYLES)}, got {self.bystander_style!r}")
         if self.crop_size not in (128, 256, 512):
             raise ConfigError(f"crop size must be 128, 256 or 512, got {self.crop_size}")
 
@@ -224,6 +238,7 @@ class FramePipeline:
         self._memory: dict[int, _Remembered] = {}
         self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
         self._resolution: tuple[int, int] | None = None
+        self._hiders: dict[AnonymizeStyle, FaceAnonymizer] = {}  # for the bystanders, one per style asked for
 
     def process(self, frame: Frame, t: float | None = None) -> FrameResult:
         """Swap the chosen faces of one frame; `t` is its timestamp in seconds for the tracker (default: the frame's
@@ -314,8 +329,12 @@ class FramePipeline:
                 if yuv:
                     with _stage(record, stages, "to_yuv"):
                         _write_boxes_yuv(frame_t, planes, boxes, before)
+            chosen_ids = {tr.id for tr in chosen}
+            bystanders = [tr for tr in tracks if tr.id not in chosen_ids] if cfg.hide_bystanders else []
+            if bystanders:
+                with _stage(record, stages, "hide"):
+                    self._hide(frame_t, planes if yuv else None, bystanders, cfg.bystander_style)
             if cfg.draw_boxes and tracks:
-                chosen_ids = {tr.id for tr in chosen}
                 boxes_xy = [tr.box for tr in tracks]
                 done = [tr.id in chosen_ids for tr in tracks]
                 if yuv:
@@ -344,6 +363,8 @@ class FramePipeline:
         if entered:
             self.profiler.count("entry_detections")
         self.profiler.count("faces_swapped", len(chosen))
+        if bystanders:
+            self.profiler.count("bystanders_hidden", len(bystanders))
         found = len(detections) if detect else None
         return FrameResult(frame.with_data(out), len(chosen), failed, detect, stages, found, len(tracks))
 
@@ -359,6 +380,29 @@ class FramePipeline:
             tracks, boxes = known, np.stack([tr.box for tr in known])
             embeddings = np.stack([self._embeddings[tr.id] for tr in known])
         return [tracks[i] for i in choose_faces(boxes, self.config.choice, embeddings)]
+
+    def _hide(
+        self,
+        frame_t: torch.Tensor,
+        planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        tracks: list[Track],
+        style: AnonymizeStyle,
+    ) -> None:
+        """Hide the faces of `tracks` (the ones not chosen) as the anonymize engine would, through the same paste."""
+        hider = self._hiders.get(style) or self._hiders.setdefault(style, FaceAnonymizer(style))
+        size = self.config.crop_size
+        height, width = frame_t.shape[:2]
+        landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
+        matrices = estimate_norm(landmarks, size, self.crop_data.template).numpy()
+        matrices = zoom_out(matrices, size, hider.framing.zoom)
+        boxes = warp.face_boxes(matrices, size, width, height)
+        geometry = warp.upload_geometry(matrices, boxes, frame_t.device)
+        crops = warp.align(frame_t, matrices, size, geometry=geometry)
+        mask = self.context.mask(size, hider.framing.mask or self.config.mask)
+        before = _box_pixels(frame_t, boxes) if planes is not None else []
+        warp.paste(frame_t, hider(crops), matrices, mask, boxes, geometry)
+        if planes is not None:
+            _write_boxes_yuv(frame_t, planes, boxes, before)
 
     def _embed(self, frame_t: torch.Tensor, tracks: list[Track]) -> None:
         assert self.embedder is not None
