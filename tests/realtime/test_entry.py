@@ -172,3 +172,33 @@ def test_the_check_off_detects_only_on_schedule(detector: MTCNN) -> None:
     counts = pipe.counters()
     assert counts["detections"] == 3
     assert "entry_detections" not in counts
+
+
+def test_a_failed_entry_detection_fails_the_frame_not_the_face(detector: MTCNN) -> None:
+    """A detector that raises on the entry detection: that frame is not output at all (the worker drops it, the
+    consumer keeps the last processed one); the next frame's entry detection hides the face."""
+
+    class FailsOnce:
+        device = detector.device
+        calls = 0
+
+        def __call__(self, image: torch.Tensor):  # type: ignore[no-untyped-def]
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 2:  # the first entry detection, after the scheduled one of frame 0
+                raise RuntimeError("detector crashed")
+            return detector(image)
+
+    pipe = FramePipeline(FailsOnce(), FaceAnonymizer("fill"), PipelineConfig(detect_every=100))
+    pipe.process(Frame(_scene("right", 0)[0], "rgb24"), 0.0)
+    failed = None
+    for k in range(1, FRAMES):
+        image, face = _scene("right", k)
+        try:
+            out = pipe.process(Frame(image, "rgb24"), k / 30).frame.data
+        except RuntimeError:
+            failed = k
+            continue
+        ys, xs = _core(face.box)
+        if face.visible_fraction >= 0.7:
+            assert np.abs(out[ys, xs].astype(np.float32) - image[ys, xs]).mean() > 20, f"frame {k} leaked"
+    assert failed is not None
