@@ -1,5 +1,5 @@
 // The settings form: each control's `name` is a key of the server's settings object (swap, face_mode, max_faces,
-// mask, colour_transfer, detect_every, draw_boxes, target_fps, and style for the anonymize engine).
+// mask, colour_transfer, detect_every, detect_on_change, draw_boxes, target_fps, and style for the anonymize engine).
 
 /** Read one control's value as the server expects it. */
 function controlValue(control) {

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from engines.choices import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE, DETECTORS
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -54,6 +55,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help=f"at most K faces per frame (default {DEFAULT_MAX_FACES})",
     )
+    add_hide_bystanders(faces)
     blend = p.add_argument_group("blending")
     blend.add_argument("--mask", choices=MASKS, default=DEFAULT_MASK, help=f"default: {DEFAULT_MASK}")
     blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
@@ -76,6 +78,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"detect every N frames, track between (default {DEFAULT_DETECT_EVERY})",
     )
+    add_detect_on_change(run)
     run.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
     run.add_argument(
         "--detector",
@@ -96,6 +99,26 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_detect_on_change(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--no-detect-on-change",
+        dest="detect_on_change",
+        action="store_false",
+        default=DEFAULT_DETECT_ON_CHANGE,
+        help="detect only every N frames: a face that comes in between two detections is then shown unhidden until "
+        "the next (default: also detect on any frame where something changed outside the tracked faces)",
+    )
+
+
+def add_hide_bystanders(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--hide-bystanders",
+        action="store_true",
+        help="hide the faces not chosen (--faces largest or reference, or past --max-faces) as --engine anonymize "
+        "would (--style): only the chosen face is swapped and nobody else is shown",
+    )
+
+
 def add_style(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--style",
@@ -110,8 +133,11 @@ def anonymize_style(args: argparse.Namespace) -> AnonymizeStyle:
     """`--style`, or its default; `ConfigError` when given for an engine that does not hide faces."""
     from engines.errors import ConfigError
 
-    if args.style is not None and args.engine != "anonymize":
-        raise ConfigError(f"--style is for --engine anonymize (it hides faces); --engine {args.engine} swaps them")
+    if args.style is not None and args.engine != "anonymize" and not args.hide_bystanders:
+        raise ConfigError(
+            f"--style is for --engine anonymize or --hide-bystanders (they hide faces); --engine {args.engine} "
+            "swaps them"
+        )
     return args.style or DEFAULT_STYLE
 
 
@@ -176,11 +202,13 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         erode_px=args.erode,
         colour_transfer=args.colour_transfer,
         detect_every=args.detect_every,
+        detect_on_change=args.detect_on_change,
         model_dir=args.model_dir,
         device=args.device,
         backend=args.backend,
         detector=args.detector,
         simulate_ms=args.simulate_ms,
         draw_boxes=args.draw_boxes,
+        hide_bystanders=args.hide_bystanders,
         **extra,
     )

@@ -73,9 +73,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
-    from realtime.cli.options import add_simulate_ms, add_source, add_style
+    from realtime.cli.options import (
+        add_detect_on_change,
+        add_hide_bystanders,
+        add_simulate_ms,
+        add_source,
+        add_style,
+    )
 
     add_style(p)  # the default for new sessions; the page changes it per session
+    add_hide_bystanders(p)
     add_source(p, False, "source photo to start with (else upload one)")
     p.add_argument(
         "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
@@ -87,6 +94,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_DETECT_EVERY,
         help=f"frames between detections (default {DEFAULT_DETECT_EVERY})",
     )
+    add_detect_on_change(p)
     add_simulate_ms(p)
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.set_defaults(handler=run)
@@ -188,7 +196,13 @@ def run(args: argparse.Namespace) -> int:
     from realtime.live.session import LiveServices, LiveSettings, SessionManager
 
     defaults = LiveSettings().updated(
-        {"detect_every": args.detect_every, "target_fps": args.target_fps, "style": style}
+        {
+            "detect_every": args.detect_every,
+            "detect_on_change": args.detect_on_change,
+            "hide_bystanders": args.hide_bystanders,
+            "target_fps": args.target_fps,
+            "style": style,
+        }
     )
     console.print(f"loading models ({args.engine}) ...")
     services = LiveServices.from_spec(spec)

@@ -44,6 +44,7 @@ from realtime.live.limits import Capacity, given
 from realtime.pipeline.anonymize import FaceAnonymizer
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -85,6 +86,7 @@ COUNTERS = (
     "fail_closed",
     "pipeline_errors",
     "detections",
+    "entry_detections",  # of the detections, those the entry check asked for (change outside the tracked faces)
     "faces_detected",
     "faces_swapped",
 )  # ended sessions whose reason /api/stats?session= still tells
@@ -99,8 +101,10 @@ SETTING_LIMITS: dict[str, Any] = {
     "mask": list(MASKS),
     "colour_transfer": "bool",
     "detect_every": list(DETECT_EVERY_RANGE),
+    "detect_on_change": "bool",
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
+    "hide_bystanders": "bool",
     "style": list(STYLES),  # the anonymize engine's (the other engines ignore it)
 }
 
@@ -115,9 +119,11 @@ class LiveSettings:
     mask: MaskKind = DEFAULT_MASK
     colour_transfer: bool = False
     detect_every: int = DEFAULT_DETECT_EVERY
+    detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE  # also detect where something changed outside the faces
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
-    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces
+    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces (and the bystanders)
+    hide_bystanders: bool = False  # hide the faces not chosen (face mode largest, or past max_faces)
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -138,10 +144,13 @@ class LiveSettings:
         return PipelineConfig(
             swap=self.swap,
             detect_every=self.detect_every,
+            detect_on_change=self.detect_on_change,
             choice=FaceChoice(self.face_mode, self.max_faces),
             mask=MaskSpec(self.mask),
             colour_transfer=self.colour_transfer,
             draw_boxes=self.draw_boxes,
+            hide_bystanders=self.hide_bystanders,
+            bystander_style=self.style,
         )
 
 

@@ -32,4 +32,6 @@ DEFAULT_MAX_FACES = 4
 MAX_FACES_RANGE = (1, 16)
 DEFAULT_DETECT_EVERY = 5  # frames between detections; tracking carries the faces in between
 DETECT_EVERY_RANGE = (1, 120)
+# and on any frame between where something changed outside the tracked faces: no face comes in unseen
+DEFAULT_DETECT_ON_CHANGE = True
 DEFAULT_THRESHOLD = 0.35  # cosine similarity to the reference face that counts (face mode "reference")
