@@ -28,6 +28,7 @@ from engines.facedancer import MODEL_NAME as FACEDANCER
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
+from realtime.pipeline.badge import Badge, BadgeOverlay
 from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DETECT_EVERY_RANGE
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
@@ -190,6 +191,7 @@ class PipelineConfig:
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
     detect_scale: float = 1.0  # the detector sees the frame resized by this factor (cheaper, misses small faces)
     draw_boxes: bool = False  # outline the tracked faces in the output (green: swapped), to see what is tracked
+    badge: Badge | None = None  # a visible "altered video" mark on every output frame; None: none
 
     def __post_init__(self) -> None:
         lo, hi = DETECT_EVERY_RANGE
@@ -250,6 +252,7 @@ class FramePipeline:
         self._memory: dict[int, _Remembered] = {}
         self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
         self._resolution: tuple[int, int] | None = None
+        self.badges = BadgeOverlay()
 
     def process(self, frame: Frame, t: float | None = None) -> FrameResult:
         """Swap the chosen faces of one frame; `t` is its timestamp in seconds for the tracker (default: the frame's
@@ -273,7 +276,10 @@ class FramePipeline:
         index = self.frame_index
         self.frame_index += 1
         if not cfg.swap:
-            return FrameResult(frame.copy(), 0, False, False, {})
+            out_frame = frame.copy()
+            if cfg.badge is not None:  # the user asked for the mark on this stream, swapped or not
+                self._draw_badge(torch.from_numpy(out_frame.data), yuv, cfg.badge)  # on the host: no upload
+            return FrameResult(out_frame, 0, False, False, {})
         stages: dict[str, float] = {}
         ctx = self.context
         with ctx.activate():  # the profiler's frame events go on the frame's stream too
@@ -337,6 +343,9 @@ class FramePipeline:
                     draw_boxes_yuv(planes, boxes_xy, done)
                 else:
                     draw_boxes_rgb(frame_t, boxes_xy, done)
+            if cfg.badge is not None:  # last: over everything else, on every frame
+                with _stage(record, stages, "badge"):
+                    self._draw_badge(staged, yuv, cfg.badge)
             with _stage(record, stages, "download"):
                 out = ctx.download(staged)
             record.finish()
@@ -359,6 +368,13 @@ class FramePipeline:
         self.profiler.count("faces_swapped", len(chosen))
         found = len(detections) if detect else None
         return FrameResult(frame.with_data(out), len(chosen), failed, detect, stages, found, len(tracks))
+
+    def _draw_badge(self, data: torch.Tensor, yuv: bool, badge: Badge) -> None:
+        """Blend the badge into a frame's pixels in place: (H, W, 3) RGB, or packed yuv420p planes."""
+        if yuv:
+            self.badges.draw_yuv(_split_planes(data), badge)
+        else:
+            self.badges.draw_rgb(data, badge)
 
     def _choose(self, tracks: list[Track]) -> list[Track]:
         if not tracks:
@@ -424,6 +440,7 @@ class FramePipeline:
     def close(self) -> None:
         """Release device memory (the session has ended), the engine's runner included."""
         self._memory.clear()
+        self.badges.clear()
         close_engine = getattr(self.engine, "close", None)
         if close_engine is not None:
             close_engine()
