@@ -31,6 +31,7 @@ from engines.errors import ConfigError, ImageError, MediaError, NoFaceError
 from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import decode_image
 from realtime.identity.source import PhotoInput
+from realtime.pipeline.badge import Badge
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
     DEFAULT_ENGINE,
@@ -112,6 +113,7 @@ class SwapOptions:
     backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's backend; auto: the fastest present
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
+    badge: Badge | None = None  # a visible "altered video" mark on every output frame
     overwrite: bool = False
 
     def model_spec(self) -> ModelSpec:
@@ -304,6 +306,7 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
         mask=mask,
         colour_transfer=options.colour_transfer,
         draw_boxes=options.draw_boxes,
+        badge=options.badge,
     )
     if options.simulate_ms:
         notes.append(f"simulating {options.simulate_ms:g} ms of extra swap work per frame with a face")

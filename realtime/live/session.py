@@ -42,7 +42,12 @@ from realtime.live import allocator
 from realtime.live.degrade import DegradationController
 from realtime.live.limits import Capacity, given
 from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.badge import Badge, check_badge_text
 from realtime.pipeline.choices import (
+    BADGE_POSITIONS,
+    BADGE_TEXT_MAX,
+    DEFAULT_BADGE_POSITION,
+    DEFAULT_BADGE_TEXT,
     DEFAULT_DETECT_EVERY,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
@@ -55,6 +60,7 @@ from realtime.pipeline.choices import (
     MAX_FACES_RANGE,
     STYLES,
     AnonymizeStyle,
+    BadgePosition,
     EngineName,
     LiveFaceMode,
     MaskKind,
@@ -102,6 +108,9 @@ SETTING_LIMITS: dict[str, Any] = {
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
     "style": list(STYLES),  # the anonymize engine's (the other engines ignore it)
+    "badge": "bool",
+    "badge_text": {"max_length": BADGE_TEXT_MAX},  # printable ASCII, not empty
+    "badge_position": list(BADGE_POSITIONS),
 }
 
 
@@ -118,6 +127,9 @@ class LiveSettings:
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
     style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces
+    badge: bool = False  # a visible "altered video" mark on every returned frame
+    badge_text: str = DEFAULT_BADGE_TEXT
+    badge_position: BadgePosition = DEFAULT_BADGE_POSITION
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -142,6 +154,7 @@ class LiveSettings:
             mask=MaskSpec(self.mask),
             colour_transfer=self.colour_transfer,
             draw_boxes=self.draw_boxes,
+            badge=Badge(self.badge_text, self.badge_position) if self.badge else None,
         )
 
 
@@ -151,6 +164,11 @@ def _check_setting(key: str, value: object) -> Any:
         if not isinstance(value, bool):
             raise SettingsError(f"{key} must be true or false, got {value!r}")
         return value
+    if isinstance(limit, dict):  # text
+        try:
+            return check_badge_text(value)
+        except ConfigError as e:
+            raise SettingsError(f"{key}: {e}") from None
     if isinstance(limit[0], str):
         if value not in limit:
             raise SettingsError(f"{key} must be one of {', '.join(limit)}, got {value!r}")
