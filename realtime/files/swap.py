@@ -31,6 +31,7 @@ from engines.errors import ConfigError, ImageError, MediaError, NoFaceError
 from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import decode_image
 from realtime.identity.source import PhotoInput
+from realtime.pipeline.badge import Badge
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
     DEFAULT_DETECT_ON_CHANGE,
@@ -115,6 +116,7 @@ class SwapOptions:
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
     hide_bystanders: bool = False  # the faces not chosen hidden with `style`, so only the chosen one is swapped
+    badge: Badge | None = None  # a visible "altered video" mark on every output frame
     overwrite: bool = False
 
     def model_spec(self) -> ModelSpec:
@@ -310,6 +312,7 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
         draw_boxes=options.draw_boxes,
         hide_bystanders=options.hide_bystanders,
         bystander_style=options.style,
+        badge=options.badge,
     )
     if options.simulate_ms:
         notes.append(f"simulating {options.simulate_ms:g} ms of extra swap work per frame with a face")

@@ -42,7 +42,12 @@ from realtime.live import allocator
 from realtime.live.degrade import DegradationController
 from realtime.live.limits import Capacity, given
 from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.badge import Badge, check_badge_text
 from realtime.pipeline.choices import (
+    BADGE_POSITIONS,
+    BADGE_TEXT_MAX,
+    DEFAULT_BADGE_POSITION,
+    DEFAULT_BADGE_TEXT,
     DEFAULT_DETECT_EVERY,
     DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
@@ -56,6 +61,7 @@ from realtime.pipeline.choices import (
     MAX_FACES_RANGE,
     STYLES,
     AnonymizeStyle,
+    BadgePosition,
     EngineName,
     LiveFaceMode,
     MaskKind,
@@ -106,6 +112,9 @@ SETTING_LIMITS: dict[str, Any] = {
     "draw_boxes": "bool",
     "hide_bystanders": "bool",
     "style": list(STYLES),  # the anonymize engine's (the other engines ignore it)
+    "badge": "bool",
+    "badge_text": {"max_length": BADGE_TEXT_MAX},  # printable ASCII, not empty
+    "badge_position": list(BADGE_POSITIONS),
 }
 
 
@@ -124,6 +133,9 @@ class LiveSettings:
     draw_boxes: bool = False  # outline the tracked faces in the returned video
     style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces (and the bystanders)
     hide_bystanders: bool = False  # hide the faces not chosen (face mode largest, or past max_faces)
+    badge: bool = False  # a visible "altered video" mark on every returned frame
+    badge_text: str = DEFAULT_BADGE_TEXT
+    badge_position: BadgePosition = DEFAULT_BADGE_POSITION
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -151,6 +163,7 @@ class LiveSettings:
             draw_boxes=self.draw_boxes,
             hide_bystanders=self.hide_bystanders,
             bystander_style=self.style,
+            badge=Badge(self.badge_text, self.badge_position) if self.badge else None,
         )
 
 
@@ -160,6 +173,11 @@ def _check_setting(key: str, value: object) -> Any:
         if not isinstance(value, bool):
             raise SettingsError(f"{key} must be true or false, got {value!r}")
         return value
+    if isinstance(limit, dict):  # text
+        try:
+            return check_badge_text(value)
+        except ConfigError as e:
+            raise SettingsError(f"{key}: {e}") from None
     if isinstance(limit[0], str):
         if value not in limit:
             raise SettingsError(f"{key} must be one of {', '.join(limit)}, got {value!r}")

@@ -30,6 +30,7 @@ from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
 from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.badge import Badge, BadgeOverlay
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
     DEFAULT_DETECT_ON_CHANGE,
@@ -175,6 +176,7 @@ class PipelineConfig:
     # only the chosen faces are swapped and nobody else is shown
     hide_bystanders: bool = False
     bystander_style: AnonymizeStyle = DEFAULT_STYLE
+    badge: Badge | None = None  # a visible "altered video" mark on every output frame; None: none
 
     def __post_init__(self) -> None:
         lo, hi = DETECT_EVERY_RANGE
@@ -239,6 +241,7 @@ class FramePipeline:
         self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
         self._resolution: tuple[int, int] | None = None
         self._hiders: dict[AnonymizeStyle, FaceAnonymizer] = {}  # for the bystanders, one per style asked for
+        self.badges = BadgeOverlay()
 
     def process(self, frame: Frame, t: float | None = None) -> FrameResult:
         """Swap the chosen faces of one frame; `t` is its timestamp in seconds for the tracker (default: the frame's
@@ -262,7 +265,10 @@ class FramePipeline:
         index = self.frame_index
         self.frame_index += 1
         if not cfg.swap:
-            return FrameResult(frame.copy(), 0, False, False, {})
+            out_frame = frame.copy()
+            if cfg.badge is not None:  # the user asked for the mark on this stream, swapped or not
+                self._draw_badge(torch.from_numpy(out_frame.data), yuv, cfg.badge)  # on the host: no upload
+            return FrameResult(out_frame, 0, False, False, {})
         stages: dict[str, float] = {}
         ctx = self.context
         with ctx.activate():  # the profiler's frame events go on the frame's stream too
@@ -341,6 +347,9 @@ class FramePipeline:
                     draw_boxes_yuv(planes, boxes_xy, done)
                 else:
                     draw_boxes_rgb(frame_t, boxes_xy, done)
+            if cfg.badge is not None:  # last: over everything else, on every frame
+                with _stage(record, stages, "badge"):
+                    self._draw_badge(staged, yuv, cfg.badge)
             with _stage(record, stages, "download"):
                 out = ctx.download(staged)
             record.finish()
@@ -367,6 +376,13 @@ class FramePipeline:
             self.profiler.count("bystanders_hidden", len(bystanders))
         found = len(detections) if detect else None
         return FrameResult(frame.with_data(out), len(chosen), failed, detect, stages, found, len(tracks))
+
+    def _draw_badge(self, data: torch.Tensor, yuv: bool, badge: Badge) -> None:
+        """Blend the badge into a frame's pixels in place: (H, W, 3) RGB, or packed yuv420p planes."""
+        if yuv:
+            self.badges.draw_yuv(_split_planes(data), badge)
+        else:
+            self.badges.draw_rgb(data, badge)
 
     def _choose(self, tracks: list[Track]) -> list[Track]:
         if not tracks:
@@ -455,6 +471,7 @@ class FramePipeline:
     def close(self) -> None:
         """Release device memory (the session has ended), the engine's runner included."""
         self._memory.clear()
+        self.badges.clear()
         close_engine = getattr(self.engine, "close", None)
         if close_engine is not None:
             close_engine()
