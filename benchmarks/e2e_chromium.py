@@ -14,7 +14,6 @@ statistic, so that growth can be placed (sender, network, server, receiver).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,7 @@ from rich.table import Table
 
 from benchmarks.e2e_webrtc import CASES, FLAT_MS, cpu_hog, device_label, parse_size
 from benchmarks.engines import RESULTS
+from benchmarks.saving import save
 
 # The connection's statistics a window reports: (stats type, field), summed over the video streams of that type.
 COUNTERS = {
@@ -280,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     console.print(table(result))
     out = args.out or RESULTS / f"e2e-chromium-{slug}-identity-{date[:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    console.print(f"saved {out} and {out.with_suffix('.md')}")
+    console.print("saved " + " and ".join(map(str, save(out, result, markdown(result)))))
     return 0
 
 

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import fractions
-import json
 import os
 import platform
 import sys
@@ -52,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.engines import RESULTS, cpu_name
+from benchmarks.saving import save
 from realtime.live import ice, stamp
 from realtime.live.transport import decode_on_marker
 
@@ -707,10 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table(result))
     tag = engine + ("-random" if args.random_weights and engine == "facedancer" else "")
     out = args.out or RESULTS / f"e2e-{slug}-{tag}-{date[:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
-    console.print(f"saved {out} and {out.with_suffix('.md')}")
+    console.print("saved " + " and ".join(map(str, save(out, result, markdown(result)))))
     return 0
 
 

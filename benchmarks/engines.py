@@ -10,7 +10,6 @@ about 360 ms per face on a 2-core CPU of this machine class (tf.function).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.saving import save
 from engines.arcface import ArcFace
 from engines.facedancer import facedancer
 from engines.flops import count_flops, peak
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     slug = "cpu-" + "".join(ch if ch.isalnum() else "-" for ch in device.lower()).strip("-")[:40]
     out = args.out or RESULTS / f"engines-{slug}-{result['date'][:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save(out, result)
     Console().print(f"saved {out}")
     return 0
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import signal
@@ -43,6 +42,7 @@ import torch
 
 from benchmarks import gpu_wheels
 from benchmarks.engines import RESULTS
+from benchmarks.saving import save
 from realtime.bench.run import md_table
 
 BUDGET_S = 480.0  # 8 minutes, everything included
@@ -680,8 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     result["scrfd"] = _part(clock, parts, "scrfd", lambda: run_scrfd(device, 30 if cuda else 2))
     clock.say(f"scrfd: {result['scrfd']['status']}")
     result["seconds"] = clock.elapsed
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    save(stem.with_suffix(".json"), result, markdown(result))
     clock.say(f"saved {stem}.json and {stem}.md")
     statuses = [
         result["tests"].get("status", ""),

@@ -19,7 +19,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
-import json
 import multiprocessing
 import os
 import platform
@@ -35,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from benchmarks.saving import save
 
 FIRST = 2  # sessions run alone before the reference RSS is taken: one ends by DELETE, one vanishes
 SETTINGS = {"detect_every": 5}  # the server's default: detection on every fifth frame, tracking between
@@ -530,10 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(text)
     tag = f"-{args.label}" if args.label else ""
     out = args.out or RESULTS / f"memory-{slug}{tag}-{date[:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(text)
-    console.print(f"saved {out} and {out.with_suffix('.md')}")
+    console.print("saved " + " and ".join(map(str, save(out, result, text))))
     return 0
 
 

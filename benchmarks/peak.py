@@ -10,7 +10,6 @@ counted from the module. Prints a table and saves JSON under benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.engines import RESULTS
+from benchmarks.saving import save
 from engines import flops
 from realtime.bench.run import device_name, device_slug, environment
 from realtime.pipeline.context import resolve_device
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
     }
     out = args.out or RESULTS / f"peak-{device_slug(device)}-{date[:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save(out, result)
     console.print(f"saved {out}")
     return 0
 

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from benchmarks.engines import RESULTS
 from benchmarks.naive_blend import naive_align, naive_paste
+from benchmarks.saving import save
 from engines.align import estimate_norm
 from engines.facedancer import facedancer
 from engines.flops import facedancer_floor
@@ -278,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     slug = device.type + "-" + "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")[:40]
     out = args.out or RESULTS / f"pipeline-{slug}-{date[:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save(out, result)
     chart(results, out.with_suffix(".png"), f"pipeline stages, {name} ({args.engine})")
     console.print(f"saved {out} and {out.with_suffix('.png')}")
     return 0

@@ -15,7 +15,6 @@ whole-frame way takes about 24 and 92 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from rich.table import Table
 
 from benchmarks.engines import RESULTS, cpu_name, timed
 from benchmarks.naive_blend import naive_align, naive_paste
+from benchmarks.saving import save
 from engines.align import estimate_norm
 from realtime.bench.faces import compose_faces
 from realtime.pipeline.masks import build_mask
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print("times in ms (median and p95); diff max: grey levels between our pasted frame and the naive one")
     slug = "".join(ch if ch.isalnum() else "-" for ch in device.lower()).strip("-")[:40]
     out = args.out or RESULTS / f"warp-cpu-{slug}-{date[:10]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(rows, title))
+    save(out, result, markdown(rows, title))
     console.print(f"saved {out}")
     return 0
 
