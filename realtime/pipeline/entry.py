@@ -15,15 +15,19 @@ import torch.nn.functional as F
 
 CELLS_SHORT_SIDE = 30  # cells along the frame's short side: 16 px at 480p; a face 10 % of the height spans 3x3
 THRESHOLD = 10.0  # a cell changed when its mean moved by more than this in any channel (0-255): noise moves < 2
-MARGIN = 0.25  # each tracked face box grown by this share of its size on every side: the face's own motion
-GROW = 2  # cells added around the changed ones: a face only partly changed (half in already) is whole in the region
+MARGIN = 0.6  # each tracked face box grown by this share of its size to the sides and up: its head, hair, motion
+BELOW = 1.5  # ... and down by this share of its height: the neck and shoulders move with the face
+# the changed cells' region grown by this share of the short side on every side (120 px at 480p): a face only partly
+# in the changed cells (half inside a tracked face's margins already) is whole in the region
+GROW = 0.25
 
 
 class EntryCheck:
     """Compares each frame's coarse grid of cell means with the one of the last detection, outside the tracked faces.
 
     `remember` at a detection, `changed` on a frame between two: the region around the cells outside every face box
-    (the remembered ones and the ones now, each grown by `margin`) whose mean moved by more than `threshold`.
+    (the remembered ones and the ones now, each grown by `margin`, and down to the shoulders) whose mean moved by more
+    than `threshold`.
     """
 
     def __init__(self, threshold: float = THRESHOLD, margin: float = MARGIN) -> None:
@@ -47,8 +51,8 @@ class EntryCheck:
 
     def changed(self, frame: torch.Tensor, boxes: Sequence[np.ndarray]) -> tuple[int, int, int, int] | None:
         """Where something changed outside the faces (`boxes`: where they are now) since `remember`: the pixel
-        region (x0, y0, x1, y1) around every changed cell, grown by `GROW` cells; None when nothing did. The whole
-        frame when nothing was remembered or its size differs (a detection must look everywhere)."""
+        region (x0, y0, x1, y1) around every changed cell, grown by `GROW` of the short side; None when nothing did.
+        The whole frame when nothing was remembered or its size differs (a detection must look everywhere)."""
         height, width = frame.shape[0], frame.shape[1]
         if self._grid is None:
             return (0, 0, width, height)
@@ -65,12 +69,12 @@ class EntryCheck:
         rows, cols = np.nonzero(moved)
         if not len(rows):
             return None
-        c = self._cell
+        c, grow = self._cell, round(GROW * min(width, height))
         return (
-            max(0, (int(cols.min()) - GROW) * c),
-            max(0, (int(rows.min()) - GROW) * c),
-            min(width, (int(cols.max()) + 1 + GROW) * c),
-            min(height, (int(rows.max()) + 1 + GROW) * c),
+            max(0, int(cols.min()) * c - grow),
+            max(0, int(rows.min()) * c - grow),
+            min(width, (int(cols.max()) + 1) * c + grow),
+            min(height, (int(rows.max()) + 1) * c + grow),
         )
 
     def _cells(self, frame: torch.Tensor) -> torch.Tensor:
@@ -81,7 +85,7 @@ class EntryCheck:
         """The cells a face box grown by `margin` touches, as slice bounds (x0, y0, x1, y1)."""
         w, h = box[2] - box[0], box[3] - box[1]
         x0, x1 = box[0] - self.margin * w, box[2] + self.margin * w
-        y0, y1 = box[1] - self.margin * h, box[3] + self.margin * h
+        y0, y1 = box[1] - self.margin * h, box[3] + max(self.margin, BELOW) * h
         c = self._cell
         gh, gw = shape
         return (

@@ -302,8 +302,9 @@ class FramePipeline:
                     with _stage(record, stages, "entry"):
                         region = self.entry.changed(frame_t, [tr.box for tr in tracks])
                         if region is not None:
-                            new = detect_new_faces(self.detector, frame_t, region, tracks, cfg.detect_scale)
-                            tracks = self.tracker.update(new, t, count_misses=False)  # adds them; the rest kept
+                            found = detect_region(self.detector, frame_t, region, tracks, cfg.detect_scale)
+                            # refreshes the faces it saw, adds the new ones; a track it did not see is kept as it was
+                            tracks = self.tracker.update(found, t, count_misses=False)
                             entered = True
             if detect or entered:
                 if self.embedder is not None and tracks:
@@ -498,33 +499,24 @@ def detect_scaled(detector: FaceDetector, frame: torch.Tensor, scale: float = 1.
 ENTRY_AREA = 0.25  # an entry detection costs at most about this share of a full one: a larger region is downscaled
 
 
-def detect_new_faces(
+def detect_region(
     detector: FaceDetector, frame: torch.Tensor, region: tuple[int, int, int, int], tracks: list[Track], scale: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The faces in `region` (x0, y0, x1, y1) of an (H, W, 3) frame that no track follows yet, as host arrays
-    (boxes, scores, landmarks) in full-frame pixels. The region is detected at full resolution (or `scale`) up to
-    `ENTRY_AREA` of the frame, larger ones at down to half: faces of 40 px and up are found wherever they come in."""
+) -> Detections:
+    """The faces in `region` (x0, y0, x1, y1) of an (H, W, 3) frame, in full-frame pixels. The region first takes in
+    every tracked face box it touches, so that no face it holds is cut by its edge (a cut face is a bad detection, or
+    none). It is detected at full resolution (or `scale`) up to `ENTRY_AREA` of the frame, larger ones at down to
+    half: faces of 40 px and up are found wherever they come in."""
+    height, width = frame.shape[:2]
     x0, y0, x1, y1 = region
+    for box in [tr.box for tr in tracks]:
+        if box[0] < x1 and box[2] > x0 and box[1] < y1 and box[3] > y0:
+            x0, y0 = max(0, min(x0, math.floor(box[0]) - 2)), max(0, min(y0, math.floor(box[1]) - 2))
+            x1, y1 = min(width, max(x1, math.ceil(box[2]) + 2)), min(height, max(y1, math.ceil(box[3]) + 2))
     share = (x1 - x0) * (y1 - y0) / (frame.shape[0] * frame.shape[1])
     scale = min(scale, math.sqrt(min(1.0, ENTRY_AREA / share)))
     found = detect_scaled(detector, frame[y0:y1, x0:x1].contiguous(), scale)
     offset = torch.tensor([x0, y0], dtype=found.boxes.dtype, device=found.boxes.device)
-    boxes = (found.boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4).cpu().numpy()
-    landmarks = (found.landmarks + offset).cpu().numpy()
-    scores = found.scores.cpu().numpy()
-    if tracks and len(boxes):  # a face mostly inside a tracked one's box (whole, or cut by the region) is not new
-        new = _covered(boxes, np.stack([tr.box for tr in tracks])) < 0.5
-        boxes, scores, landmarks = boxes[new], scores[new], landmarks[new]
-    return boxes, scores, landmarks
-
-
-def _covered(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Per box of `boxes` (N, 4), the largest share of its area inside one box of `others` (M, 4)."""
-    lo = np.maximum(boxes[:, None, :2], others[None, :, :2])
-    hi = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
-    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 1e-6, None), axis=1)
-    return (inter / area[:, None]).max(1)
+    return Detections((found.boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4), found.scores, found.landmarks + offset)
 
 
 def _to_full(xy: torch.Tensor, rx: float, ry: float) -> torch.Tensor:
