@@ -19,6 +19,9 @@ from engines.errors import CheckpointFormatError
 # tensorflow-addons registered its layers under a package prefix in older Keras versions
 _CLASS_ALIASES = {"Addons>InstanceNormalization": "InstanceNormalization"}
 _CONTAINERS = {"Functional", "Model", "Sequential"}
+# what h5py raises for a damaged file (an unreadable object header, a bad B-tree, short data), and what a
+# model_config of the wrong shape raises while it is walked
+_H5_ERRORS = (KeyError, OSError, ValueError, TypeError, RuntimeError)
 
 
 @dataclass
@@ -80,24 +83,34 @@ def read_keras_h5(path: str | Path, progress: Callable[[int, int], None] | None 
         raise CheckpointFormatError(
             f"{path} is not a readable HDF5 file ({e}); it may be truncated: delete it and download it again"
         ) from e
+    # every read of the file is inside: a damaged object header fails at the first attribute or group read
     with f:
-        raw = f.attrs.get("model_config")
-        if raw is None:
+        try:
+            layers, inputs, outputs = _read_graph(f, str(path), progress)
+        except _H5_ERRORS as e:
             raise CheckpointFormatError(
-                f"{path} has no model_config: it holds weights only (save_weights). DanceCam needs the full model "
-                "file as released (e.g. FaceDancer_config_c_HQ.h5)."
-            )
-        try:
-            config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        except ValueError as e:
-            raise CheckpointFormatError(f"{path}: model_config is not valid JSON ({e})") from e
-        root = f.get("model_weights", f)
-        try:
-            layers, inputs, outputs = _flatten(config, prefix="", source=str(path))
-            _attach_weights(root, layers, str(path), progress)
-        except (KeyError, OSError, ValueError, TypeError) as e:  # h5py raises these for damaged files
-            raise CheckpointFormatError(f"{path} is damaged or not a Keras model file ({e})") from e
+                f"{path} is damaged or not a Keras model file ({e}); delete it and download it again"
+            ) from e
     return KerasGraph({layer.name: layer for layer in layers}, inputs, outputs, source=str(path))
+
+
+def _read_graph(
+    f: Any, source: str, progress: Callable[[int, int], None] | None
+) -> tuple[list[KerasLayer], list[str], list[str]]:
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        raise CheckpointFormatError(
+            f"{source} has no model_config: it holds weights only (save_weights). DanceCam needs the full model "
+            "file as released (e.g. FaceDancer_config_c_HQ.h5)."
+        )
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as e:
+        raise CheckpointFormatError(f"{source}: model_config is not valid JSON ({e})") from e
+    root = f.get("model_weights", f)
+    layers, inputs, outputs = _flatten(config, prefix="", source=source)
+    _attach_weights(root, layers, source, progress)
+    return layers, inputs, outputs
 
 
 def _flatten(model: dict[str, Any], prefix: str, source: str) -> tuple[list[KerasLayer], list[str], list[str]]:

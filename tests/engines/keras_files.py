@@ -389,6 +389,18 @@ def write_h5(path: Path, b: KerasBuilder, output: str, config: dict[str, Any] | 
     return path
 
 
+def damage_root_header(path: Path) -> Path:
+    """Zero the message area of the file's root object header, as a bad sector or a botched copy would: the file
+    still opens, but reading the root group's attributes fails inside HDF5 (h5py raises KeyError)."""
+    with h5py.File(path, "r") as f:
+        address = h5py.h5o.get_info(f.id).addr
+    data = bytearray(path.read_bytes())
+    # a version-1 object header: 16 bytes of prefix, then its messages (the root's attribute and group messages)
+    data[address + 16 : address + 64] = bytes(48)
+    path.write_bytes(bytes(data))
+    return path
+
+
 # --- independent numpy forward pass (NHWC) ----------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from engines.convert.cache import cache_path, convert_cached
 from engines.convert.keras_h5 import read_keras_h5
 from engines.errors import CheckpointFormatError
 from engines.facedancer import FaceDancer, checkpoint_filter_fn, facedancer, load_facedancer
-from tests.engines.keras_files import build_facedancer, model_config, run_numpy, write_h5
+from tests.engines.keras_files import build_facedancer, damage_root_header, model_config, run_numpy, write_h5
 
 
 def _compare(b, out, model: FaceDancer, image_size: int = 64, seed: int = 0) -> float:  # type: ignore[no-untyped-def]
@@ -139,6 +139,15 @@ def test_truncated_file(small_file: Path) -> None:
     small_file.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointFormatError, match=r"truncated|damaged"):
         checkpoint_filter_fn(read_keras_h5(small_file))
+
+
+def test_damaged_root_object_header(small_file: Path) -> None:
+    """The file opens, but its root group's attributes cannot be read: one CheckpointFormatError, not a KeyError."""
+    damage_root_header(small_file)
+    with h5py.File(small_file, "r") as f, pytest.raises(KeyError):
+        f.attrs.get("model_config")  # the damage this test is about, as h5py reports it
+    with pytest.raises(CheckpointFormatError, match=r"is damaged.*download it again"):
+        read_keras_h5(small_file)
 
 
 def test_weights_only_file(tmp_path: Path) -> None:
