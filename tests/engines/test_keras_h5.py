@@ -62,6 +62,26 @@ def test_other_skip_types_and_mapping_sizes_are_read_from_the_file(
     assert _compare(b, out, model, seed=3) < 1e-4
 
 
+@pytest.mark.parametrize("product", ["tf_op", "layer"])
+def test_do_affa_gates_multiplied_as_keras_writes_them(tmp_path: Path, product: str) -> None:
+    """The official `m * m_hat` is saved as a TFOpLambda (`tf.math.multiply`, the second factor a keyword); a
+    Multiply layer computes the same and is read too."""
+    skips = ("no_skip", "no_skip", "do_affa", "affa", "affa", "concat")
+    b, out = build_facedancer(np.random.default_rng(10), skips=skips, product=product)  # type: ignore[arg-type]
+    path = write_h5(tmp_path / "m.h5", b, out)
+    if product == "tf_op":
+        with h5py.File(path, "r") as f:
+            layers = json.loads(f.attrs["model_config"])["config"]["layers"]
+        (op,) = [layer for layer in layers if layer["class_name"] == "TFOpLambda"]
+        assert op["config"]["function"] == "math.multiply"
+        assert op["inbound_nodes"] == [[["64x64", 0, 0, {"y": ["64x64_hat", 0, 0], "name": None}]]]
+    config, state = checkpoint_filter_fn(read_keras_h5(path))
+    assert config.skips == skips
+    model = FaceDancer(config).eval()
+    model.load_state_dict(state, strict=True)
+    assert _compare(b, out, model, seed=11) < 1e-4
+
+
 def test_full_size_config_c_file_loads_strictly_into_the_default_model(tmp_path: Path) -> None:
     b, out = build_facedancer(
         np.random.default_rng(4), widths=(64, 128, 256, 512, 512, 512, 512), mapping_width=256, image_size=256
@@ -176,6 +196,7 @@ def test_layer_names_are_never_interpreted(tmp_path: Path) -> None:
         old = layer.name
         layer.name = layer.config["name"] = new[old]
         layer.inbound = [new[p] for p in layer.inbound]
+        layer.tensor_kwargs = {k: new[p] for k, p in layer.tensor_kwargs.items()}
         layer.weights = [(w.replace(old + "/", layer.name + "/", 1), a) for w, a in layer.weights]
     b.inputs = [new[n] for n in b.inputs]
     _, renamed = checkpoint_filter_fn(read_keras_h5(write_h5(tmp_path / "b.h5", b, new[out])))
