@@ -460,7 +460,7 @@ def run_numpy(b: KerasBuilder, output: str, feeds: dict[str, np.ndarray]) -> np.
         if layer.class_name == "InputLayer" and layer.name in vals:
             continue
         ins = [vals[p] for p in layer.inbound]
-        ws = [w for _, w in layer.weights]
+        ws = [np.asarray(w, np.float64) for _, w in layer.weights]  # exact: every step in float64
         cls, cfg = layer.class_name.split(">")[-1], layer.config
         if cls in ("InputLayer", "Identity"):
             y = ins[0]

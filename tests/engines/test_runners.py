@@ -18,8 +18,9 @@ from engines.runners.eager import EagerRunner
 from engines.runners.onnx_export import cached_onnx
 from engines.runners.onnxruntime import OnnxRuntimeRunner, cuda_provider_present
 from tests import faces
+from tests.engines.parity import assert_fp32_parity, relative_error
 
-TOLERANCE = 1e-4  # ONNX Runtime vs torch eager fp32, the bar
+TOLERANCE = 1e-4  # FaceDancer, ONNX Runtime vs torch eager fp32 (outputs in [-1, 1]); ArcFace: tests/engines/parity
 FD_IO = facedancer_io()
 ARC_IO = arcface_io()
 
@@ -102,9 +103,9 @@ def test_onnxruntime_matches_eager_arcface(
     with EagerRunner(arc_model, ARC_IO) as eager, OnnxRuntimeRunner(arc_onnx, ARC_IO) as ort:
         for batch in (1, 3, 8):
             feeds = _head(arc_feeds, batch)
-            error = float((ort.infer(feeds)["embedding"] - eager.infer(feeds)["embedding"]).abs().max())
-            print(f"ArcFace batch {batch}: ONNX Runtime vs eager fp32 max abs error {error:.2e}")
-            assert error <= TOLERANCE
+            got, want = ort.infer(feeds)["embedding"], eager.infer(feeds)["embedding"]
+            print(f"ArcFace batch {batch}: ONNX Runtime vs eager fp32 relative error {relative_error(got, want):.2e}")
+            assert_fp32_parity(got, want)  # scale-free: raw embeddings reach |y| ≈ 48 on the released weights
 
 
 def test_eager_fp16_on_cpu(
