@@ -113,6 +113,36 @@ def test_paste_kernel_never_writes_outside_the_frame() -> None:
     assert (frame[untouched] == 0).all()  # no write wrapped around into the next row
 
 
+def _cuda_paste_on_the_cpu(frame: np.ndarray, crops: np.ndarray, m: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """warp.paste's CUDA path with the kernel run on the CPU: host boxes, the checked region, the packed geometry."""
+    h, w = frame.shape[:2]
+    boxes, union = warp_cuda.paste_region(warp.face_boxes(m, crops.shape[-1], w, h), len(m), w, h)
+    out = np.ascontiguousarray(frame).copy()
+    if union is None:
+        return out
+    packed, n = warp_cuda.geometry_buffer(m, boxes)
+    geo = warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n, boxes)
+    kernel_host.paste(out.reshape(-1), w, h, geo.fwd.numpy(), geo.boxes.numpy(), union, crops, mask)
+    return out
+
+
+@needs_gxx
+def test_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> None:
+    """The boxes the CUDA path launches over hold every pixel bilinear sampling reaches (crop coordinates -1 to
+    size): the kernel's result equals the CPU path's, also in that band, for a face 5 frame pixels per texel."""
+    size, w, h, scale, offset = 64, 400, 400, 5.0, 30.0
+    m = np.array([[[1 / scale, 0.0, -offset / scale], [0.0, 1 / scale, -offset / scale]]])
+    frame = np.zeros((h, w, 3), np.uint8)
+    crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
+    cpu = warp_cpu.paste_faces(frame.copy(), crops, m, mask)
+    gpu = _cuda_paste_on_the_cpu(frame, crops, m, mask)
+    assert np.abs(gpu.astype(np.int16) - cpu.astype(np.int16)).max() <= 2  # OpenCV's 1/32 px weights
+    c = (np.arange(w) - offset) / scale
+    band = (c > -1) & ((c < -0.5) | (c > size - 0.5)) & (c < size)  # crop columns -0.8, -0.6, 63.6, 63.8
+    assert band.sum() == 4
+    assert (gpu[h // 2, band] > 0).all()
+
+
 def _matrices(placed: list[faces.PlacedFace]) -> np.ndarray:
     return estimate_norm(torch.tensor(np.stack([p.landmarks for p in placed]), dtype=torch.float64), 256).numpy()
 
