@@ -232,6 +232,18 @@ def paste_region(
     return clipped, (ux, uy, max(b[2] for b in kept) - ux, max(b[3] for b in kept) - uy)
 
 
+def invert_affines(m: np.ndarray) -> np.ndarray:
+    """(N, 2, 3) crop → frame inverses of frame → crop matrices, as `cv2.warpAffine` inverts them: a singular matrix
+    (coincident landmarks give one) gets the zero matrix, so its crop is the frame's corner pixel on both paths,
+    instead of a LinAlgError here only."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    det = a * e - b * d
+    r = np.divide(1.0, det, out=np.zeros_like(det), where=det != 0)
+    ia, ib, id_, ie = e * r, -b * r, -d * r, a * r
+    return np.stack([np.stack([ia, ib, -(ia * c + ib * f)], -1), np.stack([id_, ie, -(id_ * c + ie * f)], -1)], 1)
+
+
 def geometry_buffer(
     matrices: torch.Tensor | np.ndarray, boxes: list[tuple[int, int, int, int] | None] | None
 ) -> tuple[np.ndarray, int]:
@@ -241,8 +253,7 @@ def geometry_buffer(
     m = np.asarray(torch.as_tensor(matrices).cpu() if isinstance(matrices, torch.Tensor) else matrices, np.float64)
     m = m.reshape(-1, 2, 3)
     n = len(m)
-    full = np.concatenate([m, np.broadcast_to([[[0.0, 0.0, 1.0]]], (n, 1, 3))], axis=1)
-    inv = np.linalg.inv(full)[:, :2] if n else np.zeros((0, 2, 3))
+    inv = invert_affines(m)
     rows = [b or (0, 0, 0, 0) for b in boxes] if boxes is not None else [(0, 0, 0, 0)] * n
     box = np.array(rows, np.int32) if rows else np.zeros((0, 4), np.int32)
     if box.shape != (n, 4):

@@ -143,6 +143,34 @@ def test_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> N
     assert (gpu[h // 2, band] > 0).all()
 
 
+@needs_gxx
+def test_coincident_landmarks_behave_the_same_on_both_paths() -> None:
+    """Five equal landmarks give a matrix without an inverse: no box and nothing pasted on either path, and the
+    same crop (the frame's corner pixel, as OpenCV makes it from its zero inverse); the CUDA path's host side used
+    to raise LinAlgError."""
+    frame = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    size = 32
+    lm = torch.tensor([[[30.25, 20.75]] * 5], dtype=torch.float64)
+    m = estimate_norm(lm, size).numpy()
+    assert (m[:, :, :2] == 0).all()
+    assert warp.face_boxes(m, size, 64, 48) == [None]
+
+    packed, n = warp_cuda.geometry_buffer(m, [None])
+    geo = warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n, [None])
+    assert (geo.inv.numpy() == 0).all()
+    cuda_crop = kernel_host.align(frame, geo.inv.numpy(), size)
+    cpu_crop = warp_cpu.align_faces(frame, m, size)
+    corner = frame[0, 0].astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(cpu_crop[0], np.broadcast_to(corner[:, None, None], (3, size, size)), atol=1e-6)
+    np.testing.assert_allclose(cuda_crop, cpu_crop, atol=1e-6)
+
+    crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
+    assert np.array_equal(warp_cpu.paste_faces(frame.copy(), crops, m, mask), frame)
+    assert np.array_equal(_cuda_paste_on_the_cpu(frame, crops, m, mask), frame)
+    out = warp.paste(torch.from_numpy(frame.copy()), torch.from_numpy(crops), m, torch.from_numpy(mask), [None])
+    assert np.array_equal(out.numpy(), frame)
+
+
 def _matrices(placed: list[faces.PlacedFace]) -> np.ndarray:
     return estimate_norm(torch.tensor(np.stack([p.landmarks for p in placed]), dtype=torch.float64), 256).numpy()
 
