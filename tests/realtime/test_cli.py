@@ -361,6 +361,28 @@ def test_convert_a_damaged_hand_placed_file_then_the_good_one(
     assert record.sha256 == _sha(good)
 
 
+def test_a_damaged_h5_is_refused_in_a_real_process(tmp_path: Path) -> None:
+    """The shipped registry and command: a damaged ArcFace-Res50.h5 of the published size is one clear error, exit
+    1, no traceback, and no hash recorded for it."""
+    import numpy as np
+
+    from tests.engines.keras_files import build_arcface, damage_root_header, write_h5
+
+    home = tmp_path / "m"
+    home.mkdir()
+    b, out = build_arcface(np.random.default_rng(0))
+    path = damage_root_header(write_h5(home / "ArcFace-Res50.h5", b, out))
+    with path.open("r+b") as f:
+        f.truncate(registry.find("arcface_r50").size)  # HDF5 ignores bytes past its end of file: sparse padding
+    # `python -m realtime` from the checkout: the code under test, wherever the environment's entry point points
+    command = [sys.executable, "-m", "realtime", "models", "convert", "arcface_r50", "--no-progress"]
+    proc = run(*command, env={"DANCECAM_HOME": str(home)})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "is damaged or not a Keras model file" in proc.stderr
+    assert store.TrustStore(home).get(path.name) is None
+
+
 def test_convert_without_the_file_says_how_to_get_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "convert"]) == 1
     assert "dancecam models download facedancer_c_hq" in capsys.readouterr().err
