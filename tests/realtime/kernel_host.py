@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -89,13 +90,14 @@ def _library() -> ctypes.CDLL:
     folder.mkdir(exist_ok=True)
     lib = folder / f"warp-{tag}.so"
     if not lib.exists():
-        src = folder / f"warp-{tag}.cpp"
+        src = folder / f".warp-{tag}-{os.getpid()}.cpp"
         src.write_text(source)
-        tmp = folder / f".warp-{tag}-{id(source)}.so"
+        tmp = folder / f".warp-{tag}-{os.getpid()}.so"  # one compile per process; the rename is atomic
         proc = subprocess.run(
             ["g++", "-O2", "-std=c++17", "-shared", "-fPIC", "-Wno-unknown-pragmas", str(src), "-o", str(tmp)],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
+        src.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise RuntimeError(f"g++ cannot compile the kernels:\n{proc.stderr}")
         tmp.replace(lib)
