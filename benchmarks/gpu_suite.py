@@ -43,6 +43,7 @@ import torch
 from benchmarks import gpu_wheels
 from benchmarks.engines import RESULTS
 from benchmarks.saving import save
+from engines.runners.base import private_stream
 from realtime.bench.run import md_table
 
 BUDGET_S = 480.0  # 8 minutes, everything included
@@ -208,29 +209,31 @@ def reference_output(model: torch.nn.Module, crops: torch.Tensor, w: torch.Tenso
 
 
 def time_runner(runner: Any, feeds: dict[str, torch.Tensor], iters: int, max_s: float) -> dict[str, Any]:
-    """Per-call time (CUDA events on the caller's stream, or the host clock) and back-to-back throughput."""
+    """Per-call time (CUDA events on a private stream, as a pipeline runs it: on the default stream TensorRT would
+    synchronise the device on every call; or the host clock) and back-to-back throughput."""
     cuda = runner.device.type == "cuda"
-    for _ in range(3 if cuda else 1):  # a CPU call takes a second: one warm-up is enough there
-        runner.infer(feeds)
-    if cuda:
-        torch.cuda.synchronize(runner.device)
-    marks: list[Any] = []
-    start = time.perf_counter()
-    while len(marks) < iters and time.perf_counter() - start < max_s:
+    with private_stream(runner.device):
+        for _ in range(3 if cuda else 1):  # a CPU call takes a second: one warm-up is enough there
+            runner.infer(feeds)
         if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            runner.infer(feeds)
-            end.record()
-            marks.append((begin, end))
-        else:
-            t0 = time.perf_counter()
-            runner.infer(feeds)
-            marks.append((time.perf_counter() - t0) * 1e3)
-    if cuda:
-        torch.cuda.synchronize(runner.device)
-        marks = [b.elapsed_time(e) for b, e in marks]
-    wall = time.perf_counter() - start
+            torch.cuda.synchronize(runner.device)
+        marks: list[Any] = []
+        start = time.perf_counter()
+        while len(marks) < iters and time.perf_counter() - start < max_s:
+            if cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()  # on the current stream: the private one
+                runner.infer(feeds)
+                end.record()
+                marks.append((begin, end))
+            else:
+                t0 = time.perf_counter()
+                runner.infer(feeds)
+                marks.append((time.perf_counter() - t0) * 1e3)
+        if cuda:
+            torch.cuda.synchronize(runner.device)
+            marks = [b.elapsed_time(e) for b, e in marks]
+        wall = time.perf_counter() - start
     a = np.asarray(marks)
     p50, p95, p99 = np.percentile(a, (50, 95, 99))
     batch = int(next(iter(feeds.values())).shape[0])
@@ -376,7 +379,7 @@ def run_scrfd(device: torch.device, iters: int) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     for name, make in runners:
         try:
-            with scrfd.SCRFD(device=device, runner=make()) as det:
+            with scrfd.SCRFD(device=device, runner=make()) as det, private_stream(device):
                 found = len(det(image))
                 times = []
                 for _ in range(iters):

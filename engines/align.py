@@ -14,6 +14,9 @@ from engines.registry import ARCFACE_112, Template
 # The ArcFace 112x112 template (left eye, right eye, nose, left and right mouth corner), from the registry
 ARCFACE_TEMPLATE: tuple[tuple[float, float], ...] = ARCFACE_112.points
 ARCFACE_SIZE = ARCFACE_112.size
+# points whose rms spread is below this fraction of their magnitude are one point: float64 rounding of the
+# coordinates is ~1e-16 of it, a real face's landmarks spread over pixels
+_DEGENERATE_SPREAD = 1e-9
 
 
 def template(
@@ -55,10 +58,14 @@ def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     d_mean = d.mean(dim=-2, keepdim=True)
     sx, sy = (s - s_mean).unbind(-1)
     dx, dy = (d - d_mean).unbind(-1)
-    # A degenerate src (all points equal) gives a = 0: everything maps to dst's centroid instead of NaN.
-    var = (sx * sx + sy * sy).sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
-    a = (sx * dx + sy * dy).sum(-1) / var  # scale * cos(angle)
-    b = (sx * dy - sy * dx).sum(-1) / var  # scale * sin(angle)
+    var = (sx * sx + sy * sy).sum(-1)
+    # A degenerate src (all points equal, up to the rounding of their coordinates) gives exactly a = b = 0:
+    # everything maps to dst's centroid, instead of NaN or a scale of rounding noise over a vanishing spread.
+    tol = _DEGENERATE_SPREAD * (1 + s_mean.abs().amax(dim=(-2, -1)))
+    degenerate = var <= s.shape[-2] * tol * tol
+    var = torch.where(degenerate, torch.ones_like(var), var)
+    a = torch.where(degenerate, 0.0, (sx * dx + sy * dy).sum(-1) / var)  # scale * cos(angle)
+    b = torch.where(degenerate, 0.0, (sx * dy - sy * dx).sum(-1) / var)  # scale * sin(angle)
     mx, my = s_mean.squeeze(-2).unbind(-1)
     tx = d_mean[..., 0, 0] - (a * mx - b * my)
     ty = d_mean[..., 0, 1] - (b * mx + a * my)

@@ -181,7 +181,8 @@ def _from_source(
                     archive_name,
                     source.archive_sha256,
                     actual,
-                    "The archive was deleted; run the command again.",
+                    "The archive was deleted; run the command again (its sha256 is published and pinned in "
+                    "DanceCam's registry: there is no record to reset).",
                 )
         try:
             _extract_member(archive_part, source.member, part)
@@ -204,10 +205,12 @@ def _finish(entry: ModelEntry, source: Source, part: Path, dest: Path, model_dir
             actual,
             f"The download from {source.url} was deleted. "
             + (
-                "The file changed since its hash was recorded: if that is expected (a new release), delete its "
-                f"line in {trust.path} and download again."
+                "The file changed since its hash was recorded (in "
+                f"{trust.path}): if that is expected (a new release), reset the record with "
+                f"`{dancecam('models', 'forget', entry.name)}` and download again."
                 if origin == "trusted"
-                else "Run the command again; if it persists, the source serves a different file."
+                else "Run the command again; if it persists, the source serves a different file (the sha256 is "
+                "published and pinned in DanceCam's registry: there is no record to reset)."
             ),
         )
     if expected is None:

@@ -520,6 +520,13 @@ def _gate(graph: KerasGraph, take: WeightTaker, join: KerasLayer, skip: str, dec
     return att.name
 
 
+def _multiplies(layer: KerasLayer) -> bool:
+    # the official `m * m_hat` is saved by Keras 2 as a TFOpLambda calling tf.math.multiply
+    return layer.class_name == "Multiply" or (
+        layer.class_name == "TFOpLambda" and layer.config.get("function") == "math.multiply"
+    )
+
+
 def _double_gate(graph: KerasGraph, take: WeightTaker, join: KerasLayer, skip: str, dec: str, key: str) -> str:
     masks = []
     for conv in graph.consumers(join.name, "Conv2D"):
@@ -531,7 +538,7 @@ def _double_gate(graph: KerasGraph, take: WeightTaker, join: KerasLayer, skip: s
     (_, hat), (_, full) = sorted(masks, key=lambda m: not m[0])
     hat_mask = _gate_branch(graph, take, hat, key, ("hat_conv", "hat_norm", "hat_mask"))
     mask = _gate_branch(graph, take, full, key, ("conv", "norm", "mask"))
-    product = [c for c in graph.consumers(mask.name, "Multiply") if set(c.inbound) == {mask.name, hat_mask.name}]
+    product = [c for c in graph.consumers(mask.name) if _multiplies(c) and set(c.inbound) == {mask.name, hat_mask.name}]
     if len(product) != 1:
         raise CheckpointFormatError(f"{graph.source}: the gates after {join.name!r} are not multiplied together")
     att = graph.only_consumer(product[0].name, "AdaptiveAttention")

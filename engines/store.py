@@ -109,6 +109,10 @@ class TrustStore:
         rec = TrustRecord(sha256, size, source, datetime.now(timezone.utc).isoformat(timespec="seconds"))
         data = self._load()
         data[file_name] = asdict(rec)
+        self._write(data)
+        return rec
+
+    def _write(self, data: dict[str, dict[str, object]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".trust-", suffix=".tmp")
         try:
@@ -119,7 +123,15 @@ class TrustStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return rec
+
+    def forget(self, file_name: str) -> bool:
+        """Drop the hash recorded for `file_name`, so that the next verified download, `verify` or conversion
+        records one anew; False when none was recorded."""
+        data = self._load()
+        if data.pop(file_name, None) is None:
+            return False
+        self._write(data)
+        return True
 
 
 def expected_sha256(entry: ModelEntry, trust: TrustStore) -> tuple[str | None, HashOrigin]:
@@ -129,6 +141,22 @@ def expected_sha256(entry: ModelEntry, trust: TrustStore) -> tuple[str | None, H
     if rec is not None:
         return rec.sha256, "trusted"
     return None, "none"
+
+
+def mismatch_action(entry: ModelEntry, origin: HashOrigin, path: Path | str) -> str:
+    """What to do about a file on disk whose sha256 differs from the expected one, reset of the record included."""
+    if origin == "trusted":
+        return (
+            f"delete {path} and download it again; or, if this file is the right one (a new release, "
+            f"a good copy placed by hand), reset the recorded hash with `{dancecam('models', 'forget', entry.name)}`"
+            f" and record this one with `{dancecam('models', 'verify', entry.name)}`"
+        )
+    if entry.bundled is not None:
+        return f"the file in the {entry.bundled.package} package is not the published one: {entry.bundled.install_hint}"
+    return (
+        f"delete {path} and download it again (the expected sha256 is published and pinned in "
+        "DanceCam's registry: there is no record to reset)"
+    )
 
 
 def bundled_path(entry: ModelEntry) -> Path | None:
@@ -169,9 +197,8 @@ class FileStatus:
                 return f"missing from {where}: {e.bundled.install_hint}"
             return f"missing: run `{dancecam('models', 'download', e.name)}` or place the file at {self.path}"
         if self.state == "mismatch":
-            return (
-                f"sha256 mismatch: expected {self.expected}, got {self.actual}; delete {self.path} and download again"
-            )
+            action = mismatch_action(e, self.origin, self.path or e.file_name)
+            return f"sha256 mismatch: expected {self.expected}, got {self.actual}; {action}"
         if self.state == "wrong-size":
             want = human_size(e.size, e.size_exact)
             return f"size {self.size} bytes does not match the published {want}: not this model's file"

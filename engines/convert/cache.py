@@ -47,10 +47,11 @@ def read_cached(
 
 
 def convert_cached(
-    source: Path, kind: str, convert: Converter
-) -> tuple[dict[str, object], dict[str, torch.Tensor], Path]:
-    """Convert `source` (or reuse its cache) and return (config, state dict, cache path)."""
-    digest = sha256_file(source)
+    source: Path, kind: str, convert: Converter, source_sha256: str | None = None
+) -> tuple[dict[str, object], dict[str, torch.Tensor], Path, bool]:
+    """Convert `source` (or reuse its cache) and return (config, state dict, cache path, whether it converted now);
+    `source_sha256`: the source's hash when the caller has just computed it."""
+    digest = source_sha256 or sha256_file(source)
     target = cache_path(source)
     cached = read_cached(target, kind, digest)
     if cached is not None:

@@ -19,6 +19,9 @@ from engines.errors import CheckpointFormatError
 # tensorflow-addons registered its layers under a package prefix in older Keras versions
 _CLASS_ALIASES = {"Addons>InstanceNormalization": "InstanceNormalization"}
 _CONTAINERS = {"Functional", "Model", "Sequential"}
+# what h5py raises for a damaged file (an unreadable object header, a bad B-tree, short data), and what a
+# model_config of the wrong shape raises while it is walked
+_H5_ERRORS = (KeyError, OSError, ValueError, TypeError, RuntimeError)
 
 
 @dataclass
@@ -26,7 +29,7 @@ class KerasLayer:
     name: str
     class_name: str
     config: dict[str, Any]
-    inbound: list[str]  # producer layer names, in call order (first call only)
+    inbound: list[str]  # producer layer names, in call order, keyword tensors last (first call only)
     weights: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (tensor name, array), file order
 
     def weight_suffixes(self) -> list[str]:
@@ -80,24 +83,34 @@ def read_keras_h5(path: str | Path, progress: Callable[[int, int], None] | None 
         raise CheckpointFormatError(
             f"{path} is not a readable HDF5 file ({e}); it may be truncated: delete it and download it again"
         ) from e
+    # every read of the file is inside: a damaged object header fails at the first attribute or group read
     with f:
-        raw = f.attrs.get("model_config")
-        if raw is None:
+        try:
+            layers, inputs, outputs = _read_graph(f, str(path), progress)
+        except _H5_ERRORS as e:
             raise CheckpointFormatError(
-                f"{path} has no model_config: it holds weights only (save_weights). DanceCam needs the full model "
-                "file as released (e.g. FaceDancer_config_c_HQ.h5)."
-            )
-        try:
-            config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        except ValueError as e:
-            raise CheckpointFormatError(f"{path}: model_config is not valid JSON ({e})") from e
-        root = f.get("model_weights", f)
-        try:
-            layers, inputs, outputs = _flatten(config, prefix="", source=str(path))
-            _attach_weights(root, layers, str(path), progress)
-        except (KeyError, OSError, ValueError, TypeError) as e:  # h5py raises these for damaged files
-            raise CheckpointFormatError(f"{path} is damaged or not a Keras model file ({e})") from e
+                f"{path} is damaged or not a Keras model file ({e}); delete it and download it again"
+            ) from e
     return KerasGraph({layer.name: layer for layer in layers}, inputs, outputs, source=str(path))
+
+
+def _read_graph(
+    f: Any, source: str, progress: Callable[[int, int], None] | None
+) -> tuple[list[KerasLayer], list[str], list[str]]:
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        raise CheckpointFormatError(
+            f"{source} has no model_config: it holds weights only (save_weights). DanceCam needs the full model "
+            "file as released (e.g. FaceDancer_config_c_HQ.h5)."
+        )
+    try:
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except ValueError as e:
+        raise CheckpointFormatError(f"{source}: model_config is not valid JSON ({e})") from e
+    root = f.get("model_weights", f)
+    layers, inputs, outputs = _flatten(config, prefix="", source=source)
+    _attach_weights(root, layers, source, progress)
+    return layers, inputs, outputs
 
 
 def _flatten(model: dict[str, Any], prefix: str, source: str) -> tuple[list[KerasLayer], list[str], list[str]]:
@@ -118,7 +131,7 @@ def _flatten(model: dict[str, Any], prefix: str, source: str) -> tuple[list[Kera
             raise CheckpointFormatError(
                 f"{source}: layer {name!r} is called {len(nodes)} times; shared layers are not supported"
             )
-        inbound = [prefix + _node_layer(n, source, name) for n in nodes[0]] if nodes else []
+        inbound = [prefix + n for n in _node_producers(nodes[0], source, name)] if nodes else []
         if cls in _CONTAINERS:
             inner, inner_in, inner_out = _flatten(spec, prefix=name + "/", source=source)
             if len(inner_out) != 1:
@@ -142,11 +155,31 @@ def _flatten(model: dict[str, Any], prefix: str, source: str) -> tuple[list[Kera
     return layers, inputs, outputs
 
 
-def _node_layer(entry: Any, source: str, name: str) -> str:
-    # Keras 2 serialises an inbound tensor as [layer_name, node_index, tensor_index, kwargs]
-    if isinstance(entry, list) and entry and isinstance(entry[0], str):
-        return entry[0]
-    raise CheckpointFormatError(f"{source}: layer {name!r} has inbound nodes in an unsupported format: {entry!r}")
+def _node_producers(entries: Any, source: str, name: str) -> list[str]:
+    """The layers a call reads: each entry's tensor, then the tensors among its keyword arguments."""
+    # Keras 2 serialises the first argument's tensors as [layer, node index, tensor index, kwargs]; every later
+    # argument goes into kwargs, a tensor there as [layer, node index, tensor index] (`m * m_hat` becomes a
+    # TFOpLambda `tf.math.multiply` called as [m, 0, 0, {"y": [m_hat, 0, 0], "name": null}])
+    producers: list[str] = []
+    keyword: list[str] = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not (isinstance(entry, list) and entry and isinstance(entry[0], str)):
+            raise CheckpointFormatError(
+                f"{source}: layer {name!r} has inbound nodes in an unsupported format: {entry!r}"
+            )
+        producers.append(entry[0])
+        kwargs = entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}
+        keyword += [v[0] for v in kwargs.values() if _is_tensor_ref(v) and v[0] not in keyword]
+    return producers + keyword
+
+
+def _is_tensor_ref(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in value[1:])
+    )
 
 
 def _io_name(entry: Any) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 
 from engines.choices import BACKEND_NAMES, PRECISIONS, BackendName
 from engines.errors import ConfigError
-from engines.runners.base import NetworkIO, Precision, Runner
+from engines.runners.base import NetworkIO, Precision, Runner, private_stream
 
 BACKENDS: tuple[BackendName, ...] = BACKEND_NAMES[::-1]  # fastest first: the order auto tries them in
 CUDA_GRAPH_BUCKETS = (1, 2, 4, 8)
@@ -128,19 +128,21 @@ def create_runner(
 
 
 def _time_ms(runner: Runner, feeds: Mapping[str, torch.Tensor], warmup: int, repeats: int) -> float:
-    """Median wall time of one warm call, the device synchronised around each (here only, never on the hot path)."""
+    """Median wall time of one warm call on a private stream (as a pipeline runs it, never the default stream),
+    the device synchronised around each (here only, never on the hot path)."""
     cuda = runner.device.type == "cuda"
-    for _ in range(warmup):
-        runner.infer(feeds)
     times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize(runner.device)
-        start = time.perf_counter()
-        runner.infer(feeds)
-        if cuda:
-            torch.cuda.synchronize(runner.device)
-        times.append((time.perf_counter() - start) * 1e3)
+    with private_stream(runner.device):
+        for _ in range(warmup):
+            runner.infer(feeds)
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize(runner.device)
+            start = time.perf_counter()
+            runner.infer(feeds)
+            if cuda:
+                torch.cuda.synchronize(runner.device)
+            times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
 

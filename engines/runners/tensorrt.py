@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
+import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,22 +35,63 @@ Progress = Callable[[str], None]
 # --- availability and the cache -----------------------------------------------------------------------------
 
 
+def _release(version: str) -> str:
+    return ".".join(map(str, _version(version)))
+
+
 def _install_hint() -> str:
-    # https://docs.pytorch.org/TensorRT/getting_started/installation.html; a torch-tensorrt release pairs with one
-    # torch release, so pin it to ours rather than let pip replace torch
-    major_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    return f'install it with `.venv/bin/python -m pip install "torch-tensorrt=={major_minor}.*" tensorrt`'
+    # https://docs.pytorch.org/TensorRT/getting_started/installation.html: torch-tensorrt 2.N requires torch 2.N
+    # (e.g. 2.13.0: torch>=2.13.0,<2.14.0); naming torch's installed version keeps pip from replacing it
+    torch_release = _release(torch.__version__)
+    return (
+        "install the torch-tensorrt of the same release as torch, keeping torch as it is: "
+        f'`{shlex.quote(sys.executable)} -m pip install "torch=={torch.__version__}" '
+        f'"torch-tensorrt=={torch_release}.*"`'
+    )
 
 
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
 
 
+def pairing_problem(torch_version: str, torch_tensorrt_version: str) -> str | None:
+    """Why this torch-tensorrt cannot run with this torch, or None: a torch-tensorrt release is built against one
+    torch release (same major.minor) and fails at import or at run time with any other."""
+    have, built_for = _version(torch_version), _version(torch_tensorrt_version)
+    if have < MIN_VERSION:
+        want = ".".join(map(str, MIN_VERSION))
+        return (
+            f"torch {torch_version} is older than {want}, the first release whose torch-tensorrt has the API this "
+            "backend uses: install a newer torch (scripts/setup.sh with DANCECAM_TORCH_VERSION) and the "
+            "torch-tensorrt of the same release"
+        )
+    if built_for != have:
+        return (
+            f"torch-tensorrt {torch_tensorrt_version} is built for torch {_release(torch_tensorrt_version)}, but "
+            f"torch here is {torch_version}; {_install_hint()}"
+        )
+    return None
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def unavailable_reason(*, compiler: bool = True) -> str | None:
     """Why TensorRT cannot run here, or None when it can: an NVIDIA GPU and the `tensorrt` package, and with
-    `compiler` (torch modules, this file) torch-tensorrt >= MIN_VERSION too; ONNX graphs need only `tensorrt`."""
+    `compiler` (torch modules, this file) the torch-tensorrt of torch's own release (>= MIN_VERSION); ONNX graphs
+    need only `tensorrt`."""
     if not torch.cuda.is_available():
         return "TensorRT needs an NVIDIA GPU with CUDA, and torch sees none"
+    if compiler:
+        # before the import: a torch-tensorrt built for another torch may fail to import with an obscure error
+        installed = _installed_version("torch-tensorrt")
+        problem = pairing_problem(torch.__version__, installed) if installed else None
+        if problem:
+            return problem
     try:
         import tensorrt  # noqa: F401  (torch-tensorrt needs it; its version is part of the cache key)
 
@@ -56,9 +100,8 @@ def unavailable_reason(*, compiler: bool = True) -> str | None:
     except Exception as e:  # ImportError, or OSError from a wheel whose CUDA libraries do not load
         package = "torch-tensorrt" if compiler else "tensorrt"
         return f"{package} is not usable ({type(e).__name__}: {e}); {_install_hint()}"
-    if compiler and _version(torch_tensorrt.__version__) < MIN_VERSION:
-        want = ".".join(map(str, MIN_VERSION))
-        return f"torch-tensorrt {torch_tensorrt.__version__} is older than {want}; {_install_hint()}"
+    if compiler:
+        return pairing_problem(torch.__version__, torch_tensorrt.__version__)
     return None
 
 

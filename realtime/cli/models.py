@@ -1,4 +1,4 @@
-"""`dancecam models list | download | verify | convert | export | path`: the model manager's command line."""
+"""`dancecam models list | download | verify | forget | convert | export | path`: the model manager's command line."""
 
 from __future__ import annotations
 
@@ -54,6 +54,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_verify)
+
+    p = leaf(
+        "forget",
+        "reset the sha256 recorded on first use for NAME (a new release, or a good copy placed by hand after a bad "
+        "one): the next download, verify or convert records it anew",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(handler=cmd_forget)
 
     p = leaf(
         "convert", "convert official Keras weights to cached safetensors (all present convertible files by default)"
@@ -236,6 +244,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if all(r.usable for r in results) else 1
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    model_dir = store.resolve_model_dir(args.model_dir)
+    trust = store.TrustStore(model_dir)
+    out = _out()
+    for entry in _entries(args.names):
+        if entry.sha256:
+            out.print(f"{entry.name}: its sha256 is published and pinned in DanceCam's registry; nothing to reset")
+        elif trust.forget(entry.file_name):
+            out.print(
+                f"[green]✓[/] {entry.name}: recorded sha256 reset; the next download, verify or convert of "
+                f"{entry.file_name} records it anew",
+                soft_wrap=True,
+            )
+        else:
+            out.print(f"{entry.name}: no sha256 was recorded for {entry.file_name}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from engines.convert import converter
     from engines.convert.cache import convert_cached
@@ -254,10 +280,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
             )
     out = _out()
     for entry in entries:
-        status = store.check(entry, model_dir)
-        if not status.usable:
+        # a hand-placed file without a published hash is trusted only once it has converted (or `verify` said so)
+        status = store.check(entry, model_dir, record=False)
+        unrecorded = status.state == "present"
+        if not (status.usable or unrecorded):
             raise ModelMissingError(f"{entry.name}: {status.describe()}")
         assert status.path is not None
+        assert status.actual is not None
         assert entry.converter is not None
         convert = converter(entry.converter)
         with Progress(
@@ -274,11 +303,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 progress.update(task, completed=done, total=total)
 
             _config, state, path, fresh = convert_cached(
-                status.path, entry.converter, lambda p, c=convert: c(p, report)
+                status.path, entry.converter, lambda p, c=convert: c(p, report), source_sha256=status.actual
             )
+        note = ""
+        if unrecorded:
+            store.TrustStore(model_dir).record(
+                entry.file_name, status.actual, status.size or 0, source=f"converted on disk: {status.path}"
+            )
+            note = "; sha256 recorded (trust on first use)"
         params = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var")))
         what = "converted" if fresh else "already converted"
-        out.print(f"[green]✓[/] {entry.name}: {what}, {len(state)} tensors, {params:,} parameters → {path}")
+        out.print(f"[green]✓[/] {entry.name}: {what}, {len(state)} tensors, {params:,} parameters{note} → {path}")
     return 0
 
 

@@ -58,6 +58,8 @@ def paste(
     geometry: FaceGeometry | None = None,
 ) -> torch.Tensor:
     """Blend the crops back into `frame` in place, touching only the faces' boxes; returns `frame`."""
+    if len(boxes) != crops.shape[0] or len(matrices) != crops.shape[0]:
+        raise ValueError(f"{len(boxes)} boxes and {len(matrices)} matrices for {crops.shape[0]} crops")
     if frame.device.type == "cuda":
         from realtime.pipeline import warp_cuda
 

@@ -101,8 +101,13 @@ def _frame_box(matrix: np.ndarray, corners: tuple[float, float, float, float], w
 
 
 def face_box(matrix: np.ndarray, size: int, width: int, height: int) -> Box | None:
-    """The frame region (x0, y0, x1, y1), end-exclusive and clipped, that the crop covers; None when off-frame."""
-    return _frame_box(matrix, (-0.5, -0.5, size - 0.5, size - 0.5), width, height)
+    """The frame region (x0, y0, x1, y1), end-exclusive and clipped, that the crop reaches; None when off-frame.
+
+    Reaches, not covers: a frame pixel whose crop point lies anywhere in (-1, size) on both axes gets bilinear
+    weight from an edge texel (up to -0.5 / size - 0.5 is only the crop's own area), which for a large face is
+    several frame pixels more on each side.
+    """
+    return _frame_box(matrix, (-1.0, -1.0, float(size), float(size)), width, height)
 
 
 def mask_support(mask: np.ndarray, threshold: float = SUPPORT_THRESHOLD) -> Box | None:

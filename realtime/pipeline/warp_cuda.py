@@ -6,6 +6,8 @@ Design notes: docs/design-notes.md, section realtime/pipeline/warp_cuda.py.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -80,6 +82,7 @@ __global__ void paste_kernel(unsigned char* frame, int w, int h, const float* fw
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= uw * uh) return;
     int px = ux + i % uw, py = uy + i / uw;
+    if (px < 0 || py < 0 || px >= w || py >= h) return;  // the boxes are clipped on the host; never write outside
     float rgb[3];
     bool loaded = false;
     long long plane = (long long)size * size;
@@ -169,6 +172,9 @@ def _cp(t: torch.Tensor) -> Any:
     return cupy.asarray(t.detach())
 
 
+Box = tuple[int, int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class FaceGeometry:
     """One frame's faces on the device, from one upload: what align and paste-back both read."""
@@ -176,11 +182,66 @@ class FaceGeometry:
     fwd: torch.Tensor  # (N, 6) float32, frame → crop
     inv: torch.Tensor  # (N, 6) float32, crop → frame
     boxes: torch.Tensor  # (N, 4) int32 frame regions; (0, 0, 0, 0) for a face that is skipped
+    host_boxes: tuple[Box | None, ...]  # the boxes uploaded, kept on the host: paste checks its own against them
 
     @classmethod
-    def from_buffer(cls, t: torch.Tensor, n: int) -> FaceGeometry:
+    def from_buffer(cls, t: torch.Tensor, n: int, host_boxes: Sequence[Box | None] | None = None) -> FaceGeometry:
         """Views into one float32 buffer laid out by `geometry_buffer` (on any device)."""
-        return cls(t[: 6 * n].view(n, 6), t[6 * n : 12 * n].view(n, 6), t[12 * n :].view(torch.int32).view(n, 4))
+        boxes = tuple(host_boxes) if host_boxes is not None else (None,) * n
+        return cls(t[: 6 * n].view(n, 6), t[6 * n : 12 * n].view(n, 6), t[12 * n :].view(torch.int32).view(n, 4), boxes)
+
+
+def clip_boxes(boxes: Sequence[Box | None], width: int, height: int) -> list[Box | None]:
+    """Face boxes checked (four integers each) and clipped to the frame; a box that is left empty becomes None."""
+    out: list[Box | None] = []
+    for b in boxes:
+        if b is None:
+            out.append(None)
+            continue
+        try:
+            x0, y0, x1, y1 = (operator.index(v) for v in b)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"a face box must be four integers (x0, y0, x1, y1), got {b!r}") from e
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+        out.append((x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None)
+    return out
+
+
+def paste_region(
+    boxes: Sequence[Box | None],
+    n_faces: int,
+    width: int,
+    height: int,
+    uploaded: Sequence[Box | None] | None = None,
+) -> tuple[list[Box | None], tuple[int, int, int, int] | None]:
+    """What `paste_faces` launches over: the boxes clipped to the frame (checked against the crops' count and, when
+    the geometry was uploaded before, against the boxes it holds), and their union (x, y, width, height); None
+    when no face is pasted."""
+    if len(boxes) != n_faces:
+        raise ValueError(f"{len(boxes)} boxes for {n_faces} crops")
+    clipped = clip_boxes(boxes, width, height)
+    if uploaded is not None and clip_boxes(uploaded, width, height) != clipped:
+        raise ValueError(
+            "the uploaded geometry holds other boxes than the ones given to paste: upload the geometry with the "
+            "same boxes (upload_geometry(matrices, boxes, device))"
+        )
+    kept = [b for b in clipped if b is not None]
+    if not kept:
+        return clipped, None
+    ux, uy = min(b[0] for b in kept), min(b[1] for b in kept)
+    return clipped, (ux, uy, max(b[2] for b in kept) - ux, max(b[3] for b in kept) - uy)
+
+
+def invert_affines(m: np.ndarray) -> np.ndarray:
+    """(N, 2, 3) crop → frame inverses of frame → crop matrices, as `cv2.warpAffine` inverts them: a singular matrix
+    (coincident landmarks give one) gets the zero matrix, so its crop is the frame's corner pixel on both paths,
+    instead of a LinAlgError here only."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    det = a * e - b * d
+    r = np.divide(1.0, det, out=np.zeros_like(det), where=det != 0)
+    ia, ib, id_, ie = e * r, -b * r, -d * r, a * r
+    return np.stack([np.stack([ia, ib, -(ia * c + ib * f)], -1), np.stack([id_, ie, -(id_ * c + ie * f)], -1)], 1)
 
 
 def geometry_buffer(
@@ -192,8 +253,7 @@ def geometry_buffer(
     m = np.asarray(torch.as_tensor(matrices).cpu() if isinstance(matrices, torch.Tensor) else matrices, np.float64)
     m = m.reshape(-1, 2, 3)
     n = len(m)
-    full = np.concatenate([m, np.broadcast_to([[[0.0, 0.0, 1.0]]], (n, 1, 3))], axis=1)
-    inv = np.linalg.inv(full)[:, :2] if n else np.zeros((0, 2, 3))
+    inv = invert_affines(m)
     rows = [b or (0, 0, 0, 0) for b in boxes] if boxes is not None else [(0, 0, 0, 0)] * n
     box = np.array(rows, np.int32) if rows else np.zeros((0, 4), np.int32)
     if box.shape != (n, 4):
@@ -207,7 +267,7 @@ def upload_geometry(
 ) -> FaceGeometry:
     """The faces' geometry on the device in one non-blocking copy from pinned memory."""
     packed, n = geometry_buffer(matrices, boxes)
-    return FaceGeometry.from_buffer(torch.from_numpy(packed).pin_memory().to(device, non_blocking=True), n)
+    return FaceGeometry.from_buffer(torch.from_numpy(packed).pin_memory().to(device, non_blocking=True), n, boxes)
 
 
 def align_faces(
@@ -249,28 +309,27 @@ def paste_faces(
     """Blend (N, 3, S, S) crops in [-1, 1] back into the (H, W, 3) uint8 CUDA frame, in place; one launch.
 
     `boxes` are the faces' frame regions from `realtime.pipeline.warp_cpu.face_box` (computed on the host from the
-    matrices the host already has, so no device value is read back here); None skips a face. `geometry`: the same
-    matrices and boxes already uploaded (`upload_geometry`), else uploaded here.
+    matrices the host already has, so no device value is read back here), clipped to the frame here; None skips a
+    face. `geometry`: the same matrices and boxes already uploaded (`upload_geometry`; other boxes are a
+    ValueError), else uploaded here.
     """
-    if frame.device.type != "cuda" or frame.dtype != torch.uint8 or not frame.is_contiguous():
+    if frame.device.type != "cuda" or frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError("paste_faces needs a contiguous (H, W, 3) uint8 CUDA tensor")
+    if not frame.is_contiguous():
         raise ValueError("paste_faces needs a contiguous (H, W, 3) uint8 CUDA tensor")
     import cupy
 
-    kept = [b for b in boxes if b is not None]
-    if not kept:
-        return frame
-    if len(boxes) != crops.shape[0]:
-        raise ValueError(f"{len(boxes)} boxes for {crops.shape[0]} crops")
-    geo = geometry or upload_geometry(matrices, boxes, frame.device)
-    crops = crops.contiguous()
-    ux, uy = min(b[0] for b in kept), min(b[1] for b in kept)
-    uw = max(b[2] for b in kept) - ux
-    uh = max(b[3] for b in kept) - uy
-    mask = mask.to(device=frame.device, dtype=torch.float32).contiguous()
     h, w = frame.shape[:2]
     size = crops.shape[-1]
     if crops.ndim != 4 or crops.shape[1:] != (3, size, size) or mask.shape != (size, size):
         raise ValueError(f"crops {tuple(crops.shape)} and mask {tuple(mask.shape)} must be (N, 3, S, S) and (S, S)")
+    boxes, union = paste_region(boxes, crops.shape[0], w, h, geometry.host_boxes if geometry is not None else None)
+    if union is None:
+        return frame
+    geo = geometry or upload_geometry(matrices, boxes, frame.device)
+    crops = crops.contiguous()
+    ux, uy, uw, uh = union
+    mask = mask.to(device=frame.device, dtype=torch.float32).contiguous()
     grid = ((uw * uh + _THREADS - 1) // _THREADS,)
     with cupy.cuda.ExternalStream(torch.cuda.current_stream(frame.device).cuda_stream):
         args = (

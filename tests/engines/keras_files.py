@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -33,6 +33,12 @@ class Layer:
     config: dict[str, Any]
     inbound: list[str]
     weights: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    # tensors passed by keyword, by producer name: Keras serialises a TFOpLambda's arguments after the first so
+    tensor_kwargs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def producers(self) -> list[str]:
+        return [*self.inbound, *self.tensor_kwargs.values()]
 
 
 class KerasBuilder:
@@ -109,6 +115,13 @@ class KerasBuilder:
     def lrelu(self, x: str) -> str:
         return self.op("LeakyReLU", [x], alpha=0.2)
 
+    def tf_op(self, function: str, x: str, **tensors: str) -> str:
+        """A TF function applied to Keras tensors (`m * m_hat` is `tf.math.multiply`), as Keras 2 records it."""
+        config = {"trainable": True, "dtype": "float32", "function": function}
+        layer = self.add("TFOpLambda", config, [x], name=self._name(f"tf.{function}"))
+        layer.tensor_kwargs = dict(tensors)
+        return layer.name
+
 
 # --- the official FaceDancer graph, built in the official code's creation order ---------------------------
 
@@ -121,6 +134,7 @@ def build_facedancer(
     mapping_depth: int = 4,
     image_size: int = 64,
     norm_class: str = "Addons>InstanceNormalization",
+    product: Literal["tf_op", "layer"] = "tf_op",
 ) -> tuple[KerasBuilder, str]:
     b = KerasBuilder(rng, norm_class)
     x_in = b.input((image_size, image_size, 3))
@@ -162,7 +176,8 @@ def build_facedancer(
         hat = b.conv(hat, c, 1, 1, activation="sigmoid", name=name + "_hat")
         m = b.norm(b.lrelu(b.conv(cat, 2 * c, c, 3)), c)
         m = b.conv(m, c, c, 1, activation="sigmoid", name=name)
-        prod = b.op("Multiply", [m, hat])
+        # the official code writes `m * m_hat`, which Keras saves as a TFOpLambda; a Multiply layer is the same op
+        prod = b.tf_op("math.multiply", m, y=hat) if product == "tf_op" else b.op("Multiply", [m, hat])
         return b.op("AdaptiveAttention", [prod, xt, xs])
 
     e = widths
@@ -334,10 +349,10 @@ def write_nested_h5(path: Path, b: KerasBuilder, inner_output: str, config: dict
 
 def _topological_names(layers: list[Layer]) -> list[str]:
     """A valid topological order unlike creation order: among ready layers, the last created goes first."""
-    indeg = {layer.name: len(set(layer.inbound)) for layer in layers}
+    indeg = {layer.name: len(set(layer.producers)) for layer in layers}
     users: dict[str, list[str]] = {layer.name: [] for layer in layers}
     for layer in layers:
-        for p in set(layer.inbound):
+        for p in set(layer.producers):
             users[p].append(layer.name)
     ready = [layer.name for layer in layers if indeg[layer.name] == 0]
     order = []
@@ -351,6 +366,13 @@ def _topological_names(layers: list[Layer]) -> list[str]:
     return order
 
 
+def _node_kwargs(layer: Layer) -> dict[str, Any]:
+    # a keyword tensor is [layer, node index, tensor index]; a TFOpLambda also records its `name` argument
+    if not layer.tensor_kwargs:
+        return {}
+    return {**{k: [p, 0, 0] for k, p in layer.tensor_kwargs.items()}, "name": None}
+
+
 def model_config(b: KerasBuilder, output: str) -> dict[str, Any]:
     return {
         "class_name": "Functional",
@@ -361,7 +383,7 @@ def model_config(b: KerasBuilder, output: str) -> dict[str, Any]:
                     "class_name": layer.class_name,
                     "config": layer.config,
                     "name": layer.name,
-                    "inbound_nodes": [[[p, 0, 0, {}] for p in layer.inbound]] if layer.inbound else [],
+                    "inbound_nodes": [[[p, 0, 0, _node_kwargs(layer)] for p in layer.inbound]] if layer.inbound else [],
                 }
                 for layer in b.layers
             ],
@@ -386,6 +408,18 @@ def write_h5(path: Path, b: KerasBuilder, output: str, config: dict[str, Any] | 
                 g.create_dataset(n, data=arr)
         opt = f.create_group("optimizer_weights")
         opt.create_dataset("Adam/iter:0", data=np.int64(7))
+    return path
+
+
+def damage_root_header(path: Path) -> Path:
+    """Zero the message area of the file's root object header, as a bad sector or a botched copy would: the file
+    still opens, but reading the root group's attributes fails inside HDF5 (h5py raises KeyError)."""
+    with h5py.File(path, "r") as f:
+        address = h5py.h5o.get_info(f.id).addr
+    data = bytearray(path.read_bytes())
+    # a version-1 object header: 16 bytes of prefix, then its messages (the root's attribute and group messages)
+    data[address + 16 : address + 64] = bytes(48)
+    path.write_bytes(bytes(data))
     return path
 
 
@@ -426,7 +460,7 @@ def run_numpy(b: KerasBuilder, output: str, feeds: dict[str, np.ndarray]) -> np.
         if layer.class_name == "InputLayer" and layer.name in vals:
             continue
         ins = [vals[p] for p in layer.inbound]
-        ws = [w for _, w in layer.weights]
+        ws = [np.asarray(w, np.float64) for _, w in layer.weights]  # exact: every step in float64
         cls, cfg = layer.class_name.split(">")[-1], layer.config
         if cls in ("InputLayer", "Identity"):
             y = ins[0]
@@ -473,6 +507,9 @@ def run_numpy(b: KerasBuilder, output: str, feeds: dict[str, np.ndarray]) -> np.
             y = ins[0] + ins[1]
         elif cls == "Multiply":
             y = ins[0] * ins[1]
+        elif cls == "TFOpLambda":
+            assert cfg["function"] == "math.multiply"
+            y = ins[0] * vals[layer.tensor_kwargs["y"]]
         elif cls == "Concatenate":
             y = np.concatenate(ins, axis=-1)
         elif cls == "AdaptiveAttention":

@@ -194,6 +194,21 @@ def test_degenerate_and_malformed_inputs() -> None:
         invert_affine(torch.zeros(3, 3))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_coincident_landmarks_give_exactly_the_degenerate_transform(dtype: torch.dtype) -> None:
+    """Five equal points, wherever they are: scale 0 exactly (everything to the template's centroid), not a scale
+    of float rounding noise over a vanishing spread (float64 points gave random rotations at scales up to ~100)."""
+    points = np.random.default_rng(11).uniform((0, 0), (1920, 1080), (200, 2))
+    lmk = torch.from_numpy(np.repeat(points[:, None], 5, axis=1)).to(dtype)
+    m = estimate_norm(lmk, 256).double()
+    assert (m[:, :, :2] == 0).all()
+    centroid = template(256, dtype=torch.float64).mean(0)
+    torch.testing.assert_close(m[:, :, 2], centroid.expand(200, 2), rtol=0, atol=1e-4)  # float32 rounding
+    # points a fraction of a pixel apart are still a face's geometry
+    near = lmk.double() + torch.from_numpy(np.random.default_rng(12).normal(0, 1e-3, (200, 5, 2)))
+    assert (estimate_norm(near, 256)[:, :, :2].abs().amax((1, 2)) > 1).all()
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu() -> None:
     rng = np.random.default_rng(5)

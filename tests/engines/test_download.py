@@ -381,6 +381,7 @@ def test_first_download_records_the_hash_and_later_ones_are_held_to_it(file_serv
         dl.download(entry, tmp_path, opts(force=True), quiet())
     assert sha(data) in str(info.value)
     assert TRUST_FILE in str(info.value)
+    assert f"models forget {entry.name}`" in str(info.value)  # how to reset the record
     assert (tmp_path / "model.bin").read_bytes() == data  # the verified copy is untouched
 
 

@@ -14,7 +14,7 @@ from engines.convert.cache import cache_path, convert_cached
 from engines.convert.keras_h5 import read_keras_h5
 from engines.errors import CheckpointFormatError
 from engines.facedancer import FaceDancer, checkpoint_filter_fn, facedancer, load_facedancer
-from tests.engines.keras_files import build_facedancer, model_config, run_numpy, write_h5
+from tests.engines.keras_files import build_facedancer, damage_root_header, model_config, run_numpy, write_h5
 
 
 def _compare(b, out, model: FaceDancer, image_size: int = 64, seed: int = 0) -> float:  # type: ignore[no-untyped-def]
@@ -60,6 +60,26 @@ def test_other_skip_types_and_mapping_sizes_are_read_from_the_file(
     model = FaceDancer(config).eval()
     model.load_state_dict(state, strict=True)
     assert _compare(b, out, model, seed=3) < 1e-4
+
+
+@pytest.mark.parametrize("product", ["tf_op", "layer"])
+def test_do_affa_gates_multiplied_as_keras_writes_them(tmp_path: Path, product: str) -> None:
+    """The official `m * m_hat` is saved as a TFOpLambda (`tf.math.multiply`, the second factor a keyword); a
+    Multiply layer computes the same and is read too."""
+    skips = ("no_skip", "no_skip", "do_affa", "affa", "affa", "concat")
+    b, out = build_facedancer(np.random.default_rng(10), skips=skips, product=product)  # type: ignore[arg-type]
+    path = write_h5(tmp_path / "m.h5", b, out)
+    if product == "tf_op":
+        with h5py.File(path, "r") as f:
+            layers = json.loads(f.attrs["model_config"])["config"]["layers"]
+        (op,) = [layer for layer in layers if layer["class_name"] == "TFOpLambda"]
+        assert op["config"]["function"] == "math.multiply"
+        assert op["inbound_nodes"] == [[["64x64", 0, 0, {"y": ["64x64_hat", 0, 0], "name": None}]]]
+    config, state = checkpoint_filter_fn(read_keras_h5(path))
+    assert config.skips == skips
+    model = FaceDancer(config).eval()
+    model.load_state_dict(state, strict=True)
+    assert _compare(b, out, model, seed=11) < 1e-4
 
 
 def test_full_size_config_c_file_loads_strictly_into_the_default_model(tmp_path: Path) -> None:
@@ -141,6 +161,15 @@ def test_truncated_file(small_file: Path) -> None:
         checkpoint_filter_fn(read_keras_h5(small_file))
 
 
+def test_damaged_root_object_header(small_file: Path) -> None:
+    """The file opens, but its root group's attributes cannot be read: one CheckpointFormatError, not a KeyError."""
+    damage_root_header(small_file)
+    with h5py.File(small_file, "r") as f, pytest.raises(KeyError):
+        f.attrs.get("model_config")  # the damage this test is about, as h5py reports it
+    with pytest.raises(CheckpointFormatError, match=r"is damaged.*download it again"):
+        read_keras_h5(small_file)
+
+
 def test_weights_only_file(tmp_path: Path) -> None:
     path = tmp_path / "weights.h5"
     with h5py.File(path, "w") as f:
@@ -167,6 +196,7 @@ def test_layer_names_are_never_interpreted(tmp_path: Path) -> None:
         old = layer.name
         layer.name = layer.config["name"] = new[old]
         layer.inbound = [new[p] for p in layer.inbound]
+        layer.tensor_kwargs = {k: new[p] for k, p in layer.tensor_kwargs.items()}
         layer.weights = [(w.replace(old + "/", layer.name + "/", 1), a) for w, a in layer.weights]
     b.inputs = [new[n] for n in b.inputs]
     _, renamed = checkpoint_filter_fn(read_keras_h5(write_h5(tmp_path / "b.h5", b, new[out])))

@@ -65,6 +65,20 @@ def test_verify_records_a_hand_placed_file_once_and_then_holds_it(tmp_path: Path
     changed = store.check(entry, tmp_path)
     assert changed.state == "mismatch"
     assert changed.expected == first.actual
+    assert "models forget m`" in changed.describe()  # the message says how to reset the record
+
+    assert store.TrustStore(tmp_path).forget("m.bin")
+    assert not store.TrustStore(tmp_path).forget("m.bin")
+    again = store.check(entry, tmp_path)
+    assert again.state == "recorded"
+    assert again.actual != first.actual
+
+
+def test_a_pinned_mismatch_says_there_is_no_record_to_reset(tmp_path: Path) -> None:
+    _write(tmp_path / "m.bin", b"x" * 1000)
+    status = store.check(_entry(1000, "0" * 64), tmp_path)
+    assert status.state == "mismatch"
+    assert "no record to reset" in status.describe()
 
 
 def test_implausible_size_is_not_recorded(tmp_path: Path) -> None:

@@ -300,6 +300,15 @@ def test_cache_path(tmp_path: Path) -> None:
 # --- availability -------------------------------------------------------------------------------------------
 
 
+def _release(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _other_release(version: str) -> str:
+    major, minor = _release(version).split(".")
+    return f"{major}.{int(minor) + 1}.0"
+
+
 def test_unavailable_here_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
     reason = trt.unavailable_reason()
     assert reason  # no TensorRT anywhere in this workplace
@@ -308,16 +317,58 @@ def test_unavailable_here_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import fails
     reason = trt.unavailable_reason()
-    major_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    assert f'pip install "torch-tensorrt=={major_minor}.*" tensorrt' in (reason or "")
+    # the fix names torch's own version, so that pip keeps torch and fetches the paired torch-tensorrt
+    assert f'pip install "torch=={torch.__version__}" "torch-tensorrt=={_release(torch.__version__)}.*"' in (
+        reason or ""
+    )
 
 
-def test_unavailable_reason_checks_the_version(fake_trt: FakeTorchTensorRT, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pairing_of_torch_and_torch_tensorrt() -> None:
+    assert trt.pairing_problem("2.13.0+cu130", "2.13.0") is None
+    assert trt.pairing_problem("2.13.1", "2.13.0+cu130") is None  # patch releases pair
+    reason = trt.pairing_problem("2.13.0+cu130", "2.14.0") or ""
+    assert "torch-tensorrt 2.14.0 is built for torch 2.14, but torch here is 2.13.0+cu130" in reason
+    assert "torch-tensorrt==" in reason
+    assert "older than 2.11" in (trt.pairing_problem("2.10.0", "2.10.0") or "")
+
+
+def test_unavailable_reason_checks_the_pairing(fake_trt: FakeTorchTensorRT, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fake_trt.__version__ = _release(torch.__version__) + ".0"
     assert trt.unavailable_reason() is None
-    fake_trt.__version__ = "2.9.0+cu128"
-    reason = trt.unavailable_reason()
-    assert "torch-tensorrt 2.9.0+cu128 is older than 2.11" in (reason or "")
+    fake_trt.__version__ = _other_release(torch.__version__)  # e.g. pip replaced torch-tensorrt, not torch
+    reason = trt.unavailable_reason() or ""
+    assert f"is built for torch {_release(fake_trt.__version__)}, but torch here is {torch.__version__}" in reason
+    assert f'"torch-tensorrt=={_release(torch.__version__)}.*"' in reason
+
+
+def test_a_mismatched_install_is_named_before_its_import_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch-tensorrt built for another torch may not even import: its installed version says why first."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # the import would fail
+    other = _other_release(torch.__version__)
+    monkeypatch.setattr(trt, "_installed_version", lambda dist: other if dist == "torch-tensorrt" else None)
+    reason = trt.unavailable_reason() or ""
+    assert f"torch-tensorrt {other} is built for torch" in reason
+    assert "not usable" not in reason
+
+
+def test_the_trt_extra_pins_the_torch_tensorrt_of_the_projects_torch() -> None:
+    """`pip install '.[trt]'` must never replace torch: the extra admits only the torch-tensorrt release that
+    pairs with the torch scripts/setup.sh installs (each torch-tensorrt 2.N requires torch 2.N)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[2]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trt"]
+    (pin,) = [Requirement(r) for r in extra if Requirement(r).name == "torch-tensorrt"]
+    found = re.search(
+        r'TORCH_VERSION="\$\{DANCECAM_TORCH_VERSION:-([0-9.]+)\}"', (root / "scripts/setup.sh").read_text()
+    )
+    assert found is not None
+    major, minor = map(int, found.group(1).split(".")[:2])
+    admitted = [f"{a}.{b}.{c}" for a in (2, 3) for b in range(20) for c in (0, 1, 5)]
+    assert {v for v in admitted if pin.specifier.contains(v)} == {f"{major}.{minor}.{c}" for c in (0, 1, 5)}
 
 
 def test_activate_without_tensorrt_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

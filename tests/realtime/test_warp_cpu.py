@@ -79,6 +79,36 @@ def test_face_entirely_outside_is_skipped() -> None:
     assert np.array_equal(out, frame)
 
 
+def large_face(size: int = 64, scale: float = 5.0, offset: float = 30.0) -> np.ndarray:
+    """Frame → crop for a face `scale` frame pixels per crop pixel (a close-up: 1280 px for a 256 crop at 5)."""
+    return np.array([[1 / scale, 0.0, -offset / scale], [0.0, 1 / scale, -offset / scale]])
+
+
+def test_a_large_face_is_pasted_up_to_the_last_pixel_bilinear_sampling_reaches() -> None:
+    """Bilinear sampling gives weight to crop texels from crop coordinate -1 to `size` (not -0.5 to size - 0.5):
+    for a large face that band is several frame pixels wide, and the box must hold it."""
+    size, w, h = 64, 400, 400
+    m = large_face(size)
+    frame = np.zeros((h, w, 3), np.uint8)
+    out = paste_faces(frame.copy(), np.ones((1, 3, size, size), np.float32), m[None], np.ones((size, size), np.float32))
+    py, px = np.mgrid[0:h, 0:w].astype(np.float64)
+    cx, cy = m[0, 0] * px + m[0, 2], m[1, 1] * py + m[1, 2]
+    alpha = _bilinear(np.ones((size, size, 1)), cx, cy, replicate=False)[..., 0]
+    # the face's colour is sampled with the same zero border as the mask (the kernels' semantics): alpha · alpha · 255
+    expected = np.floor(alpha * alpha * 255 + 0.5)
+    assert np.abs(out[..., 0].astype(float) - expected).max() <= 2  # OpenCV's 1/32 px weights
+    # outside the crop's own area (-0.5 to size - 0.5), where the old boxes ended, and visibly changed
+    band = (expected >= 3) & ((cx < -0.5) | (cy < -0.5) | (cx > size - 0.5) | (cy > size - 0.5))
+    assert band.sum() > 4 * 2 * 300  # two pixels on each side (crop coordinates -0.8, -0.6, 63.6, 63.8)
+    assert (out[band] > 0).all()
+    box = face_box(m, size, w, h)
+    assert box is not None
+    x0, y0, x1, y1 = box
+    on = np.argwhere(alpha > 0)
+    assert (x0, y0) <= (on[:, 1].min(), on[:, 0].min())
+    assert (x1, y1) > (on[:, 1].max(), on[:, 0].max())
+
+
 @pytest.mark.parametrize("size", [112, 256])
 def test_any_crop_size(size: int, astronaut: np.ndarray) -> None:
     m = estimate_norm(torch.tensor(faces.ASTRONAUT_LANDMARKS, dtype=torch.float64), size).numpy()

@@ -12,9 +12,12 @@ import pytest
 import torch
 
 from engines.align import estimate_norm
-from realtime.pipeline import warp_cpu, warp_cuda
+from realtime.pipeline import warp, warp_cpu, warp_cuda
 from realtime.pipeline.masks import build_mask
 from tests import faces
+from tests.realtime import kernel_host
+
+needs_gxx = pytest.mark.skipif(kernel_host.available() is not None, reason=str(kernel_host.available()))
 
 
 def test_importable_without_a_gpu_and_refuses_host_tensors() -> None:
@@ -47,12 +50,125 @@ def test_geometry_buffer_round_trip() -> None:
         )
     assert geo.boxes.dtype == torch.int32
     assert geo.boxes.tolist() == [[10, 20, 300, 400], [0, 0, 0, 0]]  # a skipped face: an empty box
+    assert geo.host_boxes == (None, None)  # not told which boxes: paste with any box is refused
+    assert warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n, boxes).host_boxes == tuple(boxes)
     assert warp_cuda.geometry_buffer(m, None)[0][-8:].view(np.int32).tolist() == [0] * 8
     with pytest.raises(ValueError, match="1 boxes for 2 faces"):
         warp_cuda.geometry_buffer(m, [(0, 0, 1, 1)])
     empty, n = warp_cuda.geometry_buffer(np.zeros((0, 2, 3)), [])
     assert n == 0
     assert warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(empty), 0).boxes.shape == (0, 4)
+
+
+# --- the paste's contract: boxes are clipped and checked on the host, the kernel never writes outside ---------
+
+
+def test_paste_region_clips_the_boxes_and_checks_them() -> None:
+    boxes = [(-5, 10, 50, 700), (600, 400, 900, 900), (700, 0, 800, 10), None]
+    clipped, union = warp_cuda.paste_region(boxes, 4, 640, 480)
+    assert clipped == [(0, 10, 50, 480), (600, 400, 640, 480), None, None]  # entirely outside: skipped
+    assert union == (0, 10, 640, 470)
+    assert warp_cuda.paste_region([(np.int64(1), 2, 3, 4)], 1, 640, 480)[0] == [(1, 2, 3, 4)]
+    assert warp_cuda.paste_region([None, (700, 0, 800, 10)], 2, 640, 480) == ([None, None], None)
+    with pytest.raises(ValueError, match="2 boxes for 3 crops"):
+        warp_cuda.paste_region(boxes[:2], 3, 640, 480)
+    with pytest.raises(ValueError, match="four integers"):
+        warp_cuda.paste_region([(0.5, 0, 10, 10)], 1, 640, 480)
+    with pytest.raises(ValueError, match="four integers"):
+        warp_cuda.paste_region([(0, 0, 10)], 1, 640, 480)
+    # the geometry's boxes must be the same faces' boxes (clipped alike), or the kernel would test other regions
+    assert warp_cuda.paste_region(boxes, 4, 640, 480, uploaded=boxes)[0] == clipped
+    assert warp_cuda.paste_region(boxes, 4, 640, 480, uploaded=clipped)[0] == clipped
+    with pytest.raises(ValueError, match="other boxes"):
+        warp_cuda.paste_region(boxes, 4, 640, 480, uploaded=[(0, 0, 10, 10), *boxes[1:]])
+    with pytest.raises(ValueError, match="other boxes"):
+        warp_cuda.paste_region(boxes, 4, 640, 480, uploaded=(None,) * 4)  # an align-only upload
+
+
+def test_paste_needs_one_box_and_one_matrix_per_crop() -> None:
+    frame = torch.zeros((32, 32, 3), dtype=torch.uint8)
+    m = np.tile(np.eye(2, 3), (2, 1, 1))
+    with pytest.raises(ValueError, match="1 boxes and 2 matrices for 2 crops"):
+        warp.paste(frame, torch.zeros(2, 3, 8, 8), m, torch.ones(8, 8), [(0, 0, 8, 8)])
+
+
+@needs_gxx
+def test_paste_kernel_never_writes_outside_the_frame() -> None:
+    """The kernel run on the CPU over a launch region that overhangs the frame on the right and at the bottom (as
+    an unchecked caller box would make it): every pixel of the box inside the frame is pasted, nothing else changes,
+    and the bytes after the frame stay as they were."""
+    w, h, size = 40, 30, 16
+    guard = 4096
+    buffer = np.full(w * h * 3 + guard, 7, np.uint8)
+    frame = buffer[: w * h * 3].reshape(h, w, 3)
+    frame[...] = 0
+    fwd = np.array([[0.25, 0.0, 0.0], [0.0, 0.25, 0.0]], np.float32)  # crop texels 4 px apart: every pixel maps in
+    box = (20, 10, 60, 50)  # beyond both edges
+    crops = np.ones((1, 3, size, size), np.float32)  # white
+    kernel_host.paste(buffer, w, h, fwd, np.array([box]), (20, 10, 40, 40), crops, np.ones((size, size), np.float32))
+    assert (buffer[w * h * 3 :] == 7).all()  # nothing written past the frame
+    assert (frame[10:, 20:] == 255).all()
+    untouched = np.ones((h, w), bool)
+    untouched[10:, 20:] = False
+    assert (frame[untouched] == 0).all()  # no write wrapped around into the next row
+
+
+def _cuda_paste_on_the_cpu(frame: np.ndarray, crops: np.ndarray, m: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """warp.paste's CUDA path with the kernel run on the CPU: host boxes, the checked region, the packed geometry."""
+    h, w = frame.shape[:2]
+    boxes, union = warp_cuda.paste_region(warp.face_boxes(m, crops.shape[-1], w, h), len(m), w, h)
+    out = np.ascontiguousarray(frame).copy()
+    if union is None:
+        return out
+    packed, n = warp_cuda.geometry_buffer(m, boxes)
+    geo = warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n, boxes)
+    kernel_host.paste(out.reshape(-1), w, h, geo.fwd.numpy(), geo.boxes.numpy(), union, crops, mask)
+    return out
+
+
+@needs_gxx
+def test_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> None:
+    """The boxes the CUDA path launches over hold every pixel bilinear sampling reaches (crop coordinates -1 to
+    size): the kernel's result equals the CPU path's, also in that band, for a face 5 frame pixels per texel."""
+    size, w, h, scale, offset = 64, 400, 400, 5.0, 30.0
+    m = np.array([[[1 / scale, 0.0, -offset / scale], [0.0, 1 / scale, -offset / scale]]])
+    frame = np.zeros((h, w, 3), np.uint8)
+    crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
+    cpu = warp_cpu.paste_faces(frame.copy(), crops, m, mask)
+    gpu = _cuda_paste_on_the_cpu(frame, crops, m, mask)
+    assert np.abs(gpu.astype(np.int16) - cpu.astype(np.int16)).max() <= 2  # OpenCV's 1/32 px weights
+    c = (np.arange(w) - offset) / scale
+    band = (c > -1) & ((c < -0.5) | (c > size - 0.5)) & (c < size)  # crop columns -0.8, -0.6, 63.6, 63.8
+    assert band.sum() == 4
+    assert (gpu[h // 2, band] > 0).all()
+
+
+@needs_gxx
+def test_coincident_landmarks_behave_the_same_on_both_paths() -> None:
+    """Five equal landmarks give a matrix without an inverse: no box and nothing pasted on either path, and the
+    same crop (the frame's corner pixel, as OpenCV makes it from its zero inverse); the CUDA path's host side used
+    to raise LinAlgError."""
+    frame = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    size = 32
+    lm = torch.tensor([[[30.25, 20.75]] * 5], dtype=torch.float64)
+    m = estimate_norm(lm, size).numpy()
+    assert (m[:, :, :2] == 0).all()
+    assert warp.face_boxes(m, size, 64, 48) == [None]
+
+    packed, n = warp_cuda.geometry_buffer(m, [None])
+    geo = warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n, [None])
+    assert (geo.inv.numpy() == 0).all()
+    cuda_crop = kernel_host.align(frame, geo.inv.numpy(), size)
+    cpu_crop = warp_cpu.align_faces(frame, m, size)
+    corner = frame[0, 0].astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(cpu_crop[0], np.broadcast_to(corner[:, None, None], (3, size, size)), atol=1e-6)
+    np.testing.assert_allclose(cuda_crop, cpu_crop, atol=1e-6)
+
+    crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
+    assert np.array_equal(warp_cpu.paste_faces(frame.copy(), crops, m, mask), frame)
+    assert np.array_equal(_cuda_paste_on_the_cpu(frame, crops, m, mask), frame)
+    out = warp.paste(torch.from_numpy(frame.copy()), torch.from_numpy(crops), m, torch.from_numpy(mask), [None])
+    assert np.array_equal(out.numpy(), frame)
 
 
 def _matrices(placed: list[faces.PlacedFace]) -> np.ndarray:
