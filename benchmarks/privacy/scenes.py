@@ -447,8 +447,9 @@ def lighting(frames: int) -> Scene:
     return Scene("lighting", what, n, shot, 24)
 
 
+@cache
 def all_scenes(seconds: float = 2.0) -> dict[str, Scene]:
-    """Every scene, `seconds` long each, by name."""
+    """Every scene, `seconds` long each, by name (made once per length: a scene keeps its rendered background)."""
     frames = max(10, round(seconds * FPS))
     scenes = [entering(e, s, frames) for e in EDGES for s in SPEEDS]
     scenes += [crossing(frames), occlusion(frames), zoom(frames), small(frames), lighting(frames)]
