@@ -72,6 +72,13 @@ function setStatus(el, text, kind = 'info') {
 
 // --- server info, the missing-weights notice and the token prompt --------------------------------------------
 
+/** The style control: for the anonymize engine, and for the bystanders when they are hidden. */
+function showStyleField() {
+  const hides = state.info?.engine === 'anonymize' || $('set-hide-bystanders').checked;
+  $('style-field').hidden = !hides;
+  $('set-style').disabled = !hides; // a disabled control is neither sent nor shown as a setting
+}
+
 function showWeightsNotice(weights) {
   const missing = weights && weights.ok === false;
   $('weights-notice').hidden = !missing;
@@ -142,15 +149,14 @@ async function loadInfo() {
   showWeightsNotice(info.weights);
   source.showServerSource(info.source, info.needs_source !== false);
   // the anonymize engine hides faces: no source face to give, and a style to choose (a live setting)
-  const hides = info.engine === 'anonymize';
-  $('source-panel').hidden = hides;
-  $('style-field').hidden = !hides;
-  $('set-style').disabled = !hides; // a disabled control is neither sent nor shown as a setting
+  $('source-panel').hidden = info.engine === 'anonymize';
+  showStyleField();
   if (!state.settingsShown) {
     // the first answer fills the form; later ones (after an upload) must not undo what the user changed
     settings.applyLimits(info.limits);
     if (info.settings && !state.session) {
       settings.show(info.settings);
+      showStyleField();
       state.lastSettings = { ...info.settings };
     }
     state.settingsShown = Boolean(info.settings);
@@ -408,10 +414,12 @@ async function applySettings(partial) {
   try {
     const full = await putSettings(session.id, partial);
     settings.show(full);
+    showStyleField();
     state.lastSettings = full;
     setStatus(els.settingsStatus, 'Applied.', 'ok');
   } catch (err) {
     if (state.lastSettings) settings.show(state.lastSettings);
+    showStyleField();
     setStatus(els.settingsStatus, `Not applied: ${err.message}`, 'error');
   }
 }
@@ -455,6 +463,7 @@ function wire() {
   els.playAudio.addEventListener('change', () => {
     els.remote.muted = !els.playAudio.checked;
   });
+  $('set-hide-bystanders').addEventListener('change', showStyleField);
   $('measure').addEventListener('change', () => {
     sender.setMeasure($('measure').checked);
     reader.reset();

@@ -1,5 +1,6 @@
 // The settings form: each control's `name` is a key of the server's settings object (swap, face_mode, max_faces,
-// mask, colour_transfer, detect_every, draw_boxes, target_fps, and style for the anonymize engine).
+// mask, colour_transfer, detect_every, detect_on_change, draw_boxes, target_fps, style for the anonymize engine and
+// the bystanders, hide_bystanders, and the disclosure badge: badge, badge_text, badge_position).
 
 /** Read one control's value as the server expects it. */
 function controlValue(control) {
@@ -58,11 +59,13 @@ export class SettingsForm {
     }
   }
 
-  /** Put the server's ranges on the number inputs (`limits` as sent in /api/info). */
+  /** Put the server's ranges on the number inputs and its lengths on the text inputs (`limits` from /api/info). */
   applyLimits(limits) {
     if (!limits || typeof limits !== 'object') return;
     for (const control of this.controls()) {
-      const r = range(limits[control.name]);
+      const entry = limits[control.name];
+      if (control.type === 'text' && entry && Number.isInteger(entry.max_length)) control.maxLength = entry.max_length;
+      const r = range(entry);
       if (control.type !== 'number' || !r) continue;
       if (r[0] !== undefined && r[0] !== null) control.min = String(r[0]);
       if (r[1] !== undefined && r[1] !== null) control.max = String(r[1]);

@@ -1,4 +1,5 @@
-"""The pipeline's command-line options, shared by `dancecam swap` and `dancecam cam`, and the options they make."""
+"""The pipeline's command-line options, shared by `dancecam swap` and `dancecam cam` (the badge's by `dancecam serve`
+too), and the options they make."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from engines.choices import BACKEND_CHOICES, DEFAULT_BACKEND, DEFAULT_DETECTOR, DEFAULT_DEVICE, DETECTORS
 from realtime.pipeline.choices import (
+    BADGE_POSITIONS,
+    BADGE_TEXT_MAX,
+    DEFAULT_BADGE_POSITION,
+    DEFAULT_BADGE_TEXT,
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -24,6 +30,7 @@ from realtime.pipeline.choices import (
 
 if TYPE_CHECKING:
     from realtime.files.swap import SwapOptions
+    from realtime.pipeline.badge import Badge
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -54,6 +61,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help=f"at most K faces per frame (default {DEFAULT_MAX_FACES})",
     )
+    add_hide_bystanders(faces)
     blend = p.add_argument_group("blending")
     blend.add_argument("--mask", choices=MASKS, default=DEFAULT_MASK, help=f"default: {DEFAULT_MASK}")
     blend.add_argument("--feather", type=float, metavar="PX", help="mask blur sigma in crop pixels (default 7)")
@@ -64,6 +72,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="match the swapped face's colours to the target face",
     )
+    add_badge(p)
     run = p.add_argument_group("running")
     add_simulate_ms(run)
     run.add_argument(
@@ -76,6 +85,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"detect every N frames, track between (default {DEFAULT_DETECT_EVERY})",
     )
+    add_detect_on_change(run)
     run.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
     run.add_argument(
         "--detector",
@@ -96,6 +106,68 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_detect_on_change(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--no-detect-on-change",
+        dest="detect_on_change",
+        action="store_false",
+        default=DEFAULT_DETECT_ON_CHANGE,
+        help="detect only every N frames: a face that comes in between two detections is then shown unhidden until "
+        "the next (default: also detect on any frame where something changed outside the tracked faces)",
+    )
+
+
+def add_hide_bystanders(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--hide-bystanders",
+        action="store_true",
+        help="hide the faces not chosen (--faces largest or reference, or past --max-faces) as --engine anonymize "
+        "would (--style): only the chosen face is swapped and nobody else is shown",
+    )
+
+
+def add_badge(p: argparse.ArgumentParser) -> None:
+    """--badge, --badge-text and --badge-position: a visible mark that the video is altered, off by default."""
+    group = p.add_argument_group("disclosure")
+    group.add_argument(
+        "--badge",
+        action="store_true",
+        help=f"mark every output frame as altered: '{DEFAULT_BADGE_TEXT}' on a dark box in the "
+        f"{DEFAULT_BADGE_POSITION} corner (off by default)",
+    )
+    group.add_argument(
+        "--badge-text",
+        type=badge_text,
+        metavar="TEXT",
+        help=f"the badge's text (turns it on): printable ASCII, at most {BADGE_TEXT_MAX} characters",
+    )
+    group.add_argument(
+        "--badge-position",
+        choices=BADGE_POSITIONS,
+        help=f"the badge's corner (turns it on; default {DEFAULT_BADGE_POSITION})",
+    )
+
+
+def badge_text(text: str) -> str:
+    """argparse type of `--badge-text`."""
+    from engines.errors import ConfigError
+    from realtime.pipeline.badge import check_badge_text
+
+    try:
+        return check_badge_text(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def badge_option(args: argparse.Namespace) -> Badge | None:
+    """The badge `add_badge`'s options ask for (any of them turns it on), or None."""
+    if not args.badge and args.badge_text is None and args.badge_position is None:
+        return None
+    from realtime.pipeline.badge import Badge
+
+    return Badge(args.badge_text or DEFAULT_BADGE_TEXT, args.badge_position or DEFAULT_BADGE_POSITION)
+
+
 def add_style(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--style",
@@ -110,8 +182,11 @@ def anonymize_style(args: argparse.Namespace) -> AnonymizeStyle:
     """`--style`, or its default; `ConfigError` when given for an engine that does not hide faces."""
     from engines.errors import ConfigError
 
-    if args.style is not None and args.engine != "anonymize":
-        raise ConfigError(f"--style is for --engine anonymize (it hides faces); --engine {args.engine} swaps them")
+    if args.style is not None and args.engine != "anonymize" and not args.hide_bystanders:
+        raise ConfigError(
+            f"--style is for --engine anonymize or --hide-bystanders (they hide faces); --engine {args.engine} "
+            "swaps them"
+        )
     return args.style or DEFAULT_STYLE
 
 
@@ -176,11 +251,14 @@ def swap_options(args: argparse.Namespace, **extra: Any) -> SwapOptions:
         erode_px=args.erode,
         colour_transfer=args.colour_transfer,
         detect_every=args.detect_every,
+        detect_on_change=args.detect_on_change,
         model_dir=args.model_dir,
         device=args.device,
         backend=args.backend,
         detector=args.detector,
         simulate_ms=args.simulate_ms,
         draw_boxes=args.draw_boxes,
+        hide_bystanders=args.hide_bystanders,
+        badge=badge_option(args),
         **extra,
     )

@@ -26,7 +26,7 @@ from engines.errors import ConfigError, DanceCamError
 from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
-    from realtime.live.session import SessionManager
+    from realtime.live.session import LiveSettings, SessionManager
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -73,9 +73,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
     )
     p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
-    from realtime.cli.options import add_simulate_ms, add_source, add_style
+    from realtime.cli.options import (
+        add_badge,
+        add_detect_on_change,
+        add_hide_bystanders,
+        add_simulate_ms,
+        add_source,
+        add_style,
+    )
 
     add_style(p)  # the default for new sessions; the page changes it per session
+    add_hide_bystanders(p)
+    add_badge(p)  # likewise
     add_source(p, False, "source photo to start with (else upload one)")
     p.add_argument(
         "--max-sessions", type=int, help="concurrent sessions (default: measured from one session's cost at start)"
@@ -87,6 +96,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_DETECT_EVERY,
         help=f"frames between detections (default {DEFAULT_DETECT_EVERY})",
     )
+    add_detect_on_change(p)
     add_simulate_ms(p)
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.set_defaults(handler=run)
@@ -155,6 +165,26 @@ def ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def live_defaults(args: argparse.Namespace) -> LiveSettings:
+    """The settings new sessions start with, from the command line (`SettingsError` for a bad value)."""
+    from realtime.cli.options import anonymize_style, badge_option
+    from realtime.live.session import LiveSettings
+
+    defaults = LiveSettings().updated(
+        {
+            "detect_every": args.detect_every,
+            "detect_on_change": args.detect_on_change,
+            "hide_bystanders": args.hide_bystanders,
+            "target_fps": args.target_fps,
+            "style": anonymize_style(args),
+        }
+    )
+    badge = badge_option(args)
+    if badge is not None:
+        defaults = defaults.updated({"badge": True, "badge_text": badge.text, "badge_position": badge.position})
+    return defaults
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
     logging.basicConfig(
@@ -185,11 +215,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from realtime.live import capacity
-    from realtime.live.session import LiveServices, LiveSettings, SessionManager
+    from realtime.live.session import LiveServices, SessionManager
 
-    defaults = LiveSettings().updated(
-        {"detect_every": args.detect_every, "target_fps": args.target_fps, "style": style}
-    )
+    defaults = live_defaults(args)
     console.print(f"loading models ({args.engine}) ...")
     services = LiveServices.from_spec(spec)
     if services.backend_message:

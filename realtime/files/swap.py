@@ -31,8 +31,10 @@ from engines.errors import ConfigError, ImageError, MediaError, NoFaceError
 from realtime.assembly.spec import ModelSpec
 from realtime.identity.cache import decode_image
 from realtime.identity.source import PhotoInput
+from realtime.pipeline.badge import Badge
 from realtime.pipeline.choices import (
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -106,12 +108,15 @@ class SwapOptions:
     erode_px: int = 0
     colour_transfer: bool = False
     detect_every: int = DEFAULT_DETECT_EVERY
+    detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE  # also detect where something changed outside the faces
     model_dir: Path | None = None
     device: str = DEFAULT_DEVICE
     detector: DetectorName = DEFAULT_DETECTOR  # auto: SCRFD on a GPU when det_10g.onnx is present, else MTCNN
     backend: BackendChoice = DEFAULT_BACKEND  # FaceDancer's backend; auto: the fastest present
     simulate_ms: float = 0.0  # extra milliseconds per frame with a face (SimulatedCost)
     draw_boxes: bool = False  # outline the tracked faces in the output
+    hide_bystanders: bool = False  # the faces not chosen hidden with `style`, so only the chosen one is swapped
+    badge: Badge | None = None  # a visible "altered video" mark on every output frame
     overwrite: bool = False
 
     def model_spec(self) -> ModelSpec:
@@ -300,10 +305,14 @@ def build_pipeline(source: Path | Sources, options: SwapOptions) -> tuple[FrameP
     config = PipelineConfig(
         swap=True,
         detect_every=options.detect_every,
+        detect_on_change=options.detect_on_change,
         choice=FaceChoice(options.faces, options.max_faces, options.threshold, reference),
         mask=mask,
         colour_transfer=options.colour_transfer,
         draw_boxes=options.draw_boxes,
+        hide_bystanders=options.hide_bystanders,
+        bystander_style=options.style,
+        badge=options.badge,
     )
     if options.simulate_ms:
         notes.append(f"simulating {options.simulate_ms:g} ms of extra swap work per frame with a face")

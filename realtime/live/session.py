@@ -42,8 +42,14 @@ from realtime.live import allocator
 from realtime.live.degrade import DegradationController
 from realtime.live.limits import Capacity, given
 from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.badge import Badge, check_badge_text
 from realtime.pipeline.choices import (
+    BADGE_POSITIONS,
+    BADGE_TEXT_MAX,
+    DEFAULT_BADGE_POSITION,
+    DEFAULT_BADGE_TEXT,
     DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
     DEFAULT_ENGINE,
     DEFAULT_FACE_MODE,
     DEFAULT_MASK,
@@ -55,6 +61,7 @@ from realtime.pipeline.choices import (
     MAX_FACES_RANGE,
     STYLES,
     AnonymizeStyle,
+    BadgePosition,
     EngineName,
     LiveFaceMode,
     MaskKind,
@@ -85,6 +92,7 @@ COUNTERS = (
     "fail_closed",
     "pipeline_errors",
     "detections",
+    "entry_detections",  # of the detections, those the entry check asked for (change outside the tracked faces)
     "faces_detected",
     "faces_swapped",
 )  # ended sessions whose reason /api/stats?session= still tells
@@ -99,9 +107,14 @@ SETTING_LIMITS: dict[str, Any] = {
     "mask": list(MASKS),
     "colour_transfer": "bool",
     "detect_every": list(DETECT_EVERY_RANGE),
+    "detect_on_change": "bool",
     "target_fps": [1, 120, None],
     "draw_boxes": "bool",
+    "hide_bystanders": "bool",
     "style": list(STYLES),  # the anonymize engine's (the other engines ignore it)
+    "badge": "bool",
+    "badge_text": {"max_length": BADGE_TEXT_MAX},  # printable ASCII, not empty
+    "badge_position": list(BADGE_POSITIONS),
 }
 
 
@@ -115,9 +128,14 @@ class LiveSettings:
     mask: MaskKind = DEFAULT_MASK
     colour_transfer: bool = False
     detect_every: int = DEFAULT_DETECT_EVERY
+    detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE  # also detect where something changed outside the faces
     target_fps: float | None = None
     draw_boxes: bool = False  # outline the tracked faces in the returned video
-    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces
+    style: AnonymizeStyle = DEFAULT_STYLE  # how the anonymize engine hides faces (and the bystanders)
+    hide_bystanders: bool = False  # hide the faces not chosen (face mode largest, or past max_faces)
+    badge: bool = False  # a visible "altered video" mark on every returned frame
+    badge_text: str = DEFAULT_BADGE_TEXT
+    badge_position: BadgePosition = DEFAULT_BADGE_POSITION
 
     def updated(self, changes: object) -> LiveSettings:
         """A copy with `changes` (a JSON object) applied; `SettingsError` names the first bad key or value."""
@@ -138,10 +156,14 @@ class LiveSettings:
         return PipelineConfig(
             swap=self.swap,
             detect_every=self.detect_every,
+            detect_on_change=self.detect_on_change,
             choice=FaceChoice(self.face_mode, self.max_faces),
             mask=MaskSpec(self.mask),
             colour_transfer=self.colour_transfer,
             draw_boxes=self.draw_boxes,
+            hide_bystanders=self.hide_bystanders,
+            bystander_style=self.style,
+            badge=Badge(self.badge_text, self.badge_position) if self.badge else None,
         )
 
 
@@ -151,6 +173,11 @@ def _check_setting(key: str, value: object) -> Any:
         if not isinstance(value, bool):
             raise SettingsError(f"{key} must be true or false, got {value!r}")
         return value
+    if isinstance(limit, dict):  # text
+        try:
+            return check_badge_text(value)
+        except ConfigError as e:
+            raise SettingsError(f"{key}: {e}") from None
     if isinstance(limit[0], str):
         if value not in limit:
             raise SettingsError(f"{key} must be one of {', '.join(limit)}, got {value!r}")

@@ -16,7 +16,7 @@ from engines import registry
 from engines.errors import ConfigError
 from engines.facedancer import MODEL_NAME as FACEDANCER
 from realtime.pipeline.choices import DEFAULT_STYLE, STYLES, AnonymizeStyle
-from realtime.pipeline.frame import CropFraming, pixelate
+from realtime.pipeline.crops import CropFraming, pixelate
 from realtime.pipeline.masks import CoverMask
 
 # The face box relative to the eyes' midpoint, in eye distances (MTCNN's box of the astronaut photo, rounded out):

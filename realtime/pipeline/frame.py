@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,12 +29,23 @@ from engines.facedancer import MODEL_NAME as FACEDANCER
 from engines.facedancer import FaceDancer
 from engines.runners.base import Runner, facedancer_io
 from realtime.pipeline import warp
-from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DETECT_EVERY_RANGE
+from realtime.pipeline.anonymize import FaceAnonymizer
+from realtime.pipeline.badge import Badge, BadgeOverlay
+from realtime.pipeline.choices import (
+    DEFAULT_DETECT_EVERY,
+    DEFAULT_DETECT_ON_CHANGE,
+    DEFAULT_STYLE,
+    DETECT_EVERY_RANGE,
+    STYLES,
+    AnonymizeStyle,
+)
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.crops import CropFraming, engine_framing, pixelate, zoom_out
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
+from realtime.pipeline.entry import EntryCheck
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
-from realtime.pipeline.masks import CoverMask, MaskSpec
+from realtime.pipeline.masks import MaskSpec
 from realtime.pipeline.profiler import FrameRecord, Profiler
 from realtime.pipeline.tracking import FaceTracker, Track
 from realtime.pipeline.video import Frame
@@ -45,39 +57,6 @@ class SwapEngine(Protocol):
     def __call__(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float crops in [-1, 1] → swapped crops, same shape, in [-1, 1]."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class CropFraming:
-    """What an engine's crops hold and how its output goes back: an engine may carry one as `framing` (a swap
-    engine needs none: the network's template, the config's mask and colour transfer)."""
-
-    zoom: float = 1.0  # the crop holds `zoom` times the template's field of view around its centre
-    mask: CoverMask | None = None  # None: the pipeline config's mask
-    colour_transfer: bool = True  # whether the config's colour transfer applies to this engine's output
-
-    def __post_init__(self) -> None:
-        if not 1.0 <= self.zoom <= 4.0:  # also rejects NaN
-            raise ConfigError(f"crop zoom must be 1..4, got {self.zoom}")
-
-
-SWAP_FRAMING = CropFraming()
-
-
-def engine_framing(engine: SwapEngine) -> CropFraming:
-    """The engine's own framing, else the swap's."""
-    return getattr(engine, "framing", None) or SWAP_FRAMING
-
-
-def zoom_out(matrices: np.ndarray, size: int, zoom: float) -> np.ndarray:
-    """(N, 2, 3) frame → crop matrices whose crops hold `zoom` times as much around the crop's centre."""
-    if zoom == 1.0:
-        return matrices
-    centre = (size - 1) / 2  # pixel centres at integers: the crop's middle
-    out = np.array(matrices, np.float64, copy=True)
-    out[:, :, :2] /= zoom
-    out[:, :, 2] = (out[:, :, 2] - centre) / zoom + centre
-    return out
 
 
 class IdentitySwap:
@@ -190,6 +169,14 @@ class PipelineConfig:
     repeat_frames: int = 15  # how long a face's last swapped crop may stand in for a failed swap
     detect_scale: float = 1.0  # the detector sees the frame resized by this factor (cheaper, misses small faces)
     draw_boxes: bool = False  # outline the tracked faces in the output (green: swapped), to see what is tracked
+    # between scheduled detections, detect on any frame where something changed outside the tracked faces: a face
+    # coming in is then never shown before a detection has seen it (realtime/pipeline/entry.py)
+    detect_on_change: bool = DEFAULT_DETECT_ON_CHANGE
+    # the faces not chosen (face mode largest or reference, or past max_faces) hidden as the anonymize engine would:
+    # only the chosen faces are swapped and nobody else is shown
+    hide_bystanders: bool = False
+    bystander_style: AnonymizeStyle = DEFAULT_STYLE
+    badge: Badge | None = None  # a visible "altered video" mark on every output frame; None: none
 
     def __post_init__(self) -> None:
         lo, hi = DETECT_EVERY_RANGE
@@ -197,6 +184,8 @@ class PipelineConfig:
             raise ConfigError(f"detection interval must be {lo}..{hi} frames, got {self.detect_every}")
         if not 0.25 <= self.detect_scale <= 1.0:  # also rejects NaN
             raise ConfigError(f"detection scale must be between 0.25 and 1.0 of the frame, got {self.detect_scale}")
+        if self.bystander_style not in STYLES:
+            raise ConfigError(f"bystander style must be one of {', '.join(STYLES)}, got {self.bystander_style!r}")
         if self.crop_size not in (128, 256, 512):
             raise ConfigError(f"crop size must be 128, 256 or 512, got {self.crop_size}")
 
@@ -238,6 +227,7 @@ class FramePipeline:
         self.detector = detector
         self.engine = engine
         self.tracker = tracker or FaceTracker()
+        self.entry = EntryCheck()
         self.context = context or DeviceContext(getattr(detector, "device", "cpu"))
         self.profiler = profiler or Profiler(self.context.device)
         self.embedder = embedder
@@ -250,6 +240,8 @@ class FramePipeline:
         self._memory: dict[int, _Remembered] = {}
         self._embeddings: dict[int, np.ndarray] = {}  # per track, from its last detection (reference mode)
         self._resolution: tuple[int, int] | None = None
+        self._hiders: dict[AnonymizeStyle, FaceAnonymizer] = {}  # for the bystanders, one per style asked for
+        self.badges = BadgeOverlay()
 
     def process(self, frame: Frame, t: float | None = None) -> FrameResult:
         """Swap the chosen faces of one frame; `t` is its timestamp in seconds for the tracker (default: the frame's
@@ -273,7 +265,10 @@ class FramePipeline:
         index = self.frame_index
         self.frame_index += 1
         if not cfg.swap:
-            return FrameResult(frame.copy(), 0, False, False, {})
+            out_frame = frame.copy()
+            if cfg.badge is not None:  # the user asked for the mark on this stream, swapped or not
+                self._draw_badge(torch.from_numpy(out_frame.data), yuv, cfg.badge)  # on the host: no upload
+            return FrameResult(out_frame, 0, False, False, {})
         stages: dict[str, float] = {}
         ctx = self.context
         with ctx.activate():  # the profiler's frame events go on the frame's stream too
@@ -290,19 +285,30 @@ class FramePipeline:
             if self._resolution != (height, width):  # new resolution: old positions mean nothing
                 self._resolution = (height, width)
                 self.tracker.reset()
+                self.entry.reset()
                 self._memory.clear()
                 self._embeddings.clear()
             detect = index % cfg.detect_every == 0 or not self.tracker.tracks
+            entered = False
             if detect:
                 with _stage(record, stages, "detect"):
                     detections = detect_scaled(self.detector, frame_t, cfg.detect_scale)
                 with _stage(record, stages, "track"):
                     tracks = self.tracker.update(detections, t)
-                    if self.embedder is not None and tracks:
-                        self._embed(frame_t, tracks)
             else:
                 with _stage(record, stages, "track"):
                     tracks = self.tracker.predict(t)
+                if cfg.detect_on_change:
+                    with _stage(record, stages, "entry"):
+                        region = self.entry.changed(frame_t, [tr.box for tr in tracks])
+                        if region is not None:
+                            new = detect_new_faces(self.detector, frame_t, region, tracks, cfg.detect_scale)
+                            tracks = self.tracker.update(new, t, count_misses=False)  # adds them; the rest kept
+                            entered = True
+            if detect or entered:
+                if self.embedder is not None and tracks:
+                    self._embed(frame_t, tracks)
+                self.entry.remember(frame_t, [tr.box for tr in tracks])
             chosen = self._choose(tracks)
             framing = engine_framing(self.engine)
             good: torch.Tensor | None = None
@@ -329,14 +335,21 @@ class FramePipeline:
                 if yuv:
                     with _stage(record, stages, "to_yuv"):
                         _write_boxes_yuv(frame_t, planes, boxes, before)
+            chosen_ids = {tr.id for tr in chosen}
+            bystanders = [tr for tr in tracks if tr.id not in chosen_ids] if cfg.hide_bystanders else []
+            if bystanders:
+                with _stage(record, stages, "hide"):
+                    self._hide(frame_t, planes if yuv else None, bystanders, cfg.bystander_style)
             if cfg.draw_boxes and tracks:
-                chosen_ids = {tr.id for tr in chosen}
                 boxes_xy = [tr.box for tr in tracks]
                 done = [tr.id in chosen_ids for tr in tracks]
                 if yuv:
                     draw_boxes_yuv(planes, boxes_xy, done)
                 else:
                     draw_boxes_rgb(frame_t, boxes_xy, done)
+            if cfg.badge is not None:  # last: over everything else, on every frame
+                with _stage(record, stages, "badge"):
+                    self._draw_badge(staged, yuv, cfg.badge)
             with _stage(record, stages, "download"):
                 out = ctx.download(staged)
             record.finish()
@@ -356,9 +369,20 @@ class FramePipeline:
         if detect:
             self.profiler.count("detections")
             self.profiler.count("faces_detected", len(detections))
+        if entered:
+            self.profiler.count("entry_detections")
         self.profiler.count("faces_swapped", len(chosen))
+        if bystanders:
+            self.profiler.count("bystanders_hidden", len(bystanders))
         found = len(detections) if detect else None
         return FrameResult(frame.with_data(out), len(chosen), failed, detect, stages, found, len(tracks))
+
+    def _draw_badge(self, data: torch.Tensor, yuv: bool, badge: Badge) -> None:
+        """Blend the badge into a frame's pixels in place: (H, W, 3) RGB, or packed yuv420p planes."""
+        if yuv:
+            self.badges.draw_yuv(_split_planes(data), badge)
+        else:
+            self.badges.draw_rgb(data, badge)
 
     def _choose(self, tracks: list[Track]) -> list[Track]:
         if not tracks:
@@ -372,6 +396,29 @@ class FramePipeline:
             tracks, boxes = known, np.stack([tr.box for tr in known])
             embeddings = np.stack([self._embeddings[tr.id] for tr in known])
         return [tracks[i] for i in choose_faces(boxes, self.config.choice, embeddings)]
+
+    def _hide(
+        self,
+        frame_t: torch.Tensor,
+        planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        tracks: list[Track],
+        style: AnonymizeStyle,
+    ) -> None:
+        """Hide the faces of `tracks` (the ones not chosen) as the anonymize engine would, through the same paste."""
+        hider = self._hiders.get(style) or self._hiders.setdefault(style, FaceAnonymizer(style))
+        size = self.config.crop_size
+        height, width = frame_t.shape[:2]
+        landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
+        matrices = estimate_norm(landmarks, size, self.crop_data.template).numpy()
+        matrices = zoom_out(matrices, size, hider.framing.zoom)
+        boxes = warp.face_boxes(matrices, size, width, height)
+        geometry = warp.upload_geometry(matrices, boxes, frame_t.device)
+        crops = warp.align(frame_t, matrices, size, geometry=geometry)
+        mask = self.context.mask(size, hider.framing.mask or self.config.mask)
+        before = _box_pixels(frame_t, boxes) if planes is not None else []
+        warp.paste(frame_t, hider(crops), matrices, mask, boxes, geometry)
+        if planes is not None:
+            _write_boxes_yuv(frame_t, planes, boxes, before)
 
     def _embed(self, frame_t: torch.Tensor, tracks: list[Track]) -> None:
         assert self.embedder is not None
@@ -424,6 +471,7 @@ class FramePipeline:
     def close(self) -> None:
         """Release device memory (the session has ended), the engine's runner included."""
         self._memory.clear()
+        self.badges.clear()
         close_engine = getattr(self.engine, "close", None)
         if close_engine is not None:
             close_engine()
@@ -445,6 +493,38 @@ def detect_scaled(detector: FaceDetector, frame: torch.Tensor, scale: float = 1.
     rx, ry = w / sw, h / sh  # per axis, the exact ratio of the rounded sizes
     boxes = _to_full(found.boxes.reshape(-1, 2, 2), rx, ry).reshape(-1, 4)
     return Detections(boxes, found.scores, _to_full(found.landmarks, rx, ry))
+
+
+ENTRY_AREA = 0.25  # an entry detection costs at most about this share of a full one: a larger region is downscaled
+
+
+def detect_new_faces(
+    detector: FaceDetector, frame: torch.Tensor, region: tuple[int, int, int, int], tracks: list[Track], scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The faces in `region` (x0, y0, x1, y1) of an (H, W, 3) frame that no track follows yet, as host arrays
+    (boxes, scores, landmarks) in full-frame pixels. The region is detected at full resolution (or `scale`) up to
+    `ENTRY_AREA` of the frame, larger ones at down to half: faces of 40 px and up are found wherever they come in."""
+    x0, y0, x1, y1 = region
+    share = (x1 - x0) * (y1 - y0) / (frame.shape[0] * frame.shape[1])
+    scale = min(scale, math.sqrt(min(1.0, ENTRY_AREA / share)))
+    found = detect_scaled(detector, frame[y0:y1, x0:x1].contiguous(), scale)
+    offset = torch.tensor([x0, y0], dtype=found.boxes.dtype, device=found.boxes.device)
+    boxes = (found.boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4).cpu().numpy()
+    landmarks = (found.landmarks + offset).cpu().numpy()
+    scores = found.scores.cpu().numpy()
+    if tracks and len(boxes):  # a face mostly inside a tracked one's box (whole, or cut by the region) is not new
+        new = _covered(boxes, np.stack([tr.box for tr in tracks])) < 0.5
+        boxes, scores, landmarks = boxes[new], scores[new], landmarks[new]
+    return boxes, scores, landmarks
+
+
+def _covered(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Per box of `boxes` (N, 4), the largest share of its area inside one box of `others` (M, 4)."""
+    lo = np.maximum(boxes[:, None, :2], others[None, :, :2])
+    hi = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
+    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 1e-6, None), axis=1)
+    return (inter / area[:, None]).max(1)
 
 
 def _to_full(xy: torch.Tensor, rx: float, ry: float) -> torch.Tensor:
@@ -510,15 +590,6 @@ def _write_boxes_yuv(
         ys.copy_(torch.where(changed, by, ys))
         us.copy_(torch.where(blocks, bu, us))
         vs.copy_(torch.where(blocks, bv, vs))
-
-
-def pixelate(crops: torch.Tensor, cells: int = 8) -> torch.Tensor:
-    """(N, 3, S, S) crops reduced to `cells` x `cells` blocks: the face region stays, the identity does not."""
-    size = crops.shape[-1]
-    if size % cells:
-        raise ValueError(f"crop size {size} is not a multiple of {cells} cells")
-    small = F.avg_pool2d(crops.float(), size // cells)
-    return F.interpolate(small, scale_factor=size // cells, mode="nearest").to(crops.dtype)
 
 
 @contextlib.contextmanager

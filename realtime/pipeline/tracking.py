@@ -193,8 +193,12 @@ class FaceTracker:
         """The live tracks at their last filtered state."""
         return [self._snapshot(s, s.filter.value) for s in self._states]
 
-    def update(self, detections: _DetectionsLike | tuple[object, object, object], t: float) -> list[Track]:
-        """Fold in one frame's detections (a `Detections`, or (boxes, scores, landmarks) arrays) taken at `t` s."""
+    def update(
+        self, detections: _DetectionsLike | tuple[object, object, object], t: float, count_misses: bool = True
+    ) -> list[Track]:
+        """Fold in one frame's detections (a `Detections`, or (boxes, scores, landmarks) arrays) taken at `t` s.
+        `count_misses` False: an extra detection, looking for new faces; a track it does not match is kept as it was
+        (its `max_misses` budget is spent by the scheduled detections only, so it covers as long as before)."""
         if isinstance(detections, tuple):
             boxes, scores, landmarks = (_host(v) for v in detections)
         elif hasattr(detections.boxes, "detach"):  # tensors, maybe on the GPU: one copy to the host, not three
@@ -222,7 +226,7 @@ class FaceTracker:
             state.age += 1
             matched.add(ti)
         for ti, state in enumerate(self._states):
-            if ti not in matched:
+            if ti not in matched and count_misses:
                 state.misses += 1
         self._states = [s for s in self._states if s.misses <= self.max_misses]
         taken = {di for _, di in pairs}

@@ -41,10 +41,12 @@ OPTIONS: list[tuple[str, str, Any, object]] = [
             ("--mask", pc.MaskKind, pc.DEFAULT_MASK),
             ("--detector", ec.DetectorName, ec.DEFAULT_DETECTOR),
             ("--backend", ec.BackendChoice, ec.DEFAULT_BACKEND),
+            ("--badge-position", pc.BadgePosition, None),  # None: not given (the badge is off unless asked for)
         )
     ),
     ("serve", "--engine", pc.EngineName, pc.DEFAULT_ENGINE),
     ("serve", "--style", pc.AnonymizeStyle, None),
+    ("serve", "--badge-position", pc.BadgePosition, None),
     ("serve", "--detector", ec.DetectorName, ec.DEFAULT_DETECTOR),
     ("serve", "--backend", ec.BackendChoice, ec.DEFAULT_BACKEND),
     ("bench", "--detector", ec.DetectorName, ec.DEFAULT_DETECTOR),
@@ -84,6 +86,8 @@ def test_the_literals_are_the_sets_the_review_named() -> None:
     assert pc.FACE_MODES == ("all", "largest", "reference")
     assert set(pc.LIVE_FACE_MODES) < set(pc.FACE_MODES)
     assert pc.MASKS == ("official", "ellipse")
+    assert pc.BADGE_POSITIONS == ("top-right", "top-left", "bottom-right", "bottom-left")
+    assert pc.DEFAULT_BADGE_POSITION in pc.BADGE_POSITIONS
     assert ec.DETECTORS == ("auto", "mtcnn", "scrfd")
     assert ec.BACKEND_CHOICES[1:] == ec.BACKEND_NAMES
     assert ec.BACKEND_CHOICES[0] == "auto"

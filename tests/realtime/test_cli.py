@@ -410,7 +410,7 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes(file_server: Fil
 
     remote = "felixrosberg/ArcFace/resolve/main/ArcFace-Res50.h5"
     data = os.urandom(3_000_000)
-    file_server.files[remote] = Served(data, delay=0.05)
+    file_server.files[remote] = Served(data, delay=0.2)  # ~9 s in all: a loaded machine still signals mid-transfer
     home = tmp_path / "models"
     env = {**os.environ, "HF_ENDPOINT": file_server.base_url, "DANCECAM_HOME": str(home)}
     cmd = [str(BIN / "dancecam"), "models", "download", "arcface_r50", "--no-progress"]

@@ -19,6 +19,7 @@ from engines.identity import source_face
 from engines.mtcnn import MTCNN
 from realtime.pipeline import warp_cpu
 from realtime.pipeline.context import DeviceContext
+from realtime.pipeline.crops import pixelate
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
 from realtime.pipeline.frame import (
     ArcFaceEmbedder,
@@ -26,7 +27,6 @@ from realtime.pipeline.frame import (
     FramePipeline,
     IdentitySwap,
     PipelineConfig,
-    pixelate,
 )
 from realtime.pipeline.masks import build_mask
 from realtime.pipeline.video import Frame
@@ -256,7 +256,8 @@ def test_profiler_sees_every_stage(detector: MTCNN, astronaut: np.ndarray) -> No
         pipe.process(rgb24(astronaut), k / 30)
     snap = pipe.profiler.snapshot()
     assert snap["frames"] == 4
-    assert set(snap["stages"]) == {"upload", "detect", "track", "align", "swap", "colour", "paste", "download"}
+    stages = {"upload", "detect", "track", "entry", "align", "swap", "colour", "paste", "download"}
+    assert set(snap["stages"]) == stages
     assert snap["stages"]["detect"]["count"] == 2
     assert snap["stages"]["swap"]["count"] == 4
     assert snap["counters"]["detections"] == 2

@@ -52,3 +52,30 @@ def test_a_swapping_server_shows_no_style(browser: Browser, identity_server: Ser
     assert page.is_hidden("#style-field")
     assert page.is_visible("#source-panel")
     page.context.close()
+
+
+def test_hiding_bystanders_shows_the_style_and_reaches_the_session(browser: Browser, anonymize_server: Server) -> None:
+    page, console = open_page(browser, anonymize_server.page_url)
+    page.wait_for_selector("#server-info:has-text('engine anonymize')", timeout=15_000)
+    assert page.is_checked("#set-detect-on-change")  # the entry check: on by default
+    assert not page.is_checked("#set-hide-bystanders")
+    session = start_live(page)
+    page.check("#set-hide-bystanders")
+    page.wait_for_selector("#settings-status:has-text('Applied')", timeout=10_000)
+    (stats,) = anonymize_server.get(f"/api/stats?session={session}")["sessions"]
+    assert stats["settings"]["hide_bystanders"] is True
+    page.click("#stop")
+    page.wait_for_function("window.dancecam.status().connection === 'idle'", timeout=10_000)
+    assert console.unexpected() == [], console.errors
+    page.context.close()
+
+
+def test_a_swapping_server_shows_the_style_for_its_bystanders(browser: Browser, identity_server: Server) -> None:
+    page, _ = open_page(browser, identity_server.page_url)
+    page.wait_for_selector("#server-info:has-text('engine identity')", timeout=15_000)
+    assert page.is_hidden("#style-field")
+    page.check("#set-hide-bystanders")
+    assert page.is_visible("#style-field")  # how the bystanders are hidden
+    page.uncheck("#set-hide-bystanders")
+    assert page.is_hidden("#style-field")
+    page.context.close()
