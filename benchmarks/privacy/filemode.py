@@ -41,6 +41,7 @@ class FrameLog:
     ms: list[float] = field(default_factory=list)
     detected: list[bool] = field(default_factory=list)
     hidden: list[int] = field(default_factory=list)  # faces swapped or hidden in the frame
+    entry_detections: int = 0  # detections the change check started between the periodic ones
 
 
 class TimedPipeline:
@@ -92,6 +93,7 @@ def run_scene(clip: Clip, options: SwapOptions, source: list[tuple[Path, float]]
             output = Path(tmp) / f"{clip.name}.mp4"
             report = swap_file(sources, clip.path, output, options, pipeline=TimedPipeline(pipeline, log))  # type: ignore[arg-type]
             frames = decode_luma(output)
+        log.entry_detections = int(pipeline.counters().get("entry_detections", 0))
     finally:
         pipeline.close()
     if len(frames) != clip.scene.frames:
