@@ -82,9 +82,13 @@ class SceneScore:
     leaked: int = 0
     leaks: list[tuple[int, str, float]] = field(default_factory=list)  # (frame, face, correlation)
     correlations: list[float] = field(default_factory=list)  # per face-frame, the highest cell correlation
-    # by the independent ground truth: the reference's faces (>= 70 % inside) in the scored frames it ran on
+    # by the independent ground truth: the reference's faces (>= 70 % inside) in the scored frames it ran on that
+    # are a composited face (IoU >= MATCH_IOU), and apart from them its detections of no composited face (a false
+    # positive on hair or background is "unchanged" wherever nothing hides it)
     reference_face_frames: int = 0
     reference_leaked: int = 0
+    reference_stray: int = 0
+    reference_stray_unchanged: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +98,8 @@ class SceneScore:
             "leaks": [[k, face, round(c, 3)] for k, face, c in self.leaks],
             "reference_face_frames": self.reference_face_frames,
             "reference_leaked": self.reference_leaked,
+            "reference_stray": self.reference_stray,
+            "reference_stray_unchanged": self.reference_stray_unchanged,
         }
 
 
@@ -119,12 +125,18 @@ def score(clip: Clip, outputs: dict[int, np.ndarray]) -> SceneScore:
         found = clip.reference.get(k)
         if found is not None:
             h, w = a.shape
+            known = np.array([t.box for t in clip.truths[k]], np.float64).reshape(-1, 4)
             for box, marks in zip(found.boxes, found.landmarks, strict=True):
                 face = _reference_truth(box, marks, w, h)
                 if face.inside < INSIDE_MIN:
                     continue
-                result.reference_face_frames += 1
-                result.reference_leaked += judge(a, b, face).leaked
+                unchanged = judge(a, b, face).leaked
+                if len(known) and box_iou(box, known).max() >= MATCH_IOU:
+                    result.reference_face_frames += 1
+                    result.reference_leaked += unchanged
+                else:
+                    result.reference_stray += 1
+                    result.reference_stray_unchanged += unchanged
     return result
 
 

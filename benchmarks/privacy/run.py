@@ -125,6 +125,7 @@ def delta(a: dict, b: dict) -> dict[str, float | None]:
 
 def totals(scores: dict[str, dict]) -> dict[str, int]:
     keys = ("frames_scored", "face_frames", "leaked", "reference_face_frames", "reference_leaked")
+    keys += ("reference_stray", "reference_stray_unchanged")
     return {k: sum(s[k] for s in scores.values()) for k in keys}
 
 
@@ -357,12 +358,12 @@ def summary_rows(result: dict) -> list[list[str]]:
                     str(t["face_frames"]),
                     str(t["leaked"]),
                     f"{100 * t['leaked'] / max(1, t['face_frames']):.1f}",
-                    f"{t['reference_leaked']}/{t['reference_face_frames']}",
+                    f"{t['reference_leaked']}/{t['reference_face_frames']} (+{t['reference_stray_unchanged']} stray)",
                     f"{lat['p50']} / {lat['p95']}",
                     "-" if add.get("p95_ms") is None else f"{add['p50_ms']:+.1f} / {add['p95_ms']:+.1f}",
                     "-" if add.get("p95_frames") is None else f"{add['p95_frames']:+.2f}",
                     detections(mode, r),
-                    f"{r['returned']}/{r['sent']}" if mode == "live" else "-",
+                    f"{r['returned']}/{r['sent']}; levels {r['degradation_levels_seen']}" if mode == "live" else "-",
                 ]
             )
     return rows
@@ -372,7 +373,7 @@ SUMMARY = (
     "mode", "interval, check", "face-frames", "leaked", "leaked %", "reference: leaked/face-frames",
     "ms p50 / p95", "added vs off p50 / p95 ms", "added p95 frames",
     "detections + entry detections (per frame; live: count)",
-    "frames back",
+    "live: frames back; degradation levels seen",
 )  # fmt: skip
 
 
@@ -420,7 +421,9 @@ def markdown(result: dict) -> str:
         *("| " + " | ".join(row) + " |" for row in summary_rows(result)),
         "",
         "File mode: ms = the pipeline's wall time per frame (`FramePipeline.process`). Live: ms = round trip "
-        "(stamped frame handed to the client's encoder until it is decoded back); the server's share is in the JSON.",
+        "(stamped frame handed to the client's encoder until it is decoded back); the server's share is in the JSON. "
+        "Degradation levels (realtime/live/degrade.py): 1-2 detect 2x/4x less often, 3 detect at half resolution, "
+        "4 one face only.",
         "",
     ]
     head, rows = scene_rows(result)
@@ -440,7 +443,11 @@ def markdown(result: dict) -> str:
     ref = result.get("reference")
     if ref:
         lines += ["", "## facenet-pytorch MTCNN against the compositing", ""]
-        lines += [f"Loaded as {ref['loaded_as']}, on every {ref['every']}th input frame.", ""]
+        lines += [
+            f'Loaded as {ref["loaded_as"]}, on one input frame in {ref["every"]}. "found, no face": its '
+            "detections that overlap no composited face (IoU < 0.3); they are left out of its leak count.",
+            "",
+        ]
         lines += ["| scene | frames | face-frames | missed by it | found, not counted | found, no face |"]
         lines += ["|---|---:|---:|---:|---:|---:|"]
         for name, d in ref["disagreements"].items():
@@ -467,13 +474,17 @@ def judge_target(result: dict) -> dict[str, Any]:
         return {"met": None, "text": f"the default interval ({DEFAULT_DETECT_EVERY}) was not run"}
     leaks = {m: r["totals"]["leaked"] for m, r in found.items()}
     add = (found.get("file") or {}).get("added_vs_check_off") or {}
-    extra = add.get("p95_frames")
-    met = all(v == 0 for v in leaks.values()) and (check_default is None or (extra is not None and extra <= 1.0))
+    extra = [add.get("p50_frames"), add.get("p95_frames")]
+    fast = None not in extra and max(extra) <= 1.0  # type: ignore[type-var]
+    met = all(v == 0 for v in leaks.values()) and (check_default is None or fast)
     parts = [f"{m}: {v} leaked face-frames" for m, v in leaks.items()]
     if check_default is None:
         parts.append(f"the change check is not on this branch, so interval {DEFAULT_DETECT_EVERY} ran without it")
-    elif extra is not None:
-        parts.append(f"file mode's added latency (check on vs off, p95): {add['p95_ms']:+.1f} ms = {extra:+.2f} frames")
+    elif None not in extra:
+        parts.append(
+            f"file mode's added latency (check on vs off): p50 {add['p50_ms']:+.1f} ms = {extra[0]:+.2f} frames, "
+            f"p95 {add['p95_ms']:+.1f} ms = {extra[1]:+.2f} frames"
+        )
     return {"met": met, "leaks": leaks, "added": add, "text": "; ".join(parts) + (" — met" if met else " — NOT met")}
 
 
