@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.privacy.run import main
+
+sys.exit(main())
