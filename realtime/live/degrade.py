@@ -32,14 +32,16 @@ class Level:
 
     def apply(self, config: PipelineConfig) -> PipelineConfig:
         detect_every = min(120, max(config.detect_every * self.detect_factor, self.min_detect_every))
-        choice = config.choice
+        choice, hide = config.choice, config.hide_bystanders
         if self.max_faces is not None and choice.max_faces > self.max_faces:
-            choice = replace(choice, max_faces=self.max_faces)
+            # the faces no longer swapped are hidden (cheap), never shown: degrading costs quality, not privacy
+            choice, hide = replace(choice, max_faces=self.max_faces), True
         return replace(
             config,
             detect_every=detect_every,
             detect_scale=min(config.detect_scale, self.detect_scale),
             choice=choice,
+            hide_bystanders=hide,
         )
 
 

@@ -50,7 +50,8 @@ def face_geometry() -> tuple[CoverMask, float]:
 
 
 COVER, FACE_WIDTH = face_geometry()
-FRAMING = CropFraming(zoom=ZOOM, mask=COVER, colour_transfer=False)  # colours of a hidden face: nothing to match
+# colours of a hidden face: nothing to match
+FRAMING = CropFraming(zoom=ZOOM, mask=COVER, colour_transfer=False, hides=True)
 
 
 def blur(crops: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ class CropFraming:
     zoom: float = 1.0  # the crop holds `zoom` times the template's field of view around its centre
     mask: CoverMask | None = None  # None: the pipeline config's mask
     colour_transfer: bool = True  # whether the config's colour transfer applies to this engine's output
+    hides: bool = False  # the engine hides faces: then every tracked face is hidden, whatever the face mode chose
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.zoom <= 4.0:  # also rejects NaN

@@ -337,10 +337,13 @@ class FramePipeline:
                     with _stage(record, stages, "to_yuv"):
                         _write_boxes_yuv(frame_t, planes, boxes, before)
             chosen_ids = {tr.id for tr in chosen}
-            bystanders = [tr for tr in tracks if tr.id not in chosen_ids] if cfg.hide_bystanders else []
+            # a hiding engine hides every face (its face mode and max_faces only say which go through the engine)
+            hide_rest = cfg.hide_bystanders or framing.hides
+            bystanders = [tr for tr in tracks if tr.id not in chosen_ids] if hide_rest else []
             if bystanders:
                 with _stage(record, stages, "hide"):
-                    self._hide(frame_t, planes if yuv else None, bystanders, cfg.bystander_style)
+                    hider = self.engine if framing.hides else self._hider(cfg.bystander_style)  # the engine's own style
+                    self._hide(frame_t, planes if yuv else None, bystanders, hider)
             if cfg.draw_boxes and tracks:
                 boxes_xy = [tr.box for tr in tracks]
                 done = [tr.id in chosen_ids for tr in tracks]
@@ -398,24 +401,27 @@ class FramePipeline:
             embeddings = np.stack([self._embeddings[tr.id] for tr in known])
         return [tracks[i] for i in choose_faces(boxes, self.config.choice, embeddings)]
 
+    def _hider(self, style: AnonymizeStyle) -> FaceAnonymizer:
+        return self._hiders.get(style) or self._hiders.setdefault(style, FaceAnonymizer(style))
+
     def _hide(
         self,
         frame_t: torch.Tensor,
         planes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
         tracks: list[Track],
-        style: AnonymizeStyle,
+        hider: SwapEngine,
     ) -> None:
-        """Hide the faces of `tracks` (the ones not chosen) as the anonymize engine would, through the same paste."""
-        hider = self._hiders.get(style) or self._hiders.setdefault(style, FaceAnonymizer(style))
+        """Hide the faces of `tracks` (the ones not chosen) with `hider`, a hiding engine, through the same paste."""
         size = self.config.crop_size
         height, width = frame_t.shape[:2]
         landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
         matrices = estimate_norm(landmarks, size, self.crop_data.template).numpy()
-        matrices = zoom_out(matrices, size, hider.framing.zoom)
+        framing = engine_framing(hider)
+        matrices = zoom_out(matrices, size, framing.zoom)
         boxes = warp.face_boxes(matrices, size, width, height)
         geometry = warp.upload_geometry(matrices, boxes, frame_t.device)
         crops = warp.align(frame_t, matrices, size, geometry=geometry)
-        mask = self.context.mask(size, hider.framing.mask or self.config.mask)
+        mask = self.context.mask(size, framing.mask or self.config.mask)
         before = _box_pixels(frame_t, boxes) if planes is not None else []
         warp.paste(frame_t, hider(crops), matrices, mask, boxes, geometry)
         if planes is not None:

@@ -115,3 +115,23 @@ def test_the_live_settings_reach_the_pipeline() -> None:
     for bad in ({"hide_bystanders": "yes"}, {"detect_on_change": 1}):
         with pytest.raises(SettingsError):
             LiveSettings().updated(bad)
+
+
+def test_the_anonymize_engine_hides_every_face_past_max_faces(detector: MTCNN, scene: tuple[np.ndarray, list]) -> None:
+    from realtime.pipeline.anonymize import FaceAnonymizer
+
+    image, placed = scene
+    config = PipelineConfig(detect_every=1, choice=FaceChoice("all", 1))  # one face through the engine
+    out = FramePipeline(detector, FaceAnonymizer("fill"), config).process(Frame(image, "rgb24"), 0.0).frame.data
+    for face in placed:  # both filled black: the one past max_faces is hidden too, never shown
+        assert out[_core(face.box)].astype(np.float32).mean() < 40
+
+
+def test_degrading_to_one_face_hides_the_others_instead_of_showing_them() -> None:
+    from realtime.live.degrade import LEVELS
+
+    (one,) = [level for level in LEVELS if level.max_faces == 1]
+    applied = one.apply(PipelineConfig(choice=FaceChoice("all", 4)))
+    assert applied.choice.max_faces == 1
+    assert applied.hide_bystanders is True
+    assert LEVELS[0].apply(PipelineConfig()).hide_bystanders is False
