@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.privacy import leaks, run, scenes
 from benchmarks.privacy.scenes import Occluder, Pose, Shot, compose
+from realtime.bench.faces import visible_fraction
 
 
 def _frame(shot: Shot) -> tuple[np.ndarray, list[scenes.FaceTruth]]:
@@ -53,7 +54,7 @@ def test_inside_fraction_as_a_face_enters_from_the_left() -> None:
         face = scenes.cutouts()["astronaut"]
         scale, offset = scenes.placed(face, shot.poses[-1])
         box = scenes.to_frame(face.box.reshape(2, 2), scale, offset).reshape(4)
-        inside.append(scenes.inside_fraction(box, scenes.WIDTH, scenes.HEIGHT))
+        inside.append(visible_fraction(box, scenes.WIDTH, scenes.HEIGHT))
     assert inside[0] == 0.0
     assert inside[-1] == 1.0
     assert all(b >= a for a, b in itertools.pairwise(inside))  # it only moves in

@@ -13,7 +13,8 @@ import numpy as np
 
 from benchmarks.privacy.leaks import judge, luma
 from benchmarks.privacy.reference import Found, ReferenceDetector
-from benchmarks.privacy.scenes import FPS, FaceTruth, Scene, all_scenes, core_box, inside_fraction
+from benchmarks.privacy.scenes import FPS, FaceTruth, Scene, all_scenes, core_box
+from realtime.bench.faces import visible_fraction
 from realtime.pipeline.tracking import box_iou
 
 MATCH_IOU = 0.3  # a reference detection is the composited face whose box it overlaps by at least this
@@ -70,7 +71,7 @@ def _reference_truth(box: np.ndarray, landmarks: np.ndarray, width: int, height:
     x0, y0 = max(0, int(np.floor(core[0]))), max(0, int(np.floor(core[1])))
     x1, y1 = min(width, int(np.ceil(core[2]))), min(height, int(np.ceil(core[3])))
     own = np.ones((max(0, y1 - y0), max(0, x1 - x0)), bool)
-    return FaceTruth("reference", box, landmarks, inside_fraction(box, width, height), (x0, y0, x1, y1), own, 1.0)
+    return FaceTruth("reference", box, landmarks, visible_fraction(box, width, height), (x0, y0, x1, y1), own, 1.0)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from realtime.bench.faces import ASTRONAUT_BOX, ASTRONAUT_LANDMARKS, astronaut
+from realtime.bench.faces import ASTRONAUT_BOX, ASTRONAUT_LANDMARKS, astronaut, visible_fraction
 
 WIDTH, HEIGHT, FPS = 640, 480, 30.0
 INSIDE_MIN = 0.7  # a face counts in a frame when at least this share of its box is inside the picture
@@ -253,14 +253,6 @@ def _paste(cutout: Cutout, pose: Pose, width: int, height: int) -> tuple[tuple[i
     return (x0, y0, x1, y1), rgba
 
 
-def inside_fraction(box: np.ndarray, width: int, height: int) -> float:
-    x0, y0, x1, y1 = box
-    area = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    ix = max(0.0, min(x1, width) - max(x0, 0.0))
-    iy = max(0.0, min(y1, height) - max(y0, 0.0))
-    return float(ix * iy / area) if area else 0.0
-
-
 def core_box(box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The face's core: eyes, nose and mouth (the landmarks' bounding box, grown by `CORE_MARGIN` eye distances on
     each side, kept inside the face box). About 40-50 % of the box's area on a frontal face."""
@@ -322,7 +314,7 @@ def compose(background: np.ndarray, shot: Shot, rng: np.random.Generator) -> tup
                 pose.face,
                 box,
                 marks,
-                inside_fraction(box, width, height),
+                visible_fraction(box, width, height),
                 (cx0, cy0, cx1, cy1),
                 own,
                 min(1.0, float(own.sum()) / area),

@@ -143,7 +143,7 @@ def compose_faces(
 
         box = to_frame(ASTRONAUT_BOX.reshape(2, 2)).reshape(4)
         landmarks = to_frame(ASTRONAUT_LANDMARKS)
-        faces.append(PlacedFace(box, landmarks, float(scale), _visible(box, width, height)))
+        faces.append(PlacedFace(box, landmarks, float(scale), visible_fraction(box, width, height)))
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), faces
 
 
@@ -169,7 +169,8 @@ def _feather(w: int, h: int) -> np.ndarray:
     return a * a * (3 - 2 * a)  # smoothstep
 
 
-def _visible(box: np.ndarray, width: int, height: int) -> float:
+def visible_fraction(box: np.ndarray, width: int, height: int) -> float:
+    """The share of a box (x0, y0, x1, y1) inside a width x height frame."""
     x0, y0, x1, y1 = box
     area = max(0.0, x1 - x0) * max(0.0, y1 - y0)
     ix = max(0.0, min(x1, width) - max(x0, 0))

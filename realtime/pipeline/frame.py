@@ -521,8 +521,12 @@ def detect_region(
     share = (x1 - x0) * (y1 - y0) / (frame.shape[0] * frame.shape[1])
     scale = min(scale, math.sqrt(min(1.0, ENTRY_AREA / share)))
     found = detect_scaled(detector, frame[y0:y1, x0:x1].contiguous(), scale)
-    offset = torch.tensor([x0, y0], dtype=found.boxes.dtype, device=found.boxes.device)
-    return Detections((found.boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4), found.scores, found.landmarks + offset)
+    boxes, landmarks = found.boxes.clone(), found.landmarks.clone()  # shifted by scalars: no copy to the device
+    boxes[:, 0::2] += x0
+    boxes[:, 1::2] += y0
+    landmarks[..., 0] += x0
+    landmarks[..., 1] += y0
+    return Detections(boxes, found.scores, landmarks)
 
 
 def _to_full(xy: torch.Tensor, rx: float, ry: float) -> torch.Tensor:
