@@ -96,6 +96,10 @@ class SessionNotFoundError(DanceCamError):
     http_status = 404
 
 
+class HostUnavailableError(DanceCamError):
+    """A cluster's session host did not answer the front (its node or process died, or it is unreachable)."""
+
+
 class EngineStartError(DanceCamError):
     """A session's swap engine could not be made ready (out of device memory, a failed capture or engine load)."""
 
