@@ -117,6 +117,9 @@ class HostPool:
         self.discovered = asyncio.Event()  # set after the first look for hosts
         self._probing: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # the loops also stop on this: asyncio.wait_for before Python 3.12 can swallow a cancellation that arrives
+        # as its call completes, and a loop that missed its cancel would keep `close` waiting for ever
+        self._closed = False
 
     # --- running --------------------------------------------------------------------------------------------
 
@@ -128,6 +131,7 @@ class HostPool:
 
     async def close(self) -> None:
         """Stop watching; the hosts and their sessions carry on (a front that starts again finds them)."""
+        self._closed = True
         tasks = self._tasks + [h.task for h in self.hosts.values() if h.task is not None]
         for task in tasks:
             task.cancel()
@@ -137,7 +141,7 @@ class HostPool:
         self._tasks = []
 
     async def _discover_loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 names = await asyncio.to_thread(nodes.host_names)
             except Exception as e:  # the cluster itself is unreachable for now: the hosts' watch decides
@@ -171,6 +175,8 @@ class HostPool:
                     given = await nodes.call(handle.set_source.remote(self.photos), SOURCE_TIMEOUT_S)
                     if isinstance(given, Refused):
                         log.warning("session host %s refused the source photos: %s", name, given.message)
+            if self._closed:
+                return
             host = Host(name, handle, status, self.clock())
             self.hosts[name] = host
             self.lost.pop(name, None)
@@ -185,7 +191,7 @@ class HostPool:
             self._probing.discard(name)
 
     async def _poll(self, host: Host) -> None:
-        while self.hosts.get(host.name) is host:
+        while self.hosts.get(host.name) is host and not self._closed:
             asked = self.clock()
             try:
                 status = await nodes.call(host.handle.status.remote(), self.lost_after)
@@ -205,7 +211,7 @@ class HostPool:
 
     async def _watch_loop(self) -> None:
         tick = self.clock()
-        while True:
+        while not self._closed:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = self.clock()
             stalled, tick = now - tick > 4 * WATCH_INTERVAL_S, now
@@ -299,8 +305,10 @@ class HostPool:
             host.pending += 1
             try:
                 result = await self.call(host, "start", kind, sdp, settings, timeout=START_TIMEOUT_S)
-            except HostGone:
-                continue  # lost, with its sessions: the next host
+            except HostUnavailableError:
+                if self.hosts.get(host.name) is not host:
+                    continue  # it died meanwhile and is lost, with its sessions: the next host
+                raise
             finally:
                 host.pending -= 1
             if isinstance(result, Refused):
