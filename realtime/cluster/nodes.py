@@ -168,10 +168,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def _death(error: ray.exceptions.RayActorError) -> str:
-    """Ray's reason an actor died, in a line ("its node died", "its process exited", ...)."""
+    """Ray's reason an actor died, in a few words, from its message ("The actor died because its node has died",
+    "... because it was killed by `ray.kill`", "... because its worker process has died")."""
     text = str(error)
-    if "node" in text and ("died" in text or "dead" in text):
+    if "because its node has died" in text:
         return "its node died"
-    if "killed" in text or "ray.kill" in text:
+    if "killed by `ray.kill`" in text:
         return "it was stopped"
     return "its process died"

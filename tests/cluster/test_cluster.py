@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import ray
 from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection
 
@@ -50,6 +52,7 @@ FPS = 10  # light enough for four sessions, their clients and three raylets on t
 class Sim:
     cluster: LocalCluster
     hosts: dict[str, str]  # host name by node name
+    no_weights: Path
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
                 "head": host_config("", 1, spec=facedancer),
             }
         )
-        yield Sim(cluster, hosts)
+        yield Sim(cluster, hosts, no_weights)
 
 
 @pytest.fixture(scope="module")
@@ -267,6 +270,34 @@ async def test_cluster_admission_at_capacity(sim: Sim, frame: np.ndarray) -> Non
             await close_all(front, clients)
 
 
+# --- dancecam host ----------------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "no_proxy": "127.0.0.1,localhost", "COLUMNS": "200"}
+    command = [sys.executable, "-m", "realtime", *args]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cluster_host_command_starts_the_hosts_of_its_node(sim: Sim) -> None:
+    """`dancecam host` on the head (where a Ray Client's work runs): this node's host runs already, so it says so;
+    with --replace it ends that host and starts it again, and reports what the new one says of its engine."""
+    head = sim.hosts["head"]
+    before = ray.get(ray.get_actor(head).status.remote(), timeout=30)
+    command = ["host", "--cluster", sim.cluster.client_address, "--engine", "facedancer", "--device", "cpu"]
+    command += ["--detector", "mtcnn", "--model-dir", str(sim.no_weights), "--max-sessions", "1"]
+    refused = run_cli(*command)
+    assert refused.returncode == 2, refused.stderr
+    assert f"session host {head} already runs on this node: give --replace" in refused.stderr
+    replaced = run_cli(*command, "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"{head} takes no sessions: model weights missing" in replaced.stderr, replaced.stderr
+    after = ray.get(ray.get_actor(head).status.remote(), timeout=30)
+    assert after["instance"] != before["instance"]
+    assert after["ready"] is False
+    assert after["node_id"] == before["node_id"]
+
+
 # --- front restart ----------------------------------------------------------------------------------------------
 
 
@@ -395,5 +426,16 @@ async def test_cluster_node_killed_mid_session(sim: Sim, frame: np.ndarray) -> N
             where = {h.name: (h.ready, pool.sessions_on(h.name), h.max_sessions) for h in pool.hosts.values()}
             assert await front.host_of(str(late.session)) == c, (where, pool.losses, dict(pool.ended))
             assert await flowing(late, 5)
+
+            # a host's process dies on a node that lives: Ray says so at once, and the session ends saying it
+            pid = pool.hosts[c].status["pid"]
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            assert await wait_for(lambda: late.session not in pool.placed, timeout=5)
+            status, body = await front.stats(str(late.session))
+            assert status == 404, body
+            assert body["error"] == f"the session ended: its session host {c} on 127.0.0.1 was lost: its process died"
+            assert time.monotonic() - killed < 3.0
+            assert c not in pool.hosts
         finally:
             await close_all(front, clients)
