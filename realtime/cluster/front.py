@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from engines.errors import HostUnavailableError
 from realtime import __version__
 from realtime.cluster.config import Refused
-from realtime.cluster.pool import HostPool
+from realtime.cluster.pool import CALL_TIMEOUT_S, HostPool
 from realtime.live.server import (
     HttpError,
     ServeOptions,
@@ -114,6 +114,16 @@ class ClusterFront(WebFront):
 
     # --- sessions ---------------------------------------------------------------------------------------------
 
+    async def _on_host(self, session_id: str, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
+        """`method(session_id, *args)` on the host session `session_id` runs on; a 404 saying why when the session
+        ended (its host lost while asked included)."""
+        _, host = self.pool.where(session_id)
+        try:
+            return _answer(await self.pool.call(host, method, session_id, *args, timeout=timeout))
+        except HostUnavailableError:
+            self.pool.where(session_id)  # lost with its host meanwhile: SessionNotFoundError with the reason
+            raise
+
     async def _start(self, kind: SessionKind, sdp: str, settings: LiveSettings) -> dict[str, Any]:
         started = _answer(await self.pool.start_session(kind, sdp, settings))
         log.info("session %s (%s) started on %s", started["session"], kind, started["host"])
@@ -131,9 +141,8 @@ class ClusterFront(WebFront):
         return whip_created(started["session"], started["answer"])
 
     async def _end(self, session_id: str, reason: str) -> None:
-        _, host = self.pool.where(session_id)
-        _answer(await self.pool.call(host, "end", session_id, reason))
-        self.pool._ended_with(session_id, reason)
+        await self._on_host(session_id, "end", reason)
+        self.pool.forget(session_id, reason)
 
     async def end_session(self, request: web.Request) -> web.Response:
         session_id = self._session_id(request)
@@ -155,7 +164,7 @@ class ClusterFront(WebFront):
         if session_id is None:
             raise HttpError(404, "no live session to watch: start one first (the page, or WHIP from OBS)")
         _, host = self.pool.where(session_id)
-        watching = _answer(await self.pool.call(host, "watch", session_id, sdp))
+        watching = await self._on_host(session_id, "watch", sdp)
         self.viewers[watching["viewer"]] = host.name
         return whep_created(watching["viewer"], watching["answer"])
 
@@ -179,8 +188,7 @@ class ClusterFront(WebFront):
         session_id = self._session_id(request, required=False)
         if session_id is None:
             return web.json_response(self.defaults.to_json())
-        _, host = self.pool.where(session_id)
-        return web.json_response(_answer(await self.pool.call(host, "settings", session_id)))
+        return web.json_response(await self._on_host(session_id, "settings"))
 
     async def put_settings(self, request: web.Request) -> web.Response:
         session_id = self._session_id(request, required=False)
@@ -188,8 +196,7 @@ class ClusterFront(WebFront):
         if session_id is None:
             self.defaults = self.defaults.updated(changes)
             return web.json_response(self.defaults.to_json())
-        _, host = self.pool.where(session_id)
-        return web.json_response(_answer(await self.pool.call(host, "update_settings", session_id, changes)))
+        return web.json_response(await self._on_host(session_id, "update_settings", changes))
 
     async def _all_stats(self) -> list[dict[str, Any]]:
         answers = await self.pool.ask_all("stats", None, timeout=STATS_TIMEOUT_S)
@@ -204,8 +211,7 @@ class ClusterFront(WebFront):
     async def stats(self, request: web.Request) -> web.Response:
         session_id = self._session_id(request, required=False)
         if session_id is not None:
-            _, host = self.pool.where(session_id)
-            rows = _answer(await self.pool.call(host, "stats", session_id, timeout=STATS_TIMEOUT_S))
+            rows = await self._on_host(session_id, "stats", timeout=STATS_TIMEOUT_S)
         else:
             rows = await self._all_stats()
         hosts = self._hosts()

@@ -47,6 +47,7 @@ class Host:
     seen: float  # when it last answered (the pool's clock)
     pending: int = 0  # sessions being started there now
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    gone: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set when lost: calls in flight end
 
     @property
     def instance(self) -> str:
@@ -229,12 +230,13 @@ class HostPool:
         reasons = dict(status["ended"])
         for session_id, placed in list(self.placed.items()):
             if placed.host == host.name and session_id not in live and placed.since < asked:
-                self._ended_with(session_id, reasons.get(session_id, "it ended on its session host"))
+                self.forget(session_id, reasons.get(session_id, "it ended on its session host"))
         for session_id, s in live.items():
             if session_id not in self.placed:  # started before this front (re-attached), or by another front
                 self.placed[session_id] = Placed(host.name, s["kind"], float(s["created"]), self.clock())
 
-    def _ended_with(self, session_id: str, reason: str) -> None:
+    def forget(self, session_id: str, reason: str) -> None:
+        """Session `session_id` ended, for `reason` (told to whoever asks for it afterwards)."""
         self.placed.pop(session_id, None)
         self.ended[session_id] = reason
         self.ended.move_to_end(session_id)
@@ -250,11 +252,12 @@ class HostPool:
         reason = f"its session host {host.name} on {where} was lost: {why}"
         ended = [sid for sid, p in self.placed.items() if p.host == host.name]
         for session_id in ended:
-            self._ended_with(session_id, reason)
+            self.forget(session_id, reason)
         self.lost_sessions += len(ended)
         self.hosts_lost += 1
         self.losses.append({"host": host.name, "at": time.time(), "why": why, "sessions": len(ended)})
         del self.losses[:-64]
+        host.gone.set()
         log.warning("session host %s lost (%s): %d session(s) ended", host.name, why, len(ended))
         if host.task is not None and host.task is not asyncio.current_task():
             host.task.cancel()
@@ -321,9 +324,21 @@ class HostPool:
     # --- asking hosts ---------------------------------------------------------------------------------------
 
     async def call(self, host: Host, method: str, *args: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
-        """`host.method(*args)`, awaited; a dead host is lost at once. `HostUnavailableError` (503) for no answer."""
+        """`host.method(*args)`, awaited; a dead host is lost at once. `HostUnavailableError` (503) for no answer,
+        also as soon as the host is lost while the call is in flight (the caller may then say why its session ended).
+        """
+        answer = asyncio.ensure_future(nodes.call(getattr(host.handle, method).remote(*args), timeout))
+        lost = asyncio.ensure_future(host.gone.wait())
         try:
-            return await nodes.call(getattr(host.handle, method).remote(*args), timeout)
+            await asyncio.wait({answer, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not answer.done():
+                answer.cancel()
+        if not answer.done() or answer.cancelled():
+            raise HostUnavailableError(f"its session host {host.name} was lost")
+        try:
+            return answer.result()
         except HostGone as e:
             self._lose(host, str(e))
             raise HostUnavailableError(f"its session host {host.name} is gone: {e}") from e
