@@ -251,8 +251,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Cluster on simulated nodes: {result['device']}, {result['date'][:10]}",
         "",
-        f"`{result['command']}`; Ray {result['ray']}, Python {result['python']}, {result['cpus']} CPU(s). "
-        + (result["note"] or ""),
+        f"`{result['command']}`; Ray {result['ray']}, Python {result['python']}, {result['cpus']} CPU(s); load "
+        f"average (1 min) {result['load_average_1min']['before']} before, {result['load_average_1min']['after']} "
+        "after. " + (result["note"] or ""),
         "",
         "| POST /offer until the answer | p50 ms | p95 ms | n |",
         "| --- | ---: | ---: | ---: |",
@@ -297,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.offers < 1 or args.kills < 0:
         parser.error("--offers must be at least 1 and --kills at least 0")
     console = Console(width=140)
+    load_before = os.getloadavg()
     res = asyncio.run(run(args.offers, args.kills))
+    load_after = os.getloadavg()
 
     import aiortc
     import ray
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date,
         "command": shlex.join(["python", "-m", "benchmarks.cluster", *(argv if argv is not None else sys.argv[1:])]),
         "note": args.note,
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "python": platform.python_version(),
         "ray": ray.__version__,
         "aiortc": aiortc.__version__,
