@@ -41,7 +41,7 @@ from tests.cluster.local_cluster import (
     listening_off_loopback,
     local_cluster,
 )
-from tests.live_client import Client, StampedFaceTrack, face_frame, offer, wait_for, whep
+from tests.live_client import Client, StampedFaceTrack, face_frame, offer, wait_for, whep, whip
 
 pytestmark = pytest.mark.network
 
@@ -229,6 +229,16 @@ async def test_cluster_places_sessions_on_different_nodes_and_shows_one_view(sim
             assert await wait_for(lambda: len(viewer.received.images) >= 3, timeout=15)
             async with front.http.delete(front.base + str(viewer.location)) as r:
                 assert r.status == 204
+
+            # WHIP (OBS) starts a session on a host too, and ends through the front
+            publisher = await whip(front.http, front.base, StampedFaceTrack(frame, FPS))
+            clients.append(publisher)
+            assert await front.host_of(str(publisher.session)) in {a, b}
+            async with front.http.delete(front.base + str(publisher.location)) as r:
+                assert r.status == 204
+            status, gone = await front.stats(str(publisher.session))
+            assert status == 404
+            assert gone["error"] == "the session ended: ended by the WHIP client"
 
             # DELETE reaches the session wherever it runs; the other carries on
             status, _ = await front.json("DELETE", f"/api/sessions/{second.session}")
