@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from realtime.assembly.spec import ModelSpec
     from realtime.identity.source import PhotoInput
     from realtime.live.server import ServeOptions
-    from realtime.live.session import LiveSettings
+    from realtime.live.session import LiveSettings, SessionManager
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -276,11 +276,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"capacity: {limit.reason} (--max-sessions to change)", soft_wrap=True)
     manager = SessionManager(services, limit.max_sessions, defaults, limit)
     try:
-        from realtime.live.server import create_app
-
-        return _serve(
-            lambda options: create_app(manager, options), args.host, args.port, token, context, console, ice_addresses
-        )
+        return _serve(manager, args.host, args.port, token, context, console, ice_addresses)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
@@ -317,12 +313,27 @@ def _serve_front(
         return make_front_app(pool, options, defaults)
 
     try:
-        return _serve(make, args.host, args.port, token, context, console, cluster=args.cluster)
+        return _run_app(make, args.host, args.port, token, context, console, cluster=args.cluster)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
 
 def _serve(
+    manager: SessionManager,
+    host: str,
+    port: int,
+    token: str | None,
+    context: ssl.SSLContext | None,
+    console: Console,
+    ice_addresses: tuple[str, ...] | None = None,
+) -> int:
+    """`dancecam serve`: `manager`'s sessions in this process."""
+    from realtime.live.server import create_app
+
+    return _run_app(lambda options: create_app(manager, options), host, port, token, context, console, ice_addresses)
+
+
+def _run_app(
     make_app: Callable[[ServeOptions], web.Application],
     host: str,
     port: int,

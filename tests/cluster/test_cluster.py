@@ -112,10 +112,10 @@ class Front:
 
 
 @contextlib.asynccontextmanager
-async def front_in_process(hosts: int = 3) -> AsyncIterator[Front]:
+async def front_in_process(hosts: int = 3, **options: Any) -> AsyncIterator[Front]:
     """The front's app in this process (what `dancecam serve --cluster` serves), once it sees `hosts` hosts."""
     pool = HostPool()
-    server = TestServer(make_front_app(pool, ServeOptions()), host="127.0.0.1")
+    server = TestServer(make_front_app(pool, ServeOptions(**options)), host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
@@ -249,6 +249,27 @@ async def test_cluster_places_sessions_on_different_nodes_and_shows_one_view(sim
             assert await flowing(first, 5)
         finally:
             await close_all(front, clients)
+
+
+async def test_cluster_front_keeps_the_token_rule(sim: Sim, frame: np.ndarray) -> None:
+    token = "a-token-of-24-characters"
+    async with front_in_process(token=token) as front:
+        for method, path in (("GET", "/api/stats"), ("GET", "/api/info"), ("GET", "/metrics"), ("POST", "/offer")):
+            status, body = await front.json(method, path)
+            assert status == 401, (method, path, body)
+            assert body["error"].startswith("a valid token is required")
+        async with front.http.get(front.base + "/") as r:
+            assert r.status == 200  # the page stays open, as on `serve`
+        with pytest.raises(RuntimeError, match=r"^401"):
+            await offer(front.http, front.base, StampedFaceTrack(frame, FPS))
+        client = await offer(front.http, front.base, StampedFaceTrack(frame, FPS), token=token)
+        try:
+            status, body = await front.json(
+                "GET", f"/api/stats?session={client.session}", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert status == 200, body
+        finally:
+            await close_all(front, [client])
 
 
 # --- admission --------------------------------------------------------------------------------------------------
