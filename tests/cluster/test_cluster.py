@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
@@ -42,6 +42,10 @@ from tests.cluster.local_cluster import (
     local_cluster,
 )
 from tests.live_client import Client, StampedFaceTrack, face_frame, offer, wait_for, whep, whip
+from tests.web.harness import open_page, start_live
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.network
 
@@ -470,3 +474,69 @@ async def test_cluster_node_killed_mid_session(sim: Sim, frame: np.ndarray) -> N
             assert c not in pool.hosts
         finally:
             await close_all(front, clients)
+
+
+# --- the page ---------------------------------------------------------------------------------------------------
+
+
+def test_cluster_page_says_why_its_session_ended_when_its_node_dies(
+    sim: Sim, browser: Browser, tmp_path: Path, artifacts: Path
+) -> None:
+    """The page (Chromium, a fake camera) on a front started as `dancecam serve --cluster` does: its session's node
+    dies, and the page says so, with the reason, within 5 s of the page's next look at the stats."""
+    sim.cluster.add_node("d", 1)
+    sim.cluster.start_hosts({"d": host_config("", 1)})
+    port, log = free_port(), tmp_path / "front.log"
+    process = start_front(sim.cluster.client_address, port, log)
+    try:
+        front_url = f"http://127.0.0.1:{port}/"
+        assert _wait_ready(front_url, hosts=2), _said(log)  # b and d (c's host was killed by the node test)
+        page, console = open_page(browser, front_url)
+        session_id = start_live(page)
+        page.wait_for_function("window.dancecam.status().latency.frames >= 3", timeout=30_000)
+        where = _get(f"{front_url}api/stats?session={session_id}")["sessions"][0]["host"]
+        node = next(n for n, name in _hosts_by_node(sim).items() if name == where)
+        killed = time.monotonic()
+        sim.cluster.kill(node)
+        page.wait_for_selector("#error", state="visible", timeout=10_000)
+        shown = time.monotonic() - killed
+        text = page.text_content("#error-text") or ""
+        assert text.startswith(f"The session ended: its session host {where} on 127.0.0.1 was lost"), text
+        assert shown <= 5.0 + 1.0, shown  # ended within 5 s; the page looks at its stats every second
+        page.wait_for_function("window.dancecam.status().connection === 'idle'", timeout=5_000)
+        assert page.is_enabled("#start")
+        page.screenshot(path=str(artifacts / "cluster-node-lost.png"))
+        assert console.unexpected(404) == [], console.errors
+        page.context.close()
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def _get(url: str) -> Any:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _wait_ready(url: str, hosts: int, timeout: float = 60) -> bool:
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _get(url + "healthz")["hosts"] >= hosts:
+                return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _hosts_by_node(sim: Sim) -> dict[str, str]:
+    """Host name by node name, for the nodes alive now."""
+    from realtime.cluster.config import host_name
+
+    return {name: host_name(node.node_id, 0) for name, node in sim.cluster.nodes.items()}
