@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 HOST_START_TIMEOUT_S = 600.0  # models load and the capacity probe runs in the actor's constructor
 NAME_FREED_TIMEOUT_S = 30.0  # a killed host's name is free again once Ray has noticed
+# Ray Client: the head starts a server process per client, and that start fails now and then (seen right after
+# another client of the same head was killed: a front restart); a second try has worked
+CLIENT_TRIES = 3
+CLIENT_RETRY_S = 2.0
 
 
 class HostError(Exception):
@@ -48,17 +52,24 @@ def connect(address: str, log_to_driver: bool = True) -> None:
     head's Ray Client server; "HOST:PORT": its GCS) in the `dancecam` namespace; `ConfigError` when it cannot."""
     if ray.is_initialized():
         return
-    try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            log_to_driver=log_to_driver,
-            logging_level=logging.WARNING,
-            configure_logging=False,
-        )
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        hint = "start one with `ray start --head` (see README, Running a cluster)" if address == "auto" else ""
-        raise ConfigError(f"cannot join the Ray cluster at {address}: {e}" + (f"; {hint}" if hint else "")) from None
+    tries = CLIENT_TRIES if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                log_to_driver=log_to_driver,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
+            return
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+            if attempt < tries and "Starting Ray client server failed" in str(e):
+                log.warning("the head's Ray Client server could not start ours (try %d of %d): again", attempt, tries)
+                time.sleep(CLIENT_RETRY_S)
+                continue
+            hint = "; start one with `ray start --head` (see README, Running a cluster)" if address == "auto" else ""
+            raise ConfigError(f"cannot join the Ray cluster at {address}: {e}{hint}") from None
 
 
 def node_of_this_process() -> str:

@@ -22,7 +22,7 @@ from ray.cluster_utils import Cluster
 
 from realtime.assembly.spec import ModelSpec
 from realtime.cluster import nodes
-from realtime.cluster.config import DEFAULT_SLOT_RESOURCE, NAMESPACE, HostConfig, SlotResource
+from realtime.cluster.config import DEFAULT_SLOT_RESOURCE, HostConfig, SlotResource
 from realtime.live import ice
 from realtime.live.peers import PeerOptions
 from tests.cluster import LOOPBACK_ENV
@@ -98,7 +98,7 @@ class LocalCluster:
         )
         head = self.cluster.head_node
         self.nodes["head"] = SimNode("head", head, head.node_id, self.head_slots)
-        ray.init(address=self.cluster.address, namespace=NAMESPACE, log_to_driver=True)
+        nodes.connect(self.cluster.address)  # as `serve --cluster HEAD:PORT` joins (its GCS address)
         return self
 
     def add_node(self, name: str, slots: int) -> SimNode:
