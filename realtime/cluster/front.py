@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import ray
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -71,8 +72,6 @@ class ClusterFront(WebFront):
         return [h.summary(self.pool.sessions_on(h.name), now) for h in self.pool.hosts.values()]
 
     async def info(self, request: web.Request) -> web.Response:
-        import ray
-
         pool = self.pool
         hosts = sorted(pool.hosts.values(), key=lambda h: (not h.ready, h.name))
         ready = [h for h in hosts if h.ready]
