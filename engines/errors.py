@@ -90,6 +90,16 @@ class CapacityError(DanceCamError):
     """The server runs as many sessions as it can hold."""
 
 
+class SessionNotFoundError(DanceCamError):
+    """A session (or WHEP viewer) that is not there: it ended, or never was. The message says which when known."""
+
+    http_status = 404
+
+
+class HostUnavailableError(DanceCamError):
+    """A cluster's session host did not answer the front (its node or process died, or it is unreachable)."""
+
+
 class EngineStartError(DanceCamError):
     """A session's swap engine could not be made ready (out of device memory, a failed capture or engine load)."""
 

@@ -3,7 +3,7 @@
 # Idempotent: when nothing that affects the install has changed, it returns in well under a second.
 #
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh --dev    runtime + test tools (pytest, ruff, scikit-image, playwright, insightface) and,
+#   scripts/setup.sh --dev    runtime + test tools (pytest, ruff, scikit-image, playwright, insightface, Ray) and,
 #                             where apt-get can run as root, Debian's chromium for the browser tests
 #
 # Environment:
@@ -132,7 +132,8 @@ fi
 
 EXTRAS=""
 [ "$DEVICE" = cuda ] && EXTRAS="gpu"
-[ "$DEV" = 1 ] && EXTRAS="${EXTRAS:+$EXTRAS,}dev"
+# dev: the test tools, and Ray for the cluster tests (the `cluster` extra; ~80 MB wheel)
+[ "$DEV" = 1 ] && EXTRAS="${EXTRAS:+$EXTRAS,}dev,cluster"
 say "installing dancecam${EXTRAS:+ [$EXTRAS]} and its dependencies"
 # torch stays as installed above: the constraint keeps pip from swapping in another build
 CONSTRAINT="$(mktemp)"

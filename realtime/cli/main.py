@@ -14,6 +14,7 @@ from engines.errors import DanceCamError
 from realtime import __version__
 from realtime.cli import bench as bench_cli
 from realtime.cli import cam as cam_cli
+from realtime.cli import host as host_cli
 from realtime.cli import models as models_cli
 from realtime.cli import serve as serve_cli
 from realtime.cli import swap as swap_cli
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     swap_cli.add_parser(commands)
     cam_cli.add_parser(commands)
     serve_cli.add_parser(commands)
+    host_cli.add_parser(commands)
     bench_cli.add_parser(commands)
     return parser
 

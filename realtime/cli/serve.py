@@ -15,6 +15,7 @@ import logging
 import secrets
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,11 @@ from engines.errors import ConfigError, DanceCamError
 from realtime.pipeline.choices import DEFAULT_DETECT_EVERY, DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
+    from realtime.assembly.spec import ModelSpec
+    from realtime.identity.source import PhotoInput
+    from realtime.live.server import ServeOptions
     from realtime.live.session import LiveSettings, SessionManager
 
 LOOPBACK_NAMES = ("localhost",)
@@ -52,27 +58,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "127.0.0.1 keeps the media of this machine's own clients on loopback; on a server with many interfaces "
         "or in a container, name the one peers reach",
     )
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default=DEFAULT_ENGINE,
-        help="facedancer (default; weights and a source photo), identity (no weights) or anonymize (no weights, no "
-        "source photo: faces hidden, see --style)",
-    )
-    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
-    p.add_argument(
-        "--detector",
-        choices=DETECTORS,
-        default=DEFAULT_DETECTOR,
-        help="face detector: auto (default: SCRFD on a GPU when det_10g.onnx is downloaded, else MTCNN)",
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default=DEFAULT_BACKEND,
-        help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
-    )
-    p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
+    add_model_arguments(p)
     from realtime.cli.options import (
         add_badge,
         add_detect_on_change,
@@ -98,8 +84,57 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_detect_on_change(p)
     add_simulate_ms(p)
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="be the front of a Ray cluster's session hosts (started with `dancecam host`) instead of running the "
+        "sessions here: auto (the cluster this machine is a node of), ray://HEAD:10001 (Ray Client) or HEAD:6379. "
+        "The models and the session limit are then the hosts'; see README, Running a cluster",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     p.set_defaults(handler=run)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that choose the models (`serve`, and `host` for a cluster's session hosts)."""
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="facedancer (default; weights and a source photo), identity (no weights) or anonymize (no weights, no "
+        "source photo: faces hidden, see --style)",
+    )
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (default), cpu or cuda[:N]")
+    p.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default=DEFAULT_DETECTOR,
+        help="face detector: auto (default: SCRFD on a GPU when det_10g.onnx is downloaded, else MTCNN)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=DEFAULT_BACKEND,
+        help="how FaceDancer runs: auto (default: the fastest present), eager, onnxruntime, cuda-graphs, tensorrt",
+    )
+    p.add_argument("--model-dir", type=Path, help="where the model weights are (default: see dancecam models)")
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The models `args` ask for (a bad value is refused here, before any model loads)."""
+    from realtime.assembly.spec import ModelSpec
+    from realtime.cli.options import anonymize_style
+
+    return ModelSpec(
+        engine=args.engine,
+        style=anonymize_style(args),
+        device=args.device,
+        detector=args.detector,
+        backend=args.backend,
+        model_dir=args.model_dir,
+        weights_optional=True,  # the server starts without weights and says how to get them
+        simulate_ms=args.simulate_ms,
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -185,6 +220,19 @@ def live_defaults(args: argparse.Namespace) -> LiveSettings:
     return defaults
 
 
+def source_photos(args: argparse.Namespace) -> list[PhotoInput]:
+    """The `--source` photos, read (`ConfigError` for one that cannot be read)."""
+    from realtime.identity.source import PhotoInput
+
+    photos = []
+    for path, weight in args.source:
+        try:
+            photos.append(PhotoInput(path.read_bytes(), weight, str(path)))
+        except OSError as e:
+            raise ConfigError(f"cannot read --source {path}: {e.strerror}") from None
+    return photos
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, highlight=False)
     logging.basicConfig(
@@ -199,20 +247,9 @@ def run(args: argparse.Namespace) -> int:
     from realtime.live.ice import check_addresses
 
     ice_addresses = check_addresses(args.ice_address) if args.ice_address else None
-    from realtime.assembly.spec import ModelSpec
-    from realtime.cli.options import anonymize_style
-
-    style = anonymize_style(args)
-    spec = ModelSpec(  # a bad value is refused here, before any model loads
-        engine=args.engine,
-        style=style,
-        device=args.device,
-        detector=args.detector,
-        backend=args.backend,
-        model_dir=args.model_dir,
-        weights_optional=True,  # the server starts without weights and says how to get them
-        simulate_ms=args.simulate_ms,
-    )
+    if args.cluster:
+        return _serve_front(args, token, context, console, ice_addresses)
+    spec = model_spec(args)
 
     from realtime.live import capacity
     from realtime.live.session import LiveServices, SessionManager
@@ -227,14 +264,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source and args.engine == "anonymize":
         console.print("note: the anonymize engine hides faces and puts none in: --source is not used")
     elif args.source:
-        from realtime.identity.source import PhotoInput
-
-        photos = []
-        for path, weight in args.source:
-            try:
-                photos.append(PhotoInput(path.read_bytes(), weight, str(path)))
-            except OSError as e:
-                raise ConfigError(f"cannot read --source {path}: {e.strerror}") from None
+        photos = source_photos(args)
         if services.weights.ok:
             services.set_source(photos)
     target_fps = args.target_fps or 30.0
@@ -251,6 +281,43 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
 
+def _serve_front(
+    args: argparse.Namespace,
+    token: str | None,
+    context: ssl.SSLContext | None,
+    console: Console,
+    ice_addresses: tuple[str, ...] | None,
+) -> int:
+    """`serve --cluster`: the page and the API here, the sessions on the cluster's session hosts."""
+    try:
+        from realtime.cluster import nodes
+    except ImportError as e:
+        raise ConfigError(
+            f"--cluster needs Ray, which is not installed ({e}): pip install 'dancecam[cluster]'"
+        ) from None
+    if ice_addresses:
+        console.print("note: with --cluster the media go to the hosts: give --ice-address to `dancecam host` instead")
+    if args.max_sessions is not None:
+        console.print("note: with --cluster each host's limit is its own (`dancecam host --max-sessions`)")
+    defaults = live_defaults(args)
+    photos = source_photos(args) if args.source else None
+    console.print(f"joining the Ray cluster at {args.cluster} ...")
+    nodes.connect(args.cluster, log_to_driver=False)  # the hosts' logs stay in Ray's log files
+
+    def make(options: ServeOptions) -> web.Application:
+        from realtime.cluster.front import make_front_app
+        from realtime.cluster.pool import HostPool
+
+        pool = HostPool()
+        pool.photos = photos  # every host gets them when it joins
+        return make_front_app(pool, options, defaults)
+
+    try:
+        return _run_app(make, args.host, args.port, token, context, console, cluster=args.cluster)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+
+
 def _serve(
     manager: SessionManager,
     host: str,
@@ -260,15 +327,31 @@ def _serve(
     console: Console,
     ice_addresses: tuple[str, ...] | None = None,
 ) -> int:
+    """`dancecam serve`: `manager`'s sessions in this process."""
+    from realtime.live.server import create_app
+
+    return _run_app(lambda options: create_app(manager, options), host, port, token, context, console, ice_addresses)
+
+
+def _run_app(
+    make_app: Callable[[ServeOptions], web.Application],
+    host: str,
+    port: int,
+    token: str | None,
+    context: ssl.SSLContext | None,
+    console: Console,
+    ice_addresses: tuple[str, ...] | None = None,
+    cluster: str | None = None,
+) -> int:
     from aiohttp import web
 
-    from realtime.live.server import LOOPBACK_HOSTS, ServeOptions, create_app
+    from realtime.live.server import LOOPBACK_HOSTS, ServeOptions
 
     # on loopback, only loopback names (DNS rebinding); elsewhere the token guards every route whatever the name
     hosts = tuple(dict.fromkeys((*LOOPBACK_HOSTS, host.strip("[]").lower()))) if is_loopback(host) else None
 
     async def main() -> None:
-        app = create_app(manager, ServeOptions(token=token, allowed_hosts=hosts, ice_addresses=ice_addresses))
+        app = make_app(ServeOptions(token=token, allowed_hosts=hosts, ice_addresses=ice_addresses))
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=context)
@@ -283,6 +366,11 @@ def _serve(
             console.print(f"token: {token}  (send it as Authorization: Bearer <token>; the page reads it from #token=)")
         if ice_addresses:
             console.print(f"WebRTC media on {', '.join(ice_addresses)} only")
+        if cluster:
+            console.print(
+                f"sessions run on the session hosts of the Ray cluster at {cluster}; stopping this front "
+                "leaves them running"
+            )
         console.print("consent of the people whose faces you use is yours to obtain. Ctrl-C stops.")
         try:
             await asyncio.Event().wait()

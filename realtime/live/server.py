@@ -8,13 +8,13 @@ into memory when the app is built: no request path or field ever reaches the fil
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hmac
 import json
 import logging
 import mimetypes
 import re
-import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -32,15 +32,9 @@ from engines.errors import ConfigError, DanceCamError, EngineStartError, NotRead
 from realtime import __version__
 from realtime.identity.cache import MAX_IMAGE_BYTES
 from realtime.identity.source import DEFAULT_LABEL, MAX_PHOTOS, PhotoInput, check_weight
-from realtime.live.session import (
-    COUNTERS,
-    SETTING_LIMITS,
-    LiveSettings,
-    Session,
-    SessionKind,
-    SessionManager,
-)
-from realtime.live.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_TIMEOUT_S, EndCause, Publisher, Viewer
+from realtime.live.peers import MAX_VIEWERS, PeerOptions, PeerSessions
+from realtime.live.session import COUNTERS, SETTING_LIMITS, LiveServices, Session, SessionManager
+from realtime.live.transport import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, SILENCE_TIMEOUT_S, EndCause, Viewer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +55,6 @@ def find_web_dir() -> Path:
 WEB_DIR = find_web_dir()
 MAX_SDP_BYTES = 64 * 1024  # a browser offer with audio and video is 4-8 KiB
 MAX_JSON_BYTES = 16 * 1024  # settings objects
-MAX_VIEWERS = 8  # WHEP players per session: each costs one video encode
 SDP_TYPE = "application/sdp"
 # on every response: no other site may frame the page (a framing page could click Start or upload through the
 # Origin guard, whose requests would come from our own origin)
@@ -92,6 +85,11 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     # the local addresses ICE offers (`--ice-address`); None: every interface but loopback (aioice's choice)
     ice_addresses: tuple[str, ...] | None = None
+
+    def peer_options(self) -> PeerOptions:
+        return PeerOptions(
+            self.connect_timeout, self.idle_timeout, self.silence_timeout, self.ice_addresses, self.max_viewers
+        )
 
 
 # not in engines/errors.py: request framing (a status and headers chosen per request), never raised by library code
@@ -164,6 +162,67 @@ def load_page(web_dir: Path) -> dict[str, tuple[bytes, str]]:
 # --- metrics --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SessionTotals:
+    """The server-wide figures of the metrics: live sessions, their limit, and the sessions ended (by cause)."""
+
+    sessions: int
+    max_sessions: int
+    ended: int
+    ended_by_cause: dict[str, int]
+
+
+def session_metrics(
+    totals: SessionTotals, stats: list[dict[str, Any]], extra_labels: tuple[str, ...] = ()
+) -> Iterator[Metric]:
+    """Prometheus families for `totals` and per session from each session's `stats()`; `extra_labels` are keys of
+    those stats added as labels after session and kind (a cluster's front adds "host")."""
+    yield GaugeMetricFamily("dancecam_sessions", "Live sessions now", value=totals.sessions)
+    yield GaugeMetricFamily("dancecam_max_sessions", "Session limit", value=totals.max_sessions)
+    yield CounterMetricFamily("dancecam_sessions_ended", "Sessions ended since start", value=totals.ended)
+    by_cause = CounterMetricFamily("dancecam_sessions_ended_by_cause", "Sessions ended, by why", labels=["cause"])
+    for cause, count in sorted(totals.ended_by_cause.items()):
+        by_cause.add_metric([cause], count)
+    yield by_cause
+    labels = ["session", "kind", *extra_labels]
+    gauges = {
+        "fps_in": GaugeMetricFamily("dancecam_input_fps", "Inbound video frames per second", labels=labels),
+        "fps_out": GaugeMetricFamily("dancecam_output_fps", "Processed frames per second", labels=labels),
+        "level": GaugeMetricFamily("dancecam_degradation_level", "0 = full quality", labels=labels),
+    }
+    counters = {
+        name: CounterMetricFamily(f"dancecam_{name}", f"{name.replace('_', ' ').capitalize()}", labels=labels)
+        for name in COUNTERS
+    }
+    faces = GaugeMetricFamily(
+        "dancecam_faces", "Faces in the latest frame (detected: at the latest detection)", labels=[*labels, "state"]
+    )
+    stage = GaugeMetricFamily("dancecam_stage_ms", "Per-stage time (ms)", labels=[*labels, "stage", "quantile"])
+    latency = GaugeMetricFamily(
+        "dancecam_server_latency_ms", "Frame arrival to processed (ms)", labels=[*labels, "quantile"]
+    )
+    for s in stats:
+        key = [s["id"], s["kind"], *(str(s.get(label, "")) for label in extra_labels)]
+        gauges["fps_in"].add_metric(key, s["fps_in"])
+        gauges["fps_out"].add_metric(key, s["fps_out"])
+        gauges["level"].add_metric(key, s["degradation"].get("level", 0))
+        for name, family in counters.items():
+            family.add_metric(key, s["counters"].get(name, 0))
+        for state, count in s["faces"].items():
+            faces.add_metric([*key, state], count)
+        for name, values in s["stages"].items():
+            for q in ("p50", "p95", "p99"):
+                if q in values:
+                    stage.add_metric([*key, name, f"0.{q[1:]}"], values[q])
+        for q, value in s["server_latency_ms"].items():
+            latency.add_metric([*key, f"0.{q[1:]}"], value)
+    yield from gauges.values()
+    yield from counters.values()
+    yield faces
+    yield stage
+    yield latency
+
+
 class SessionCollector:
     """Prometheus metrics read from the sessions at scrape time: nothing is recorded on the hot path for them."""
 
@@ -172,67 +231,21 @@ class SessionCollector:
 
     def collect(self) -> Iterator[Metric]:
         m = self.manager
-        yield GaugeMetricFamily("dancecam_sessions", "Live sessions now", value=len(m.sessions))
-        yield GaugeMetricFamily("dancecam_max_sessions", "Session limit", value=m.max_sessions)
-        yield CounterMetricFamily("dancecam_sessions_ended", "Sessions ended since start", value=m.ended)
-        by_cause = CounterMetricFamily("dancecam_sessions_ended_by_cause", "Sessions ended, by why", labels=["cause"])
-        for cause, count in sorted(m.ended_by_cause.items()):
-            by_cause.add_metric([cause], count)
-        yield by_cause
-        labels = ["session", "kind"]
-        gauges = {
-            "fps_in": GaugeMetricFamily("dancecam_input_fps", "Inbound video frames per second", labels=labels),
-            "fps_out": GaugeMetricFamily("dancecam_output_fps", "Processed frames per second", labels=labels),
-            "level": GaugeMetricFamily("dancecam_degradation_level", "0 = full quality", labels=labels),
-        }
-        counters = {
-            name: CounterMetricFamily(f"dancecam_{name}", f"{name.replace('_', ' ').capitalize()}", labels=labels)
-            for name in COUNTERS
-        }
-        faces = GaugeMetricFamily(
-            "dancecam_faces", "Faces in the latest frame (detected: at the latest detection)", labels=[*labels, "state"]
-        )
-        stage = GaugeMetricFamily("dancecam_stage_ms", "Per-stage time (ms)", labels=[*labels, "stage", "quantile"])
-        latency = GaugeMetricFamily(
-            "dancecam_server_latency_ms", "Frame arrival to processed (ms)", labels=[*labels, "quantile"]
-        )
-        for session in list(m.sessions.values()):
-            s = session.stats()
-            key = [s["id"], s["kind"]]
-            gauges["fps_in"].add_metric(key, s["fps_in"])
-            gauges["fps_out"].add_metric(key, s["fps_out"])
-            gauges["level"].add_metric(key, s["degradation"].get("level", 0))
-            for name, family in counters.items():
-                family.add_metric(key, s["counters"].get(name, 0))
-            for state, count in s["faces"].items():
-                faces.add_metric([*key, state], count)
-            for name, values in s["stages"].items():
-                for q in ("p50", "p95", "p99"):
-                    if q in values:
-                        stage.add_metric([*key, name, f"0.{q[1:]}"], values[q])
-            for q, value in s["server_latency_ms"].items():
-                latency.add_metric([*key, f"0.{q[1:]}"], value)
-        yield from gauges.values()
-        yield from counters.values()
-        yield faces
-        yield stage
-        yield latency
+        totals = SessionTotals(len(m.sessions), m.max_sessions, m.ended, dict(m.ended_by_cause))
+        yield from session_metrics(totals, [session.stats() for session in list(m.sessions.values())])
 
 
 # --- the application ------------------------------------------------------------------------------------------
 
 
-class LiveServer:
-    """Route handlers over one `SessionManager`."""
+class WebFront(abc.ABC):
+    """The HTTP side every DanceCam server shares: the page, the guards (allowed hosts, Origin, token), JSON errors,
+    and reading requests (bodies within their limits, offers, source photos). A subclass answers the routes over
+    its sessions: `LiveServer` over this process's, a cluster's front over its session hosts'."""
 
-    def __init__(self, manager: SessionManager, options: ServeOptions) -> None:
-        self.manager = manager
-        self.services = manager.services
+    def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.page = load_page(options.web_dir)
-        self.viewers: dict[str, Viewer] = {}
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SessionCollector(manager))  # type: ignore[arg-type]
         self._token = options.token.encode() if options.token else None
 
     # --- middleware -------------------------------------------------------------------------------------------
@@ -295,7 +308,7 @@ class LiveServer:
                 )
         return await handler(request)
 
-    # --- the page and health ----------------------------------------------------------------------------------
+    # --- the page ---------------------------------------------------------------------------------------------
 
     async def page_file(self, request: web.Request) -> web.Response:
         found = self.page.get(request.path)
@@ -303,47 +316,6 @@ class LiveServer:
             raise HttpError(404, f"not found: {request.path}")
         body, kind = found
         return web.Response(body=body, headers={"Content-Type": kind})
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__, "sessions": len(self.manager.sessions)})
-
-    async def info(self, request: web.Request) -> web.Response:
-        source = self.services.source
-        return web.json_response(
-            {
-                "version": __version__,
-                "engine": self.services.engine,
-                "device": str(self.services.device),
-                "weights": self.services.weights.to_json(),
-                "source": {
-                    "set": source is not None,
-                    "key": source.key if source else None,
-                    "note": source.note if source else None,
-                    "photos": [p.to_json() for p in source.photos] if source else [],
-                },
-                "needs_source": self.services.engine == "facedancer",
-                "can_swap": self._can_swap(),
-                "backend": {
-                    "name": self.services.backend if self.services.engine == "facedancer" else None,
-                    "precision": self.services.precision,
-                    "message": self.services.backend_message,
-                },
-                "max_sessions": self.manager.max_sessions,
-                "capacity": self.manager.capacity.to_json(),
-                "sessions": len(self.manager.sessions),
-                "token_required": self._token is not None,
-                "settings": self.manager.defaults.to_json(),
-                "limits": SETTING_LIMITS,
-            }
-        )
-
-    def _can_swap(self) -> dict[str, Any]:
-        """Whether a session can start now, and if not why (the page disables Start and shows it)."""
-        try:
-            self.services.check_can_swap()
-        except NotReadyError as e:
-            return {"ok": False, "reason": str(e)}
-        return {"ok": True, "reason": None}
 
     # --- request bodies ---------------------------------------------------------------------------------------
 
@@ -371,120 +343,18 @@ class LiveServer:
         except UnicodeDecodeError:
             raise SignallingError("the offer is not UTF-8 text") from None
 
-    def _session(self, request: web.Request, required: bool = True) -> Session | None:
-        session_id = request.query.get("session") or request.match_info.get("id")
-        if not session_id:
-            if required:
-                raise HttpError(400, "name the session: ?session=<id>")
-            return None
-        session = self.manager.get(session_id)
-        if session is None:
-            ended = self.manager.ended_reason(session_id)
-            raise HttpError(404, f"the session ended: {ended}" if ended else "no such session (it may have ended)")
-        return session
-
-    # --- sessions ---------------------------------------------------------------------------------------------
-
-    async def _start(self, kind: SessionKind, sdp: object, settings: LiveSettings) -> tuple[Session, str]:
-        session = await self.manager.open(kind, settings)  # built off the loop
-        assert session.pipeline is not None
-        publisher = Publisher(
-            session.pipeline,
-            echo=kind == "offer",
-            on_end=lambda cause, reason: self.end(session, cause, reason),
-            on_input=session.input_rate.tick,
-            name=f"dancecam-{kind}-{session.id[:6]}",
-            connect_timeout=self.options.connect_timeout,
-            idle_timeout=self.options.idle_timeout,
-            ice_addresses=self.options.ice_addresses,
-            silence_timeout=self.options.silence_timeout,
-        )
-        session.link = publisher
-        try:
-            answer = await publisher.answer(sdp)
-        except BaseException as e:  # a bad offer, or the request was cancelled: nothing of it may stay behind
-            await self.end(session, "negotiation_failed", f"negotiation failed: {e}")
-            raise
-        log.info("session %s (%s) started", session.id, kind)
-        return session, answer
-
-    async def end(self, session: Session, cause: EndCause, reason: str) -> None:
-        if session.closed:
-            return
-        session.closed = True
-        self.manager.forget(session, cause, reason)
-        log.info("session %s ended: %s", session.id, reason)
-        for viewer_id, viewer in list(self.viewers.items()):
-            if viewer.publisher is session.link:
-                self.viewers.pop(viewer_id, None)
-        if session.link is not None:
-            try:
-                await session.link.close()
-            except Exception:
-                log.exception("closing session %s failed", session.id)
-
-    async def offer(self, request: web.Request) -> web.Response:
+    async def _offer(self, request: web.Request) -> tuple[str, object]:
+        """A page's `POST /offer` body: its SDP and its settings changes (not yet checked)."""
         body = await self._json(request, self.options.max_sdp_bytes + MAX_JSON_BYTES)
         if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise HttpError(400, 'send {"sdp": "<offer SDP>", "type": "offer"}')
         if len(body["sdp"].encode("utf-8", "surrogatepass")) > self.options.max_sdp_bytes:  # the body's limit is more
             raise HttpError(413, f"the offer is too large: at most {_amount(self.options.max_sdp_bytes)}")
-        settings = self.manager.defaults.updated(body.get("settings") or {})
-        session, answer = await self._start("offer", body["sdp"], settings)
-        return web.json_response({"sdp": answer, "type": "answer", "session": session.id})
+        return body["sdp"], body.get("settings") or {}
 
-    async def end_session(self, request: web.Request) -> web.Response:
-        session = self._session(request)
-        assert session is not None
-        await self.end(session, "client", "ended by the client")
-        return web.Response(status=204)
-
-    async def whip(self, request: web.Request) -> web.Response:
-        sdp = await self._sdp(request)
-        session, answer = await self._start("whip", sdp, self.manager.defaults)
-        return web.Response(
-            status=201,
-            text=answer,
-            content_type=SDP_TYPE,
-            headers={"Location": f"/whip/{session.id}", "X-Session-Id": session.id},
-        )
-
-    async def whip_end(self, request: web.Request) -> web.Response:
-        session = self.manager.get(request.match_info["id"])
-        if session is None or session.kind != "whip":
-            raise HttpError(404, "no such WHIP session (it may have ended)")
-        await self.end(session, "client", "ended by the WHIP client")
-        return web.Response(status=204)
-
-    async def whep(self, request: web.Request) -> web.Response:
-        sdp = await self._sdp(request)
-        session = self._session(request, required=False) or self.manager.newest()
-        if session is None or session.link is None or session.link.live is None:
-            raise HttpError(404, "no live session to watch: start one first (the page, or WHIP from OBS)")
-        publisher: Publisher = session.link
-        if len(publisher.viewers) >= self.options.max_viewers:
-            raise HttpError(503, f"that session already has {self.options.max_viewers} viewers")
-        viewer = Viewer(publisher)
-        try:
-            answer = await viewer.answer(sdp)
-        except BaseException:
-            await viewer.close()
-            raise
-        viewer_id = secrets.token_urlsafe(12)
-        self.viewers[viewer_id] = viewer
-        return web.Response(status=201, text=answer, content_type=SDP_TYPE, headers={"Location": f"/whep/{viewer_id}"})
-
-    async def whep_end(self, request: web.Request) -> web.Response:
-        viewer = self.viewers.pop(request.match_info["id"], None)
-        if viewer is None:
-            raise HttpError(404, "no such WHEP viewer")
-        await viewer.close()
-        return web.Response(status=204)
-
-    # --- source, settings, stats, metrics ---------------------------------------------------------------------
-
-    async def source(self, request: web.Request) -> web.Response:
-        """One or several photos (`image` fields, each optionally followed by a `weight` field) → the identity."""
+    async def _photos(self, request: web.Request) -> list[PhotoInput]:
+        """One or several photos (`image` fields, each optionally followed by a `weight` field), read within their
+        limits; nothing is decoded yet."""
         limit = self.options.max_upload_bytes
         if request.content_length is not None and request.content_length > MAX_PHOTOS * (limit + 64 * 1024):
             raise HttpError(413, f"the upload is too large: at most {MAX_PHOTOS} photos of {_amount(limit)} each")
@@ -523,6 +393,155 @@ class LiveServer:
             raise HttpError(400, "no photo: send a non-empty file field named 'image'")
         if len(photos) > 1:
             photos[0] = replace(photos[0], label="source photo 1")
+        return photos
+
+    @staticmethod
+    def _session_id(request: web.Request, required: bool = True) -> str | None:
+        session_id = request.query.get("session") or request.match_info.get("id")
+        if not session_id and required:
+            raise HttpError(400, "name the session: ?session=<id>")
+        return session_id or None
+
+    # --- the routes (see `make_app`) --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def healthz(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def info(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def offer(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def end_session(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def whip(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def whip_end(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def whep(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def whep_end(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def source(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def get_settings(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def put_settings(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def stats(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def metrics(self, request: web.Request) -> web.Response: ...
+
+    @abc.abstractmethod
+    async def close_all(self, app: web.Application | None = None) -> None: ...
+
+
+def whip_created(session_id: str, answer: str) -> web.Response:
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP_TYPE,
+        headers={"Location": f"/whip/{session_id}", "X-Session-Id": session_id},
+    )
+
+
+def whep_created(viewer_id: str, answer: str) -> web.Response:
+    return web.Response(status=201, text=answer, content_type=SDP_TYPE, headers={"Location": f"/whep/{viewer_id}"})
+
+
+def metrics_response(body: bytes) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+class LiveServer(WebFront):
+    """Route handlers over one `SessionManager`: the sessions of this process."""
+
+    def __init__(self, manager: SessionManager, options: ServeOptions) -> None:
+        super().__init__(options)
+        self.manager = manager
+        self.services = manager.services
+        self.peers = PeerSessions(manager, options.peer_options())
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SessionCollector(manager))  # type: ignore[arg-type]
+
+    @property
+    def viewers(self) -> dict[str, Viewer]:
+        return self.peers.viewers
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__, "sessions": len(self.manager.sessions)})
+
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                **services_info(self.services),
+                "version": __version__,
+                "max_sessions": self.manager.max_sessions,
+                "capacity": self.manager.capacity.to_json(),
+                "sessions": len(self.manager.sessions),
+                "token_required": self._token is not None,
+                "settings": self.manager.defaults.to_json(),
+                "limits": SETTING_LIMITS,
+            }
+        )
+
+    def _session(self, request: web.Request, required: bool = True) -> Session | None:
+        session_id = self._session_id(request, required)
+        return self.peers.find(session_id) if session_id else None
+
+    # --- sessions ---------------------------------------------------------------------------------------------
+
+    async def end(self, session: Session, cause: EndCause, reason: str) -> None:
+        await self.peers.end(session, cause, reason)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        sdp, changes = await self._offer(request)
+        settings = self.manager.defaults.updated(changes)
+        session, answer = await self.peers.start("offer", sdp, settings)
+        return web.json_response({"sdp": answer, "type": "answer", "session": session.id})
+
+    async def end_session(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        assert session is not None
+        await self.end(session, "client", "ended by the client")
+        return web.Response(status=204)
+
+    async def whip(self, request: web.Request) -> web.Response:
+        sdp = await self._sdp(request)
+        session, answer = await self.peers.start("whip", sdp, self.manager.defaults)
+        return whip_created(session.id, answer)
+
+    async def whip_end(self, request: web.Request) -> web.Response:
+        session = self.manager.get(request.match_info["id"])
+        if session is None or session.kind != "whip":
+            raise HttpError(404, "no such WHIP session (it may have ended)")
+        await self.end(session, "client", "ended by the WHIP client")
+        return web.Response(status=204)
+
+    async def whep(self, request: web.Request) -> web.Response:
+        sdp = await self._sdp(request)
+        viewer_id, answer = await self.peers.watch(self._session(request, required=False), sdp)
+        return whep_created(viewer_id, answer)
+
+    async def whep_end(self, request: web.Request) -> web.Response:
+        await self.peers.unwatch(request.match_info["id"])
+        return web.Response(status=204)
+
+    # --- source, settings, stats, metrics ---------------------------------------------------------------------
+
+    async def source(self, request: web.Request) -> web.Response:
+        photos = await self._photos(request)
         # detection + ArcFace: off the loop; any error leaves the current identity as it was
         source = await asyncio.to_thread(self.services.set_source, photos)
         log.info(
@@ -546,9 +565,7 @@ class LiveServer:
     async def stats(self, request: web.Request) -> web.Response:
         session = self._session(request, required=False)
         sessions = [session] if session else list(self.manager.sessions.values())
-        for s in sessions:
-            if s.link is not None:
-                s.state = s.link.state
+        self.peers.refresh_states(sessions)
         return web.json_response(
             {
                 "server": {
@@ -562,18 +579,45 @@ class LiveServer:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, self.registry)
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return metrics_response(await asyncio.to_thread(generate_latest, self.registry))
 
     async def close_all(self, app: web.Application | None = None) -> None:
-        for viewer in list(self.viewers.values()):
-            await viewer.close()
-        self.viewers.clear()
-        for session in list(self.manager.sessions.values()):
-            await self.end(session, "shutdown", "the server is shutting down")
+        await self.peers.close_all()
 
 
-SERVER = web.AppKey("server", LiveServer)
+def services_info(services: LiveServices) -> dict[str, Any]:
+    """What /api/info says of the models and the source identity (a cluster's hosts say the same of theirs)."""
+    source = services.source
+    return {
+        "engine": services.engine,
+        "device": str(services.device),
+        "weights": services.weights.to_json(),
+        "source": {
+            "set": source is not None,
+            "key": source.key if source else None,
+            "note": source.note if source else None,
+            "photos": [p.to_json() for p in source.photos] if source else [],
+        },
+        "needs_source": services.engine == "facedancer",
+        "can_swap": can_swap(services),
+        "backend": {
+            "name": services.backend if services.engine == "facedancer" else None,
+            "precision": services.precision,
+            "message": services.backend_message,
+        },
+    }
+
+
+def can_swap(services: LiveServices) -> dict[str, Any]:
+    """Whether a session can start now, and if not why (the page disables Start and shows it)."""
+    try:
+        services.check_can_swap()
+    except NotReadyError as e:
+        return {"ok": False, "reason": str(e)}
+    return {"ok": True, "reason": None}
+
+
+SERVER = web.AppKey("server", WebFront)
 
 
 class _JsonErrorHandler(RequestHandler):
@@ -617,9 +661,8 @@ def answer_unparsable_requests_as_json(app: web.Application) -> None:
     app._make_handler = make_handler  # type: ignore[method-assign]
 
 
-def create_app(manager: SessionManager, options: ServeOptions | None = None) -> web.Application:
-    """The aiohttp application for `manager`'s sessions. Closing the app ends every session."""
-    server = LiveServer(manager, options or ServeOptions())
+def make_app(server: WebFront) -> web.Application:
+    """The aiohttp application over `server`'s routes. Closing the app calls its `close_all`."""
     # aiohttp's own body limit backs up the per-route ones (the upload is the largest body)
     app = web.Application(
         middlewares=[server.headers, server.errors, server.auth], client_max_size=server.options.max_upload_bytes * 2
@@ -644,3 +687,8 @@ def create_app(manager: SessionManager, options: ServeOptions | None = None) -> 
         r.add_get(path, server.page_file)
     app.on_shutdown.append(server.close_all)
     return app
+
+
+def create_app(manager: SessionManager, options: ServeOptions | None = None) -> web.Application:
+    """The aiohttp application for `manager`'s sessions. Closing the app ends every session."""
+    return make_app(LiveServer(manager, options or ServeOptions()))

@@ -616,6 +616,10 @@ class SessionManager:
             while len(self._ended) > ENDED_KEPT:
                 self._ended.popitem(last=False)
 
+    def recently_ended(self, limit: int = ENDED_KEPT) -> list[tuple[str, str]]:
+        """The last `limit` sessions that ended, oldest first: (id, why)."""
+        return list(self._ended.items())[-limit:]
+
     def ended_reason(self, session_id: str) -> str | None:
         """Why a recently ended session ended (the last `ENDED_KEPT` are remembered), else None."""
         return self._ended.get(session_id)

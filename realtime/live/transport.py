@@ -188,6 +188,7 @@ EndCause = Literal[
     "pipeline_failed",
     "negotiation_failed",
     "shutdown",
+    "host_lost",  # a cluster's front lost contact with the session's host
 ]
 
 

@@ -173,7 +173,7 @@ def leftovers(live: Live, keep_names: Iterable[str] = (), keep_pcs: Iterable[RTC
 
 
 def session_name(session_id: str, kind: str = "offer") -> str:
-    """The prefix of a session's thread and task names (see `LiveServer._start`)."""
+    """The prefix of a session's thread and task names (see `PeerSessions.start`)."""
     return f"dancecam-{kind}-{session_id[:6]}"
 
 

@@ -161,7 +161,7 @@ async def test_a_session_whose_pipeline_fails_on_every_frame_is_ended(caplog: py
     from tests import faces
 
     services = LiveServices(torch.device("cpu"), BrokenDetector(), "identity")  # type: ignore[arg-type]
-    caplog.set_level(logging.INFO, logger="realtime.live.server")
+    caplog.set_level(logging.INFO, logger="realtime.live.peers")  # where sessions start and end
     async with live_server(services) as live:
         track = StampedFaceTrack(faces.compose_faces(640, 480, seed=1)[0])
         client = await offer(live.http, live.base, track)
