@@ -11,6 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from realtime.live import stamp
 from realtime.pipeline.video import Frame
 
 
@@ -21,11 +22,18 @@ def _time_base(frame: av.VideoFrame) -> Fraction | None:
 
 def from_av(frame: av.VideoFrame) -> Frame:
     """Packed yuv420p planes for even-sized yuv420p frames (as decoded WebRTC video is), else rgb24; pts and time
-    base carried over."""
+    base carried over. A glass-to-glass stamp the sender drew (one that reads back with a valid check) is marked
+    `drawn_over`: it changes every frame, and the pipeline would take it for a face coming in."""
     pts, tb = frame.pts, _time_base(frame)
-    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
-        return Frame(frame.to_ndarray(), "yuv420p", pts, tb)
-    return Frame(frame.to_ndarray(format="rgb24"), "rgb24", pts, tb)
+    width, height = frame.width, frame.height
+    if frame.format.name == "yuv420p" and width % 2 == 0 and height % 2 == 0:
+        data = frame.to_ndarray()
+        stamped = stamp.read_luma(data[:height]) is not None
+        fmt = "yuv420p"
+    else:
+        data, fmt = frame.to_ndarray(format="rgb24"), "rgb24"
+        stamped = stamp.read(data) is not None
+    return Frame(data, fmt, pts, tb, stamp.stamp_region(width, height) if stamped else None)
 
 
 def to_av(frame: Frame) -> av.VideoFrame:

@@ -49,10 +49,16 @@ class EntryCheck:
         self._grid = self._cells(frame)
         self._boxes = [np.asarray(b, dtype=np.float64) for b in boxes]
 
-    def changed(self, frame: torch.Tensor, boxes: Sequence[np.ndarray]) -> tuple[int, int, int, int] | None:
+    def changed(
+        self,
+        frame: torch.Tensor,
+        boxes: Sequence[np.ndarray],
+        drawn_over: tuple[int, int, int, int] | None = None,
+    ) -> tuple[int, int, int, int] | None:
         """Where something changed outside the faces (`boxes`: where they are now) since `remember`: the pixel
         region (x0, y0, x1, y1) around every changed cell, grown by `GROW` of the short side; None when nothing did.
-        The whole frame when nothing was remembered or its size differs (a detection must look everywhere)."""
+        The whole frame when nothing was remembered or its size differs (a detection must look everywhere). Cells
+        that touch `drawn_over` (pixels the sender drew, e.g. a measuring stamp: no camera pixels) are not watched."""
         height, width = frame.shape[0], frame.shape[1]
         if self._grid is None:
             return (0, 0, width, height)
@@ -66,6 +72,9 @@ class EntryCheck:
         for box in [*self._boxes, *(np.asarray(b, dtype=np.float64) for b in boxes)]:
             x0, y0, x1, y1 = self._cell_span(box, moved.shape)
             moved[y0:y1, x0:x1] = False
+        if drawn_over is not None:  # a cell partly drawn over changes with the drawing: one cell's edge of camera lost
+            c, (x0, y0, x1, y1) = self._cell, drawn_over
+            moved[y0 // c : math.ceil(y1 / c), x0 // c : math.ceil(x1 / c)] = False
         rows, cols = np.nonzero(moved)
         if not len(rows):
             return None

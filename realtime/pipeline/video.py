@@ -19,12 +19,15 @@ PIXEL_FORMATS: tuple[PixelFormat, ...] = get_args(PixelFormat)
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One video frame. `data` is (H, W, 3) uint8 for rgb24, packed (H * 3 / 2, W) uint8 planes for yuv420p (H and
-    W even); `pts` counts `time_base` seconds (None: unknown, as for a photo)."""
+    W even); `pts` counts `time_base` seconds (None: unknown, as for a photo). `drawn_over` (x0, y0, x1, y1, x1 and
+    y1 exclusive): pixels the sender drew over its camera's picture (the page's glass-to-glass stamp), not camera
+    pixels, so the pipeline does not watch them for entering faces."""
 
     data: np.ndarray
     format: PixelFormat
     pts: int | None = None
     time_base: Fraction | None = None
+    drawn_over: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.format not in PIXEL_FORMATS:
@@ -46,6 +49,13 @@ class Frame:
             raise ValueError(f"pts must be a whole number of time_base units or None, got {self.pts!r}")
         if self.time_base is not None and (not isinstance(self.time_base, Fraction) or self.time_base <= 0):
             raise ValueError(f"time_base must be a positive fractions.Fraction or None, got {self.time_base!r}")
+        if self.drawn_over is not None:
+            box = self.drawn_over
+            ok = isinstance(box, tuple) and len(box) == 4 and all(type(v) is int for v in box)
+            if not ok or not (0 <= box[0] < box[2] <= self.width and 0 <= box[1] < box[3] <= self.height):
+                raise ValueError(
+                    f"drawn_over must be (x0, y0, x1, y1) inside the {self.width}x{self.height} frame, got {box!r}"
+                )
 
     @property
     def width(self) -> int:

@@ -216,3 +216,41 @@ def test_one_person_moving_is_one_track_and_mostly_no_entry_detection(detector: 
     counts = pipe.counters()
     between = len(frames) - counts["detections"]
     assert counts.get("entry_detections", 0) < 0.6 * between, counts  # was every frame with 25 % margins
+
+
+def test_a_drawn_over_region_is_not_watched() -> None:
+    """The page's glass-to-glass stamp changes every frame: its pixels are the sender's, not the camera's."""
+    frame = _frame(np.random.default_rng(5))
+    check = EntryCheck()
+    check.remember(frame, [])
+    later = frame.clone()
+    later[0:64, 0:112] = 255 - later[0:64, 0:112]  # the stamp's block at 640 wide, every cell changed
+    assert check.changed(later, []) is not None
+    assert check.changed(later, [], drawn_over=(0, 0, 112, 64)) is None
+    later[200:260, 300:360] = 0  # and a change elsewhere is still seen
+    assert check.changed(later, [], drawn_over=(0, 0, 112, 64)) is not None
+
+
+def test_a_measuring_stamp_costs_no_entry_detection(detector: MTCNN) -> None:
+    """The page stamps every frame it sends while the user measures; decoded frames carry where (`from_av`): the
+    stamp alone must not make every frame run a detection (it did: the server's share of the latency doubled)."""
+    import av
+
+    from realtime.live import stamp
+    from realtime.live.av_frames import from_av
+    from tests.web.y4m import moving_face_frames
+
+    counts = {}
+    for case in ("no stamp", "stamp", "stamp, marked"):
+        pipe = FramePipeline(detector, FaceAnonymizer("blur"), PipelineConfig())
+        for k, rgb in enumerate(moving_face_frames(W, H, 30)):
+            if case != "no stamp":
+                stamp.stamp(rgb, k)
+            frame = from_av(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"))
+            assert (frame.drawn_over is not None) == (case != "no stamp")
+            pipe.process(frame if case != "stamp" else Frame(frame.data, frame.format), k / 30)
+        counts[case] = pipe.counters().get("entry_detections", 0)
+    # unmarked, the stamp looks like something coming in on most frames between detections (24 of 30 here);
+    # marked, it costs what the moving face alone costs
+    assert counts["stamp"] >= 18, counts
+    assert counts["stamp, marked"] <= counts["no stamp"] + 1, counts

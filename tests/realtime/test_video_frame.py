@@ -55,3 +55,10 @@ def test_with_data_keeps_format_pts_and_time_base_and_checks_the_pixels() -> Non
     copied = frame.copy()
     assert copied.data is not frame.data
     assert np.array_equal(copied.data, frame.data)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 0, 4), (0, 0, 9, 4), (-1, 0, 4, 4), (0, 0, 4.0, 4), [0, 0, 4, 4]])
+def test_drawn_over_is_a_region_inside_the_frame(box: object) -> None:
+    with pytest.raises(ValueError, match="drawn_over"):
+        Frame(np.zeros((6, 8, 3), np.uint8), "rgb24", drawn_over=box)  # type: ignore[arg-type]
+    assert Frame(np.zeros((6, 8, 3), np.uint8), "rgb24", drawn_over=(0, 0, 8, 6)).drawn_over == (0, 0, 8, 6)
