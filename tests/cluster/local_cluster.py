@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
+import select
+import signal
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -54,9 +59,9 @@ def host_config(name: str, slots: int, **changes: Any) -> HostConfig:
 @dataclass
 class SimNode:
     name: str
-    node: Any  # ray._private.node.Node
     node_id: str
     slots: int
+    process: subprocess.Popen[bytes] | None = None  # `ray start --block` of a worker node (None: the head)
 
 
 class LocalCluster:
@@ -97,14 +102,31 @@ class LocalCluster:
             },
         )
         head = self.cluster.head_node
-        self.nodes["head"] = SimNode("head", head, head.node_id, self.head_slots)
+        self.nodes["head"] = SimNode("head", head.node_id, self.head_slots)
         nodes.connect(self.cluster.address)  # as `serve --cluster HEAD:PORT` joins (its GCS address)
         return self
 
-    def add_node(self, name: str, slots: int) -> SimNode:
+    def add_node(self, name: str, slots: int, timeout: float = 60.0) -> SimNode:
+        """A worker node joins, a process of its own (tests/cluster/sim_node.py) and its own process group."""
         assert self.cluster is not None
-        node = self.cluster.add_node(num_cpus=1, resources={DEFAULT_SLOT_RESOURCE: slots}, node_ip_address="127.0.0.1")
-        self.nodes[name] = SimNode(name, node, node.node_id, slots)
+        resources = json.dumps({DEFAULT_SLOT_RESOURCE: slots})
+        command = [sys.executable, "-m", "tests.cluster.sim_node", self.address, resources]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+        )
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], timeout)
+        node_id = process.stdout.readline().decode().strip() if ready else ""
+        if not node_id:
+            _kill_group(process)
+            raise RuntimeError(f"node {name} did not start within {timeout:g} s (exit status {process.poll()})")
+        deadline = time.monotonic() + timeout
+        while not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+            if time.monotonic() > deadline:
+                _kill_group(process)
+                raise RuntimeError(f"node {name} started but did not join within {timeout:g} s")
+            time.sleep(0.2)
+        self.nodes[name] = SimNode(name, node_id, slots, process)
         return self.nodes[name]
 
     def start_hosts(self, configs: dict[str, HostConfig]) -> dict[str, str]:
@@ -122,13 +144,16 @@ class LocalCluster:
 
     def kill(self, name: str) -> None:
         """The node dies at once (its raylet and every process on it killed, nothing said to anyone)."""
-        assert self.cluster is not None
         node = self.nodes.pop(name)
-        self.cluster.remove_node(node.node, allow_graceful=False)
+        assert node.process is not None, "the head is not killed: the driver is connected to it"
+        _kill_group(node.process)
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
             ray.shutdown()
+        for node in self.nodes.values():
+            if node.process is not None:
+                _kill_group(node.process)
         if self.cluster is not None:
             self.cluster.shutdown()
         for key, value in self._env.items():
@@ -145,6 +170,13 @@ def local_cluster(head_slots: int = 0) -> Iterator[LocalCluster]:
         yield cluster.start()
     finally:
         cluster.shutdown()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """The node's `ray start`, raylet, agents and workers, all killed at once (SIGKILL: nothing said to anyone)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 def _descendants(root: int) -> set[int]:
