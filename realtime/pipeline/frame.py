@@ -300,7 +300,10 @@ class FramePipeline:
                     tracks = self.tracker.predict(t)
                 if cfg.detect_on_change:
                     with _stage(record, stages, "entry"):
-                        region = self.entry.changed(frame_t, [tr.box for tr in tracks], frame.drawn_over)
+                        seen = {tr.id: tr.box for tr in self.tracker.tracks}  # where the last detections saw them
+                        region = self.entry.changed(
+                            frame_t, [tr.box for tr in tracks], frame.drawn_over, [seen[tr.id] for tr in tracks]
+                        )
                         if region is not None:
                             found = detect_region(self.detector, frame_t, region, tracks, cfg.detect_scale)
                             # refreshes the faces it saw, adds the new ones; a track it did not see is kept as it was

@@ -70,7 +70,35 @@ def test_a_change_on_a_tracked_face_is_its_own_motion(where: str) -> None:
     later = frame.clone()
     box = now if where == "now" else then  # the face moved from `then` to `now`: both places change
     later[box[1] - 10 : box[3] + 10, box[0] - 10 : box[2] + 10] = 0  # inside the box grown by the margin
-    assert check.changed(later, [now]) is None
+    check.changed(frame, [now], seen=[now])  # the frame before: the face's own box unchanged frame to frame
+    later[now[1] : now[3], now[0] : now[2]] = frame[now[1] : now[3], now[0] : now[2]]
+    assert check.changed(later, [now], seen=[now]) is None
+
+
+def test_a_prediction_that_drifted_from_where_the_face_was_seen_is_looked_at_again() -> None:
+    """A face that stopped: its prediction carries on at the old speed and leaves it uncovered."""
+    frame = _frame(np.random.default_rng(6))
+    seen, predicted = np.array([100, 100, 200, 220]), np.array([100, 100, 200, 220]) + [25, 0, 25, 0]
+    check = EntryCheck()
+    check.remember(frame, [seen])
+    assert check.changed(frame, [seen + [10, 0, 10, 0]], seen=[seen]) is None  # 10 px of a 110 px face: fine
+    x0, y0, x1, y1 = check.changed(frame, [predicted], seen=[seen])  # 25 px: look again, both places
+    assert x0 <= 100 and y0 <= 100 and x1 >= 225 and y1 >= 220
+
+
+def test_a_still_face_that_moves_fast_is_looked_at_again() -> None:
+    """No velocity yet to predict it by: its box's cells change from one frame to the next."""
+    still, (face,) = compose_faces(W, H, (Placement(0.4, 0.5, 0.3),), seed=1)
+    box = np.asarray(face.box, dtype=np.float64)
+    check = EntryCheck()
+    check.remember(torch.from_numpy(still), [box])
+    talking = still.copy()
+    mouth = face.landmarks[3:].mean(0).astype(int)
+    talking[mouth[1] - 6 : mouth[1] + 6, mouth[0] - 12 : mouth[0] + 12] //= 2  # the mouth opens: a cell or two
+    assert check.changed(torch.from_numpy(talking), [box], seen=[box]) is None
+    moved, _ = compose_faces(W, H, (Placement(0.4 + 30 / W, 0.5, 0.3),), seed=1)  # 30 px in one frame
+    x0, y0, x1, y1 = check.changed(torch.from_numpy(moved), [box], seen=[box])
+    assert x0 <= box[0] and y0 <= box[1] and x1 >= box[2] and y1 >= box[3]
 
 
 def test_a_new_frame_size_means_look_everywhere() -> None:
