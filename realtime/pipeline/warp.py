@@ -80,10 +80,11 @@ def paste(
 
         return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes, geometry)
     keep = [i for i, b in enumerate(boxes) if b is not None]
-    if len(keep) < len(boxes):  # only then select: indexing copies the crops
-        crops, matrices = crops[keep], matrices[keep]
     if keep:
-        warp_cpu.paste_faces(frame.numpy(), crops.float().numpy(), matrices, _host_mask(mask))
+        host = crops.float().numpy()
+        if len(keep) < len(boxes):  # only then select, in numpy: a torch list index costs ~5x as much for the copy
+            host, matrices = host[keep], matrices[keep]
+        warp_cpu.paste_faces(frame.numpy(), host, matrices, _host_mask(mask))
     return frame
 
 

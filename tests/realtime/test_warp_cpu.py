@@ -287,3 +287,20 @@ def test_a_mask_tensor_is_prepared_once_while_unchanged(monkeypatch: pytest.Monk
     expected = paste_faces(frame.copy(), white.numpy(), m, mask.numpy().copy(), support=False)
     assert np.abs(second.astype(np.int16) - expected.astype(np.int16)).max() <= 1
     assert not np.array_equal(second, first[0].numpy())
+
+
+def test_paste_skips_the_faces_without_a_box_and_pastes_the_others() -> None:
+    frame, placed = faces.compose_faces(640, 480)
+    h, w = frame.shape[:2]
+    lm = np.stack([placed[0].landmarks, np.full((5, 2), 7.0, np.float32), placed[1].landmarks])
+    m = warp.face_matrices(lm, 256)
+    boxes = warp.face_boxes(m, 256, w, h)
+    assert boxes[1] is None
+    assert None not in (boxes[0], boxes[2])
+    crops = np.clip(align_faces(frame, m) * 0.8 + 0.1, -1, 1).astype(np.float32)
+    out = warp.paste(
+        torch.from_numpy(frame.copy()), torch.from_numpy(crops), m, torch.from_numpy(build_mask(256).copy()), boxes
+    )
+    expected = paste_faces(frame.copy(), crops[[0, 2]], m[[0, 2]], build_mask(256))
+    assert np.array_equal(out.numpy(), expected)
+    assert not np.array_equal(expected, frame)
