@@ -2,11 +2,15 @@
 
 Matrices are OpenCV-style (2, 3) affines in pixel coordinates (pixel centres at integers), the convention of
 `cv2.warpAffine(image, M, (size, size))`. Every function is batched, runs on the tensors' device, and never reads
-a value back to the host, so it can sit on the GPU path between detection and the warp kernel.
+a value back to the host, so it can sit on the GPU path between detection and the warp kernel. `estimate_norms`
+is the same solve on host numpy arrays, for landmarks that are on the host already (the tracker's).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 
 from engines.registry import ARCFACE_112, Template
@@ -82,6 +86,46 @@ def estimate_norm(landmarks: torch.Tensor, size: int = ARCFACE_SIZE, base: Templ
         raise ValueError(f"expected (5, 2) or (B, 5, 2) landmarks, got {tuple(landmarks.shape)}")
     dst = template(size, device=landmarks.device, dtype=torch.float64, base=base).expand_as(landmarks)
     return similarity_transform(landmarks, dst)
+
+
+@lru_cache(maxsize=16)
+def _host_template(size: int, base: Template) -> tuple[np.ndarray, complex]:
+    """`template(size, base=base)` on the host as complex points z = x + iy, centred, and their centroid."""
+    w = (np.array(base.points, np.float64) * (size / base.size)).view(np.complex128)[:, 0]
+    mean = w.sum() / len(w)
+    centred = w - mean
+    centred.setflags(write=False)
+    return centred, complex(mean)
+
+
+def estimate_norms(landmarks: np.ndarray, size: int = ARCFACE_SIZE, base: Template | None = None) -> np.ndarray:
+    """`estimate_norm` on the host: (B, 2, 3) float64 matrices from (B, 5, 2) landmarks (any real dtype).
+
+    The same closed form in numpy on complex points (the same products and sums, so the same matrices to float64
+    rounding): for the few faces of a frame, a dozen numpy calls cost microseconds where the torch ops cost tens
+    (each op's dispatch), and far more with cold caches.
+    """
+    lm = np.ascontiguousarray(landmarks, np.float64)
+    if lm.ndim != 3 or lm.shape[1:] != (5, 2):
+        raise ValueError(f"expected (B, 5, 2) landmarks, got {lm.shape}")
+    w, w_mean = _host_template(size, base or ARCFACE_112)
+    z = lm.view(np.complex128)[..., 0]  # (B, 5): x + iy, no copy
+    z_mean = z.sum(axis=1) / 5  # not .mean(): its Python wrapper costs more than the sum here
+    zc = z - z_mean[:, None]
+    var = (zc.real * zc.real + zc.imag * zc.imag).sum(axis=1)
+    ab = (zc.conj() * w).sum(axis=1)  # sum(conj(z) w): var * (scale cos + i scale sin)
+    # Coincident points (up to the rounding of their coordinates) give a = b = 0 exactly, as similarity_transform
+    # does: everything maps to the template's centroid.
+    tol = _DEGENERATE_SPREAD * (1 + np.maximum(np.abs(z_mean.real), np.abs(z_mean.imag)))
+    ab = np.divide(ab, var, out=np.zeros_like(ab), where=var > 5 * tol * tol)
+    t = w_mean - ab * z_mean  # translation: the template's centroid minus the rotated, scaled landmark centroid
+    m = np.empty((len(lm), 2, 3), np.float64)
+    m[:, 0, 0] = m[:, 1, 1] = ab.real
+    m[:, 1, 0] = ab.imag
+    m[:, 0, 1] = -ab.imag
+    m[:, 0, 2] = t.real
+    m[:, 1, 2] = t.imag
+    return m
 
 
 def invert_affine(m: torch.Tensor) -> torch.Tensor:

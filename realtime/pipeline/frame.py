@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from engines import registry
-from engines.align import estimate_norm
 from engines.arcface import MODEL_NAME as ARCFACE
 from engines.arcface import ArcFace
 from engines.detect import Detections, FaceDetector, image_tensor
@@ -41,7 +40,7 @@ from realtime.pipeline.choices import (
 )
 from realtime.pipeline.colour import colour_transfer, rgb_to_yuv420p, yuv420p_to_rgb
 from realtime.pipeline.context import DeviceContext
-from realtime.pipeline.crops import CropFraming, engine_framing, pixelate, zoom_out
+from realtime.pipeline.crops import CropFraming, engine_framing, pixelate
 from realtime.pipeline.draw import draw_boxes_rgb, draw_boxes_yuv
 from realtime.pipeline.entry import EntryCheck
 from realtime.pipeline.face_choice import FaceChoice, choose_faces
@@ -319,9 +318,8 @@ class FramePipeline:
             all_failed = False
             if chosen:
                 with _stage(record, stages, "align"):
-                    landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in chosen]), dtype=torch.float64)
-                    matrices = estimate_norm(landmarks, cfg.crop_size, self.crop_data.template).numpy()
-                    matrices = zoom_out(matrices, cfg.crop_size, framing.zoom)
+                    landmarks = [tr.landmarks for tr in chosen]
+                    matrices = warp.face_matrices(landmarks, cfg.crop_size, self.crop_data.template, framing.zoom)
                     boxes = warp.face_boxes(matrices, cfg.crop_size, width, height)
                     geometry = warp.upload_geometry(matrices, boxes, frame_t.device)  # one copy for align and paste
                     crops = warp.align(frame_t, matrices, cfg.crop_size, geometry=geometry)
@@ -417,10 +415,8 @@ class FramePipeline:
         """Hide the faces of `tracks` (the ones not chosen) with `hider`, a hiding engine, through the same paste."""
         size = self.config.crop_size
         height, width = frame_t.shape[:2]
-        landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
-        matrices = estimate_norm(landmarks, size, self.crop_data.template).numpy()
         framing = engine_framing(hider)
-        matrices = zoom_out(matrices, size, framing.zoom)
+        matrices = warp.face_matrices([tr.landmarks for tr in tracks], size, self.crop_data.template, framing.zoom)
         boxes = warp.face_boxes(matrices, size, width, height)
         geometry = warp.upload_geometry(matrices, boxes, frame_t.device)
         crops = warp.align(frame_t, matrices, size, geometry=geometry)
@@ -432,9 +428,9 @@ class FramePipeline:
 
     def _embed(self, frame_t: torch.Tensor, tracks: list[Track]) -> None:
         assert self.embedder is not None
-        landmarks = torch.as_tensor(np.stack([tr.landmarks for tr in tracks]), dtype=torch.float64)
         size = self.embed_data.input_size
-        crops = warp.align(frame_t, estimate_norm(landmarks, size, self.embed_data.template).numpy(), size)
+        matrices = warp.face_matrices([tr.landmarks for tr in tracks], size, self.embed_data.template)
+        crops = warp.align(frame_t, matrices, size)
         vectors = self.embedder(crops)
         self._embeddings = {tr.id: v for tr, v in zip(tracks, vectors, strict=True)}
 

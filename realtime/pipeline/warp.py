@@ -1,22 +1,37 @@
 """Align and paste-back on the frame's own device: the CuPy kernels on CUDA, OpenCV on the CPU.
 
 Both take the frame as an (H, W, 3) uint8 tensor and host-side (N, 2, 3) float64 matrices (frame → crop), so the
-pipeline is written once. The two paths agree within the tolerance the parity test states.
+pipeline is written once. The two paths agree within the tolerance the parity test states. The matrices come
+from `face_matrices`, on the host for both paths (the landmarks are there already).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from engines.align import estimate_norms
+from engines.registry import Template
 from realtime.pipeline import warp_cpu
+from realtime.pipeline.crops import zoom_out
 
 if TYPE_CHECKING:
     from realtime.pipeline.warp_cuda import FaceGeometry
 
 Box = tuple[int, int, int, int]
+# per mask tensor: (tensor, its version, a read-only numpy view), so warp_cpu's per-mask caches hit frame after frame
+_host_masks: dict[int, tuple[torch.Tensor, int, np.ndarray]] = {}
+
+
+def face_matrices(
+    landmarks: Sequence[np.ndarray] | np.ndarray, size: int, template: Template | None = None, zoom: float = 1.0
+) -> np.ndarray:
+    """(N, 2, 3) float64 frame → crop matrices for N faces' (5, 2) landmarks: the template (None: ArcFace's) scaled
+    to `size`, zoomed out by `zoom` (see `crops.zoom_out`). On the host in numpy, whatever the frame's device."""
+    return zoom_out(estimate_norms(np.stack(landmarks), size, template), size, zoom)
 
 
 def face_boxes(matrices: np.ndarray, size: int, width: int, height: int) -> list[Box | None]:
@@ -65,8 +80,23 @@ def paste(
 
         return warp_cuda.paste_faces(frame, crops, matrices, mask, boxes, geometry)
     keep = [i for i, b in enumerate(boxes) if b is not None]
-    if len(keep) < len(boxes):  # only then select: indexing copies the crops
-        crops, matrices = crops[keep], matrices[keep]
     if keep:
-        warp_cpu.paste_faces(frame.numpy(), crops.float().numpy(), matrices, mask.numpy())
+        host = crops.float().numpy()
+        if len(keep) < len(boxes):  # only then select, in numpy: a torch list index costs ~5x as much for the copy
+            host, matrices = host[keep], matrices[keep]
+        warp_cpu.paste_faces(frame.numpy(), host, matrices, _host_mask(mask))
     return frame
+
+
+def _host_mask(mask: torch.Tensor) -> np.ndarray:
+    """The same read-only numpy view of `mask` on every call while the tensor is unchanged: `mask.numpy()` is a new
+    writable array each time, which warp_cpu cannot cache its support and contiguous part for (a per-frame cost)."""
+    hit = _host_masks.get(id(mask))
+    if hit is not None and hit[0] is mask and hit[1] == mask._version:
+        return hit[2]
+    view = mask.numpy()
+    view.flags.writeable = False
+    if len(_host_masks) >= 16:  # masks live as long as their context: a few at a time
+        _host_masks.clear()
+    _host_masks[id(mask)] = (mask, mask._version, view)
+    return view

@@ -16,10 +16,12 @@ from engines.align import (
     ARCFACE_TEMPLATE,
     apply_affine,
     estimate_norm,
+    estimate_norms,
     invert_affine,
     similarity_transform,
     template,
 )
+from engines.registry import ARCFACE_112, Template
 from tests.faces import ASTRONAUT_LANDMARKS
 
 
@@ -207,6 +209,66 @@ def test_coincident_landmarks_give_exactly_the_degenerate_transform(dtype: torch
     # points a fraction of a pixel apart are still a face's geometry
     near = lmk.double() + torch.from_numpy(np.random.default_rng(12).normal(0, 1e-3, (200, 5, 2)))
     assert (estimate_norm(near, 256)[:, :, :2].abs().amax((1, 2)) > 1).all()
+
+
+def _faces(seed: int, n: int) -> np.ndarray:
+    """n faces' landmarks: the astronaut's, each moved by a random similarity and 2 px of noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        m = _similarity(rng.uniform(0.3, 6), rng.uniform(-3, 3), *rng.uniform(-100, 1900, 2))
+        out.append(_apply(m, ASTRONAUT_LANDMARKS.astype(np.float64)) + rng.normal(0, 2, (5, 2)))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("size", [112, 128, 256, 512])
+@pytest.mark.parametrize(
+    "base", [None, Template(128, ((40.0, 50.0), (88.0, 50.0), (64.0, 72.0), (45.0, 95.0), (83.0, 95.0)))]
+)
+def test_host_estimate_norms_is_the_torch_solve_to_float64_rounding(size: int, base: Template | None) -> None:
+    lm = _faces(20 + size, 9)
+    lm[0] = ASTRONAUT_LANDMARKS  # the real detection itself
+    host = estimate_norms(lm, size, base)
+    assert host.dtype == np.float64
+    assert host.shape == (9, 2, 3)
+    ref = estimate_norm(torch.from_numpy(lm), size, base).numpy()
+    # the same products and sums (in another order for the means): a few units in the last place of each entry
+    np.testing.assert_allclose(host, ref, rtol=1e-14, atol=1e-12)
+    # float32 landmarks are solved in float64, as the pipeline's tracker hands them over
+    lm32 = lm.astype(np.float32)
+    np.testing.assert_allclose(
+        estimate_norms(lm32, size, base),
+        estimate_norm(torch.from_numpy(lm32).double(), size, base).numpy(),
+        rtol=1e-14,
+        atol=1e-12,
+    )
+    # a batch is its faces one by one
+    for i in range(len(lm)):
+        np.testing.assert_array_equal(estimate_norms(lm[i : i + 1], size, base)[0], host[i])
+    assert estimate_norms(np.zeros((0, 5, 2)), size, base).shape == (0, 2, 3)
+
+
+def test_host_estimate_norms_treats_coincident_landmarks_as_the_torch_solve_does() -> None:
+    points = np.random.default_rng(11).uniform((0, 0), (1920, 1080), (200, 2))
+    lm = np.repeat(points[:, None], 5, axis=1)
+    host = estimate_norms(lm, 256)
+    assert (host[:, :, :2] == 0).all()  # scale 0 exactly: everything to the template's centroid
+    np.testing.assert_allclose(host, estimate_norm(torch.from_numpy(lm), 256).numpy(), rtol=1e-14, atol=1e-12)
+    centroid = np.asarray(ARCFACE_112.points).mean(0) * 256 / 112
+    np.testing.assert_allclose(host[:, :, 2], np.broadcast_to(centroid, (200, 2)), rtol=0, atol=1e-12)
+    # points a fraction of a pixel apart are still a face's geometry, on both
+    near = lm + np.random.default_rng(12).normal(0, 1e-3, (200, 5, 2))
+    np.testing.assert_allclose(estimate_norms(near, 256), estimate_norm(torch.from_numpy(near), 256).numpy(), rtol=1e-9)
+    assert (np.abs(estimate_norms(near, 256)[:, :, :2]).max((1, 2)) > 1).all()
+    # one coincident face among real ones changes nothing for the others
+    mixed = np.concatenate([lm[:1], _faces(3, 2)])
+    np.testing.assert_array_equal(estimate_norms(mixed, 256)[1:], estimate_norms(mixed[1:], 256))
+
+
+def test_host_estimate_norms_rejects_malformed_landmarks() -> None:
+    for bad in (np.zeros((5, 2)), np.zeros((2, 4, 2)), np.zeros((1, 5, 3))):
+        with pytest.raises(ValueError, match=r"\(B, 5, 2\)"):
+            estimate_norms(bad)
 
 
 @pytest.mark.gpu

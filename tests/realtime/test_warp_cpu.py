@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from engines.align import estimate_norm, template
+from realtime.pipeline import warp, warp_cpu
+from realtime.pipeline.crops import zoom_out
 from realtime.pipeline.masks import MaskSpec, build_mask
 from realtime.pipeline.warp_cpu import SUPPORT_THRESHOLD, align_faces, face_box, mask_support, paste_faces
 from tests import faces
@@ -223,3 +225,82 @@ def test_a_writable_mask_is_read_afresh_each_call() -> None:
     assert np.abs(second.astype(np.int16) - expected.astype(np.int16)).max() <= 1
     mask[...] = 0.0
     assert np.array_equal(paste_faces(frame.copy(), white, m, mask), frame)
+
+
+@pytest.mark.parametrize("zoom", [1.0, 1.6])
+def test_face_matrices_are_the_torch_estimate_zoomed_out(
+    zoom: float, multi_face_frame: tuple[np.ndarray, list[faces.PlacedFace]]
+) -> None:
+    """The pipeline's host matrix step gives today's matrices (torch estimate_norm, then zoom_out) to float64
+    rounding, and so the same boxes and the same crops."""
+    frame, placed = multi_face_frame
+    h, w = frame.shape[:2]
+    lm = [p.landmarks for p in placed]
+    m = warp.face_matrices(lm, 256, None, zoom)
+    ref = zoom_out(_matrices(placed), 256, zoom)
+    assert m.shape == (len(placed), 2, 3)
+    np.testing.assert_allclose(m, ref, rtol=1e-14, atol=1e-12)
+    assert warp.face_boxes(m, 256, w, h) == warp.face_boxes(ref, 256, w, h)
+    np.testing.assert_array_equal(align_faces(frame, m), align_faces(frame, ref))
+
+
+def test_face_matrices_of_coincident_landmarks_have_no_box_and_paste_nothing() -> None:
+    """Five equal landmarks: the zero linear part, as estimate_norm gives it; no box, a crop of the frame's corner
+    pixel, nothing pasted (the behaviour tests/realtime/test_warp_cuda.py checks on both paths)."""
+    frame = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    lm = np.array([[[30.25, 20.75]] * 5], np.float32)
+    m = warp.face_matrices(lm, 32)
+    assert (m[:, :, :2] == 0).all()
+    np.testing.assert_allclose(m, estimate_norm(torch.from_numpy(lm).double(), 32).numpy(), rtol=1e-14, atol=1e-12)
+    assert warp.face_boxes(m, 32, 64, 48) == [None]
+    corner = frame[0, 0].astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(align_faces(frame, m, 32)[0], np.broadcast_to(corner[:, None, None], (3, 32, 32)))
+    out = warp.paste(torch.from_numpy(frame.copy()), torch.ones(1, 3, 32, 32), m, torch.ones(32, 32), [None])
+    assert np.array_equal(out.numpy(), frame)
+
+
+def test_a_mask_tensor_is_prepared_once_while_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """warp.paste hands warp_cpu the same read-only view of a mask tensor frame after frame, so the mask's support
+    and contiguous part are made once (they were made every frame: `tensor.numpy()` is a new writable array each
+    call); an in-place change to the tensor is seen on the next call."""
+    made: list[tuple] = []
+    real = warp_cpu._cached
+
+    def counting(cache: dict, key: tuple, mask: np.ndarray, make):
+        return real(cache, key, mask, lambda: made.append(key) or make())
+
+    monkeypatch.setattr(warp_cpu, "_cached", counting)
+    frame, placed = faces.compose_faces(640, 480)
+    h, w = frame.shape[:2]
+    m = _matrices(placed[:1])
+    boxes = [face_box(m[0], 256, w, h)]
+    white = torch.ones(1, 3, 256, 256)
+    mask = torch.zeros(256, 256)
+    mask[100:140, 100:140] = 1.0
+    first = [warp.paste(torch.from_numpy(frame.copy()), white, m, mask, boxes) for _ in range(3)]
+    assert len(made) == 2  # the support and the mask's part, once
+    assert all(np.array_equal(f.numpy(), first[0].numpy()) for f in first)
+    mask[...] = 0.0
+    mask[20:60, 180:220] = 1.0
+    second = warp.paste(torch.from_numpy(frame.copy()), white, m, mask, boxes).numpy()
+    assert len(made) == 4
+    expected = paste_faces(frame.copy(), white.numpy(), m, mask.numpy().copy(), support=False)
+    assert np.abs(second.astype(np.int16) - expected.astype(np.int16)).max() <= 1
+    assert not np.array_equal(second, first[0].numpy())
+
+
+def test_paste_skips_the_faces_without_a_box_and_pastes_the_others() -> None:
+    frame, placed = faces.compose_faces(640, 480)
+    h, w = frame.shape[:2]
+    lm = np.stack([placed[0].landmarks, np.full((5, 2), 7.0, np.float32), placed[1].landmarks])
+    m = warp.face_matrices(lm, 256)
+    boxes = warp.face_boxes(m, 256, w, h)
+    assert boxes[1] is None
+    assert None not in (boxes[0], boxes[2])
+    crops = np.clip(align_faces(frame, m) * 0.8 + 0.1, -1, 1).astype(np.float32)
+    out = warp.paste(
+        torch.from_numpy(frame.copy()), torch.from_numpy(crops), m, torch.from_numpy(build_mask(256).copy()), boxes
+    )
+    expected = paste_faces(frame.copy(), crops[[0, 2]], m[[0, 2]], build_mask(256))
+    assert np.array_equal(out.numpy(), expected)
+    assert not np.array_equal(expected, frame)
