@@ -258,3 +258,115 @@ def test_emulated_fp16_crops_are_the_float32_results_rounded(scene: Scene, mask:
     pasted = kernel_host.paste_faces(scene.frame, crops, scene.matrices, mask)
     assert np.array_equal(pasted, kernel_host.paste_faces(scene.frame, crops.astype(np.float32), scene.matrices, mask))
     assert not np.array_equal(pasted, kernel_host.paste_faces(scene.frame, scene.crops, scene.matrices, mask))
+
+
+# --- edges: tiny frames, the frame's border, boxes on its edge, overlapping faces, far-off points ---------------------
+
+
+def _similarity(scale: float, angle: float, centre: tuple[float, float], size: int) -> np.ndarray:
+    """A frame -> crop matrix taking frame point `centre` to the crop's centre, `scale` crop px per frame px."""
+    c, s = scale * np.cos(angle), scale * np.sin(angle)
+    x, y = centre
+    return np.array([[[c, -s, size / 2 - (c * x - s * y)], [s, c, size / 2 - (s * x + c * y)]]])
+
+
+EDGES = {
+    # frames one pixel wide or high: every tap but one is the replicated border, in both directions
+    "1x1": (1, 1, _similarity(4.0, 0.3, (0.0, 0.0), 16)),
+    "1x7": (1, 7, _similarity(2.0, -0.2, (0.2, 3.0), 16)),
+    "9x1": (9, 1, _similarity(1.5, 0.1, (4.0, 0.3), 16)),
+    # the crop overhangs a 3x2 frame on every side: sample points from -1 to size on the frame and the crop
+    "3x2-overhang": (3, 2, _similarity(3.0, 0.0, (1.25, 0.75), 16)),
+    # a face whose reach ends on the frame's last column, and one on its first row
+    # (its box is one pixel wider than what is pasted: the box starts where crop x is -1, which weighs nothing)
+    "box-on-the-last-column": (40, 30, _similarity(1.0, 0.0, (47.5, 15.0), 16)),
+    "box-on-the-first-row": (40, 30, _similarity(1.0, 0.0, (20.0, -7.5), 16)),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGES))
+def test_emulated_kernels_at_the_frame_edges(case: str) -> None:
+    """Tiny frames and faces at the border, on both kernels: the float64 reference (tight), OpenCV (its tolerances),
+    shuffled order and the sanitizer build (the same bits)."""
+    w, h, m = EDGES[case]
+    size = 16
+    rng = np.random.default_rng(len(case))
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    crops = rng.uniform(-1.2, 1.2, (1, 3, size, size)).astype(np.float32)
+    mask = np.ones((size, size), np.float32)
+    box = warp.face_boxes(m, size, w, h)[0]
+    assert box is not None
+    if case == "box-on-the-last-column":
+        assert (box[0], box[2]) == (w - 2, w)
+    if case == "box-on-the-first-row":
+        assert (box[1], box[3]) == (0, 2)
+
+    align = kernel_host.align_faces(frame, m, size)
+    assert np.abs(align - reference_align(frame, kernel_host.inverses(m), size)).max() <= 3e-4
+    assert np.abs(align - warp_cpu.align_faces(frame, m, size)).max() * 127.5 <= 2.5  # 1/32 px on random pixels
+    assert np.array_equal(kernel_host.align_faces(frame, m, size, seed=4, sanitize=True), align)
+
+    paste = kernel_host.paste_faces(frame, crops, m, mask)
+    assert np.abs(paste.astype(np.int16) - reference_paste(frame, crops, m, mask)).max() <= 1
+    if box[2] - box[0] > 1 or box[3] - box[1] > 1:  # OpenCV's path raises on a 1x1 box (cv2.blendLinear)
+        assert np.abs(paste.astype(np.int16) - warp_cpu.paste_faces(frame.copy(), crops, m, mask)).max() <= 4
+    assert np.array_equal(kernel_host.paste_faces(frame, crops, m, mask, seed=4, sanitize=True), paste)
+    if case == "box-on-the-last-column":
+        assert not np.array_equal(paste[:, -1], frame[:, -1])
+    elif case == "box-on-the-first-row":
+        assert not np.array_equal(paste[0], frame[0])
+    else:
+        assert not np.array_equal(paste, frame)  # a face was pasted
+
+
+def test_emulated_paste_reaches_the_crops_edge_texels_from_minus_one_to_size() -> None:
+    """A frame pixel whose crop point lies in (-1, 0) or (size - 1, size) blends with the edge texel weighted by
+    its distance, in the mask and in the crop alike (both zero outside); one at -1 or size and beyond gets nothing:
+    the kernel, the reference and OpenCV agree."""
+    size, w = 8, 40
+    # 4 frame px per texel; frame x maps to crop x / 4 - 1.5: x = 0..39 -> -1.5 .. 8.25
+    m = np.array([[[0.25, 0.0, -1.5], [0.0, 0.25, -1.5]]])
+    frame = np.zeros((w, w, 3), np.uint8)
+    crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
+    paste = kernel_host.paste_faces(frame, crops, m, mask)
+    assert np.array_equal(paste, reference_paste(frame, crops, m, mask))
+    row = paste[20, :, 0].astype(int)
+    c = np.arange(w) * 0.25 - 1.5
+    assert (row[c <= -1] == 0).all()
+    assert (row[c >= size] == 0).all()
+    assert row[c == -0.75] == round(255 * 0.25**2)  # alpha 0.25 times a face value of 0.25 * 255
+    assert row[c == -0.25] == round(255 * 0.75**2)
+    assert row[c == size - 0.75] == round(255 * 0.75**2)  # texel size - 1 weighs 1 - fx
+    assert row[c == size - 0.25] == round(255 * 0.25**2)
+    assert (row[(c >= 0) & (c <= size - 1)] == 255).all()
+    assert np.abs(paste.astype(int) - warp_cpu.paste_faces(frame.copy(), crops, m, mask)).max() <= 4
+
+
+def test_emulated_overlapping_faces_are_pasted_in_order(mask: np.ndarray) -> None:
+    """Two faces on one spot: the later one is blended over the earlier, so the order shows in the overlap, and the
+    kernel follows it as the reference and OpenCV do."""
+    s = _scene(641, 359, (faces.Placement(0.5, 0.5, 0.6), faces.Placement(0.53, 0.48, 0.55)))
+    results = []
+    for order in ([0, 1], [1, 0]):
+        m, crops = s.matrices[order], np.ascontiguousarray(s.crops[order])
+        gpu = kernel_host.paste_faces(s.frame, crops, m, mask)
+        assert np.abs(gpu.astype(np.int16) - reference_paste(s.frame, crops, m, mask)).max() <= 1
+        assert np.abs(gpu.astype(np.int16) - warp_cpu.paste_faces(s.frame.copy(), crops, m, mask)).max() <= 2
+        results.append(gpu)
+    assert (results[0] != results[1]).sum() > 1000
+
+
+def test_emulated_kernels_far_off_points_read_the_border_and_are_defined() -> None:
+    """A sample point billions of pixels off the frame (a face matrix of absurd scale or offset) still reads the
+    replicated border in align and nothing in paste, without a float -> int conversion out of range (undefined in
+    C++; on the GPU it saturates and the crop became garbage)."""
+    frame = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    size = 16
+    far = np.array([[[1e-9, 0.0, -10.0], [0.0, 1e-9, 5e-9]]])  # crop -> frame: x = 1e9 u + 1e10, y = 1e9 v - 5
+    align = kernel_host.align_faces(frame, far, size, sanitize=True)
+    np.testing.assert_allclose(align, reference_align(frame, kernel_host.inverses(far), size), atol=1e-6)
+    np.testing.assert_allclose(align[0, :, 0, 0], frame[0, -1] / 127.5 - 1, atol=1e-6)  # the top-right pixel
+    huge = np.array([[[1e10, 0.0, -1e10 * 30.3], [0.0, 1e10, -1e10 * 20.2]]])  # a face a 1e-10 px dot
+    assert warp.face_boxes(huge, size, 64, 48)[0] is not None
+    crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
+    assert np.array_equal(kernel_host.paste_faces(frame, crops, huge, mask, sanitize=True), frame)
