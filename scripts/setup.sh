@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --dev    runtime + test tools (pytest, ruff, scikit-image, playwright, insightface, Ray) and,
-#                             where apt-get can run as root, Debian's chromium for the browser tests
+#                             where apt-get can run as root, Debian's chromium for the browser tests and g++
+#                             for the emulated CUDA kernel tests
 #
 # Environment:
 #   DANCECAM_VENV           where the environment lives (default: <repo>/.venv)
@@ -54,33 +55,35 @@ case "$DEVICE" in cpu|cuda) ;; *) die "DANCECAM_DEVICE must be cpu or cuda, not 
 CHROMIUM=/usr/bin/chromium  # the browser tests (tests/web) drive this build with Playwright
 have_chromium() { [ -x "$CHROMIUM" ]; }
 
-# Debian's chromium for the browser tests; never fatal: without it those tests skip with a reason.
-# Playwright's own browser download is not used (it needs a host this project's machines cannot reach).
-install_chromium() {
-  have_chromium && return 0
+have_gxx() { command -v g++ >/dev/null 2>&1; }
+
+# A Debian package a group of tests needs: apt_install PACKAGE HAVE_CHECK WHAT [SIZE]; never fatal: without it
+# those tests skip with a reason.
+apt_install() {
+  local package="$1" have="$2" what="$3" size="${4:-}"
+  "$have" && return 0
   local sudo=()
   if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
       sudo=(sudo -n)
     else
-      say "note: $CHROMIUM is missing and installing it needs root: the browser tests will skip" \
-        "(to run them: sudo apt-get install chromium)"
+      say "note: $package is missing and installing it needs root: $what will skip" \
+        "(to run them: sudo apt-get install $package)"
       return 0
     fi
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    say "note: $CHROMIUM is missing and there is no apt-get: the browser tests will skip" \
-      "(install Chromium so that $CHROMIUM runs it)"
+    say "note: $package is missing and there is no apt-get: $what will skip (install $package)"
     return 0
   fi
-  say "installing Debian's chromium for the browser tests (~480 MB)"
+  say "installing Debian's $package for $what${size:+ ($size)}"
   local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -q -y)
   # a fresh machine may have no package lists yet: update once, then try again
-  if "${apt[@]}" install chromium >/dev/null 2>&1 ||
-    { "${apt[@]}" update >/dev/null 2>&1 && "${apt[@]}" install chromium >/dev/null 2>&1; }; then
-    have_chromium || say "note: apt installed chromium but $CHROMIUM is absent: the browser tests will skip"
+  if "${apt[@]}" install "$package" >/dev/null 2>&1 ||
+    { "${apt[@]}" update >/dev/null 2>&1 && "${apt[@]}" install "$package" >/dev/null 2>&1; }; then
+    "$have" || say "note: apt installed $package but it is not found: $what will skip"
   else
-    say "note: 'apt-get install chromium' failed: the browser tests will skip (run it by hand to see why)"
+    say "note: 'apt-get install $package' failed: $what will skip (run it by hand to see why)"
   fi
 }
 
@@ -89,7 +92,7 @@ stamp_of() {
   {
     cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh"
     echo "device=$DEVICE dev=$1 torch=$TORCH_VERSION index=${DANCECAM_TORCH_INDEX:-}"
-    [ "$1" = 1 ] && echo "chromium=$(have_chromium && echo yes || echo no)"
+    [ "$1" = 1 ] && echo "chromium=$(have_chromium && echo yes || echo no) g++=$(have_gxx && echo yes || echo no)"
     "$VENV/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null || echo "no-python"
   } | sha256sum | cut -d' ' -f1
 }
@@ -147,7 +150,12 @@ NODEPS=("facenet-pytorch==$FACENET_VERSION")
 [ "$DEV" = 1 ] && NODEPS+=("insightface==$INSIGHTFACE_VERSION")
 "${PIP[@]}" install -q --no-deps "${NODEPS[@]}"
 
-[ "$DEV" = 1 ] && install_chromium
+if [ "$DEV" = 1 ]; then
+  # Playwright's own browser download is not used (it needs a host this project's machines cannot reach)
+  apt_install chromium have_chromium "the browser tests (tests/web)" "~480 MB"
+  # g++ (with its ASan/UBSan runtimes) runs the CUDA kernels' source on the CPU: tests/realtime/kernel_host.py
+  apt_install g++ have_gxx "the emulated CUDA kernel tests" "~60 MB"
+fi
 
 stamp_of "$DEV" >"$STAMP_FILE"
 say "ready: $VENV ($DEVICE torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"

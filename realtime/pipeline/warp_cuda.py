@@ -46,8 +46,10 @@ __global__ void align_kernel(const unsigned char* frame, int w, int h, const flo
     if (i >= size * size) return;
     int cx = i % size, cy = i / size;
     const float* m = inv + n * 6;
-    float sx = m[0] * cx + m[1] * cy + m[2];
-    float sy = m[3] * cx + m[4] * cy + m[5];
+    // a point beyond the frame reads its border however far off it lies: clamped first, so that the conversion to
+    // int below stays in range (past 2^31 it is undefined; the GPU saturates and the crop became garbage)
+    float sx = fminf(fmaxf(m[0] * cx + m[1] * cy + m[2], -1.f), (float)w);
+    float sy = fminf(fmaxf(m[3] * cx + m[4] * cy + m[5], -1.f), (float)h);
     int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
     float fx = sx - x0, fy = sy - y0;
     long long plane = (long long)size * size;
@@ -90,8 +92,9 @@ __global__ void paste_kernel(unsigned char* frame, int w, int h, const float* fw
         const int* b = boxes + n * 4;
         if (px < b[0] || py < b[1] || px >= b[2] || py >= b[3]) continue;
         const float* m = fwd + n * 6;
-        float cx = m[0] * px + m[1] * py + m[2];
-        float cy = m[3] * px + m[4] * py + m[5];
+        // outside (-1, size) a point weighs nothing; clamped there, so the conversion to int stays in range
+        float cx = fminf(fmaxf(m[0] * px + m[1] * py + m[2], -1.f), (float)size);
+        float cy = fminf(fmaxf(m[3] * px + m[4] * py + m[5], -1.f), (float)size);
         int x0 = (int)floorf(cx), y0 = (int)floorf(cy);
         float fx = cx - x0, fy = cy - y0;
         float w00 = (1.f - fx) * (1.f - fy), w10 = fx * (1.f - fy), w01 = (1.f - fx) * fy, w11 = fx * fy;

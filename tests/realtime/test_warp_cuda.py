@@ -93,7 +93,7 @@ def test_paste_needs_one_box_and_one_matrix_per_crop() -> None:
 
 
 @needs_gxx
-def test_paste_kernel_never_writes_outside_the_frame() -> None:
+def test_emulated_paste_kernel_never_writes_outside_the_frame() -> None:
     """The kernel run on the CPU over a launch region that overhangs the frame on the right and at the bottom (as
     an unchecked caller box would make it): every pixel of the box inside the frame is pasted, nothing else changes,
     and the bytes after the frame stay as they were."""
@@ -113,21 +113,8 @@ def test_paste_kernel_never_writes_outside_the_frame() -> None:
     assert (frame[untouched] == 0).all()  # no write wrapped around into the next row
 
 
-def _cuda_paste_on_the_cpu(frame: np.ndarray, crops: np.ndarray, m: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """warp.paste's CUDA path with the kernel run on the CPU: host boxes, the checked region, the packed geometry."""
-    h, w = frame.shape[:2]
-    boxes, union = warp_cuda.paste_region(warp.face_boxes(m, crops.shape[-1], w, h), len(m), w, h)
-    out = np.ascontiguousarray(frame).copy()
-    if union is None:
-        return out
-    packed, n = warp_cuda.geometry_buffer(m, boxes)
-    geo = warp_cuda.FaceGeometry.from_buffer(torch.from_numpy(packed), n, boxes)
-    kernel_host.paste(out.reshape(-1), w, h, geo.fwd.numpy(), geo.boxes.numpy(), union, crops, mask)
-    return out
-
-
 @needs_gxx
-def test_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> None:
+def test_emulated_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> None:
     """The boxes the CUDA path launches over hold every pixel bilinear sampling reaches (crop coordinates -1 to
     size): the kernel's result equals the CPU path's, also in that band, for a face 5 frame pixels per texel."""
     size, w, h, scale, offset = 64, 400, 400, 5.0, 30.0
@@ -135,7 +122,7 @@ def test_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> N
     frame = np.zeros((h, w, 3), np.uint8)
     crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
     cpu = warp_cpu.paste_faces(frame.copy(), crops, m, mask)
-    gpu = _cuda_paste_on_the_cpu(frame, crops, m, mask)
+    gpu = kernel_host.paste_faces(frame, crops, m, mask)
     assert np.abs(gpu.astype(np.int16) - cpu.astype(np.int16)).max() <= 2  # OpenCV's 1/32 px weights
     c = (np.arange(w) - offset) / scale
     band = (c > -1) & ((c < -0.5) | (c > size - 0.5)) & (c < size)  # crop columns -0.8, -0.6, 63.6, 63.8
@@ -144,7 +131,7 @@ def test_a_large_face_is_pasted_up_to_the_last_pixel_on_the_cuda_path_too() -> N
 
 
 @needs_gxx
-def test_coincident_landmarks_behave_the_same_on_both_paths() -> None:
+def test_emulated_coincident_landmarks_behave_the_same_on_both_paths() -> None:
     """Five equal landmarks give a matrix without an inverse: no box and nothing pasted on either path, and the
     same crop (the frame's corner pixel, as OpenCV makes it from its zero inverse); the CUDA path's host side used
     to raise LinAlgError."""
@@ -166,7 +153,7 @@ def test_coincident_landmarks_behave_the_same_on_both_paths() -> None:
 
     crops, mask = np.ones((1, 3, size, size), np.float32), np.ones((size, size), np.float32)
     assert np.array_equal(warp_cpu.paste_faces(frame.copy(), crops, m, mask), frame)
-    assert np.array_equal(_cuda_paste_on_the_cpu(frame, crops, m, mask), frame)
+    assert np.array_equal(kernel_host.paste_faces(frame, crops, m, mask), frame)
     out = warp.paste(torch.from_numpy(frame.copy()), torch.from_numpy(crops), m, torch.from_numpy(mask), [None])
     assert np.array_equal(out.numpy(), frame)
 
