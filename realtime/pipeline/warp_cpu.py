@@ -186,7 +186,8 @@ def paste_faces(
         cv2.warpAffine(src, m_box, (bw, bh), dst=warped, flags=_WARP, borderMode=cv2.BORDER_CONSTANT)
         face = cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB, dst=_scratch("face", (bh, bw, 3), np.float32))
         alpha = cv2.extractChannel(warped, 3, dst=_scratch("alpha", (bh, bw), np.float32))
-        keep = cv2.subtract(1.0, alpha, dst=_scratch("keep", (bh, bw), np.float32))
+        # numpy, not cv2.subtract: OpenCV takes a 1x1 array beside a scalar for a 4-vector (a 4x1 result)
+        keep = np.subtract(1.0, alpha, out=_scratch("keep", (bh, bw), np.float32))
         roi = frame[y0:y1, x0:x1]
         base = _scratch("base", (bh, bw, 3), np.float32)
         np.copyto(base, roi, casting="unsafe")

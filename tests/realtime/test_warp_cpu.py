@@ -304,3 +304,18 @@ def test_paste_skips_the_faces_without_a_box_and_pastes_the_others() -> None:
     expected = paste_faces(frame.copy(), crops[[0, 2]], m[[0, 2]], build_mask(256))
     assert np.array_equal(out.numpy(), expected)
     assert not np.array_equal(expected, frame)
+
+
+def test_a_face_box_of_one_pixel_is_pasted_without_error() -> None:
+    """A face almost all outside the frame whose box holds one pixel is blended like any other box (OpenCV read the
+    1x1 alpha beside a scalar as a 4-vector and raised): the pixel's sample lies on the crop's far edge, so it keeps
+    its value, as on the GPU (tests/realtime/test_kernels_emulated.py)."""
+    frame = np.full((480, 640, 3), 40, np.uint8)
+    m = np.array([[[2.56, 0.0, 256.0], [0.0, 2.56, 256.0]]])  # the crop spans the 100 px up to the top-left corner
+    assert face_box(m[0], 256, 640, 480) == (0, 0, 1, 1)
+    out = paste_faces(frame.copy(), np.ones((1, 3, 256, 256), np.float32), m, np.ones((256, 256), np.float32))
+    assert np.array_equal(out, frame)
+    m[0, :, 2] = 255.0  # one crop pixel nearer: the corner pixel is the crop's last texel, white
+    out = paste_faces(frame.copy(), np.ones((1, 3, 256, 256), np.float32), m, np.ones((256, 256), np.float32))
+    assert np.argwhere((out != frame).any(-1)).tolist() == [[0, 0]]
+    assert out[0, 0].tolist() == [255, 255, 255]
