@@ -68,9 +68,9 @@ class EntryCheck:
         """Where to look for faces again (x0, y0, x1, y1), or None: around the cells that changed outside the faces
         (`boxes`: where they are predicted now) since `remember`, grown by `GROW` of the short side; and around each
         tracked face whose prediction drifted `DRIFT` of its size from where it was last seen (`seen`, one box per
-        `boxes`) or that is predicted still while its box changed (`MOVED` of its cells) since the previous frame. The whole frame when nothing
-        was remembered or its size differs (a detection must look everywhere). Cells that touch `drawn_over`
-        (pixels the sender drew, e.g. a measuring stamp: no camera pixels) are not watched."""
+        `boxes`), or that is predicted still while `MOVED` of its box's cells changed since the previous frame. The
+        whole frame when nothing was remembered or its size differs (a detection must look everywhere). Cells that
+        touch `drawn_over` (pixels the sender drew, e.g. a measuring stamp: no camera pixels) are not watched."""
         height, width = frame.shape[0], frame.shape[1]
         if self._grid is None:
             return (0, 0, width, height)

@@ -78,12 +78,16 @@ def test_a_change_on_a_tracked_face_is_its_own_motion(where: str) -> None:
 def test_a_prediction_that_drifted_from_where_the_face_was_seen_is_looked_at_again() -> None:
     """A face that stopped: its prediction carries on at the old speed and leaves it uncovered."""
     frame = _frame(np.random.default_rng(6))
-    seen, predicted = np.array([100, 100, 200, 220]), np.array([100, 100, 200, 220]) + [25, 0, 25, 0]
+    seen = np.array([100, 100, 200, 220])
+    predicted = seen + np.array([25, 0, 25, 0])
     check = EntryCheck()
     check.remember(frame, [seen])
-    assert check.changed(frame, [seen + [10, 0, 10, 0]], seen=[seen]) is None  # 10 px of a 110 px face: fine
+    assert check.changed(frame, [seen + np.array([10, 0, 10, 0])], seen=[seen]) is None  # 10 px of a 110 px face: fine
     x0, y0, x1, y1 = check.changed(frame, [predicted], seen=[seen])  # 25 px: look again, both places
-    assert x0 <= 100 and y0 <= 100 and x1 >= 225 and y1 >= 220
+    assert x0 <= 100
+    assert y0 <= 100
+    assert x1 >= 225
+    assert y1 >= 220
 
 
 def test_a_still_face_that_moves_fast_is_looked_at_again() -> None:
@@ -98,7 +102,10 @@ def test_a_still_face_that_moves_fast_is_looked_at_again() -> None:
     assert check.changed(torch.from_numpy(talking), [box], seen=[box]) is None
     moved, _ = compose_faces(W, H, (Placement(0.4 + 30 / W, 0.5, 0.3),), seed=1)  # 30 px in one frame
     x0, y0, x1, y1 = check.changed(torch.from_numpy(moved), [box], seen=[box])
-    assert x0 <= box[0] and y0 <= box[1] and x1 >= box[2] and y1 >= box[3]
+    assert x0 <= box[0]
+    assert y0 <= box[1]
+    assert x1 >= box[2]
+    assert y1 >= box[3]
 
 
 def test_a_new_frame_size_means_look_everywhere() -> None:
