@@ -20,8 +20,8 @@ BELOW = 1.5  # ... and down by this share of its height: the neck and shoulders 
 # the changed cells' region grown by this share of the short side on every side (120 px at 480p): a face only partly
 # in the changed cells (half inside a tracked face's margins already) is whole in the region
 GROW = 0.25
-# a tracked face is looked at again when its predicted box has moved this share of its size from where a detection
-# last saw it: a face that stopped is left behind by its prediction, and one moving fast outruns a still one
+# a tracked face is looked at again when an edge of its predicted box has moved this share of its size from where a
+# detection last saw it: a face that stopped moving (or zooming) is left behind by its prediction
 DRIFT = 0.15
 # ... or when its prediction says it is still (moved less than STILL of its size since it was seen) and yet this
 # share of its box's cells changed since the previous frame: a still face that starts moving fast has no velocity
@@ -109,7 +109,7 @@ class EntryCheck:
         for k, box in enumerate(faces):
             last = np.asarray(seen[k], dtype=np.float64) if seen is not None else box
             size = math.sqrt(max(1.0, (last[2] - last[0]) * (last[3] - last[1])))
-            drift = float(np.abs((box[:2] + box[2:]) / 2 - (last[:2] + last[2:]) / 2).max()) / size
+            drift = float(np.abs(box - last).max()) / size  # an edge's move: a shift, or a scale that carried on
             x0, y0, x1, y1 = self._cell_span(box, now.shape, 0.0)
             inside = now[y0:y1, x0:x1]
             fast = drift < STILL and inside.size > 0 and float(inside.mean()) >= MOVED
