@@ -90,6 +90,20 @@ def test_a_prediction_that_drifted_from_where_the_face_was_seen_is_looked_at_aga
     assert y1 >= 220
 
 
+def test_a_prediction_that_kept_shrinking_a_face_is_looked_at_again() -> None:
+    """A face that stopped zooming out: its box's centre stays, but the prediction keeps shrinking it off the face."""
+    frame = _frame(np.random.default_rng(7))
+    seen = np.array([100, 100, 200, 220])
+    check = EntryCheck()
+    check.remember(frame, [seen])
+    assert check.changed(frame, [seen + np.array([5, 5, -5, -5])], seen=[seen]) is None  # 5 px an edge: fine
+    x0, y0, x1, y1 = check.changed(frame, [seen + np.array([20, 20, -20, -20])], seen=[seen])
+    assert x0 <= 100
+    assert y0 <= 100
+    assert x1 >= 200
+    assert y1 >= 220
+
+
 def test_a_still_face_that_moves_fast_is_looked_at_again() -> None:
     """No velocity yet to predict it by: its box's cells change from one frame to the next."""
     still, (face,) = compose_faces(W, H, (Placement(0.4, 0.5, 0.3),), seed=1)
