@@ -199,8 +199,8 @@ class HostPool:
             except HostGone as e:
                 self._lose(host, str(e))
                 return
-            except HostError:
-                pass  # silent: `_watch_loop` decides when it is lost
+            except HostError as e:  # one missed status is not a loss: `_watch_loop` writes it off after lost_after
+                log.debug("session host %s gave no status this time: %s", host.name, e)
             else:
                 if self.hosts.get(host.name) is not host:
                     return
